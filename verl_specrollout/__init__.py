@@ -1,0 +1,27 @@
+"""verl-specrollout: concurrency-aware speculative rollouts with online draft learning for veRL.
+
+`register()` is the `verl.plugins` entry point: `import verl` calls it in every Ray
+process. veRL swallows plugin errors at DEBUG level, so we log our own at WARNING.
+Nothing heavy is imported at module import time.
+"""
+
+import logging
+
+__version__ = "0.1.0"
+logger = logging.getLogger("verl_specrollout")
+
+_registered = False
+
+
+def register() -> None:
+    """Hook our vLLM rollout server into veRL's rollout registry (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    try:
+        from verl_specrollout.engine.verl_hooks import install
+
+        install()
+        _registered = True
+    except Exception as exc:  # never break `import verl`, but never fail silently either
+        logger.warning("verl-specrollout: registration with veRL failed, speculative rollout is OFF: %r", exc, exc_info=True)
