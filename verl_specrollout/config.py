@@ -69,8 +69,6 @@ class SpecRolloutConfig:
     draft_path: Optional[str] = None
     # Largest draft length; the planner chooses 0..max_k per batch size.
     max_k: int = 4
-    # EAGLE-3: target layers whose hidden states the head reads. None = the checkpoint's own.
-    aux_hidden_state_layer_ids: Optional[list] = None
     # ngram only.
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4

@@ -1,0 +1,1 @@
+"""Thin adapters between our config/planner and veRL's and vLLM's classes."""
