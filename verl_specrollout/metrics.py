@@ -1,0 +1,90 @@
+"""Metric names verl-specrollout logs (all under the `specrollout/` prefix) and the
+conversion of planner stats (Planner.stats() / SpecRolloutScheduler.specrollout_stats())
+into a flat {name: float} dict for veRL's tracking loggers."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+PREFIX = "specrollout/"
+
+# Planner / dynamic K
+SPEC_OFF_FRACTION = PREFIX + "spec_off_fraction"  # fraction of engine steps that drafted K=0
+MEAN_K = PREFIX + "mean_k"  # mean drafted K over steps
+MEAN_K_BY_BS = PREFIX + "mean_k/bs_{lo}-{hi}"  # mean drafted K for batch sizes in [lo, hi] (powers of 2)
+K_FRACTION = PREFIX + "k_fraction/k{k}"  # fraction of steps that drafted K=k
+TABLE_CHANGES = PREFIX + "table_changes"
+REPLANS = PREFIX + "replans"
+TABLE_ROWS = PREFIX + "table_rows"  # number of [min_bs, max_bs, K] rows installed
+# Acceptance
+ALPHA_POS = PREFIX + "alpha/pos{i}"  # conditional acceptance estimate at draft position i (1-based)
+ACCEPTED_PER_POS = PREFIX + "accepted_per_draft/pos{i}"  # P(position i accepted) per draft (unconditional)
+ACCEPTANCE_RATE = PREFIX + "acceptance_rate"  # accepted / proposed draft tokens
+MEAN_ACCEPTANCE_LENGTH = PREFIX + "mean_acceptance_length"  # 1 + accepted / drafts
+NUM_DRAFTS = PREFIX + "num_drafts"
+NUM_DRAFT_TOKENS = PREFIX + "num_draft_tokens"  # proposed
+NUM_ACCEPTED_TOKENS = PREFIX + "num_accepted_tokens"  # accepted
+# Cost model
+COST_FITTED = PREFIX + "cost/fitted"
+COST_PER_TOKEN = PREFIX + "cost/per_token_s"
+COST_PER_STEP = PREFIX + "cost/per_step_s"
+COST_PER_DRAFT_PASS = PREFIX + "cost/per_draft_pass_s"
+COST_KNOT_TOKENS = PREFIX + "cost/knot_tokens"
+
+
+def _bs_bucket(b: int):
+    lo = 1
+    while lo * 2 <= b:
+        lo *= 2
+    return lo, lo * 2 - 1
+
+
+def planner_metrics(stats: Mapping) -> Dict[str, float]:
+    """Flatten planner stats into specrollout/* scalars (missing keys are skipped)."""
+    out: Dict[str, float] = {}
+    if not stats:
+        return out
+    out[SPEC_OFF_FRACTION] = float(stats.get("spec_off_fraction", 0.0))
+    out[TABLE_CHANGES] = float(stats.get("table_changes", 0))
+    out[REPLANS] = float(stats.get("replans", 0))
+    out[TABLE_ROWS] = float(len(stats.get("table") or []))
+    hist = stats.get("k_hist") or {}
+    tot_steps = 0
+    k_steps: Dict[int, int] = {}
+    by_bucket: Dict[tuple, list] = {}
+    for b, h in hist.items():
+        b = int(b)
+        acc = by_bucket.setdefault(_bs_bucket(b), [0, 0])
+        for k, n in h.items():
+            k, n = int(k), int(n)
+            tot_steps += n
+            k_steps[k] = k_steps.get(k, 0) + n
+            acc[0] += k * n
+            acc[1] += n
+    if tot_steps:
+        out[MEAN_K] = sum(k * n for k, n in k_steps.items()) / tot_steps
+        for k, n in sorted(k_steps.items()):
+            out[K_FRACTION.format(k=k)] = n / tot_steps
+        for (lo, hi), (ks, n) in sorted(by_bucket.items()):
+            out[MEAN_K_BY_BS.format(lo=lo, hi=hi)] = ks / max(n, 1)
+    for i, a in enumerate(stats.get("alpha") or [], start=1):
+        out[ALPHA_POS.format(i=i)] = float(a)
+    for i, a in enumerate(stats.get("accepted_per_pos") or [], start=1):
+        out[ACCEPTED_PER_POS.format(i=i)] = float(a)
+    nd = int(stats.get("num_drafts", 0))
+    ndt = int(stats.get("num_draft_tokens", 0))
+    na = int(stats.get("num_accepted_tokens", 0))
+    out[NUM_DRAFTS] = float(nd)
+    out[NUM_DRAFT_TOKENS] = float(ndt)
+    out[NUM_ACCEPTED_TOKENS] = float(na)
+    out[ACCEPTANCE_RATE] = na / ndt if ndt else 0.0
+    out[MEAN_ACCEPTANCE_LENGTH] = 1.0 + na / nd if nd else 1.0
+    cm = stats.get("cost_model") or {}
+    out[COST_FITTED] = 1.0 if cm.get("fitted") else 0.0
+    if cm.get("fitted"):
+        out[COST_PER_TOKEN] = float(cm.get("tokens", 0.0))
+        out[COST_PER_STEP] = float(cm.get("intercept", 0.0))
+        out[COST_PER_DRAFT_PASS] = float(cm.get("passes", 0.0))
+        if cm.get("knot") is not None:
+            out[COST_KNOT_TOKENS] = float(cm["knot"])
+    return out

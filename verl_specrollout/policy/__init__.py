@@ -1,0 +1,25 @@
+"""Concurrency-aware draft-length planning (pure Python, no torch / vLLM imports)."""
+
+from verl_specrollout.policy.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
+from verl_specrollout.policy.cost_model import StepCostModel
+from verl_specrollout.policy.planner import (
+    Planner,
+    allocate_verification_budget,
+    choose_k,
+    dense_to_rows,
+    resize_dense,
+    rows_to_dense,
+)
+
+__all__ = [
+    "AcceptanceEstimator",
+    "PerRequestAcceptance",
+    "expected_tokens",
+    "StepCostModel",
+    "Planner",
+    "allocate_verification_budget",
+    "choose_k",
+    "dense_to_rows",
+    "resize_dense",
+    "rows_to_dense",
+]

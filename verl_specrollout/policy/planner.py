@@ -1,0 +1,365 @@
+"""Concurrency-aware choice of the draft length K (stdlib only).
+
+For every batch size B in 1..max_batch the planner picks K in 0..max_k maximising the
+expected committed tokens per second of a decode step::
+
+    throughput(B, K) = B * E[K] / (t_target(B*(1+K) tokens, B) + t_draft(passes(K), B))
+
+with E[K] from `AcceptanceEstimator` and the times from `StepCostModel`, both fitted online
+from the engine's own measurements. K = 0 means no speculation (E = 1, B tokens).
+
+`passes(K)` is the number of draft forward passes the engine runs when it drafts K tokens.
+In vLLM's dynamic-K path (0.31/0.32) a model drafter (eagle/eagle3/draft_model) still runs
+its first forward when K = 0 ("to keep the drafter KV cache in sync", llm_base_proposer.py),
+so for those `passes(0) = 1`; ngram drafting costs no model pass (`passes(0) = 0`).
+
+Output is vLLM's format: `num_speculative_tokens_per_batch_size` rows
+``[[min_bs, max_bs, K], ...]`` (inclusive, contiguous, first row starts at 1; K = 0 rows
+ARE accepted by vLLM 0.31's `validate_and_normalize_dynamic_sd_schedule`, which only
+requires K >= 0) and the dense 1-indexed lookup the scheduler reads
+(`Scheduler.dynamic_sd_lookup[batch_size] -> K`, index 0 unused).
+
+Modes (PlannerConfig.mode):
+- adaptive: explore a few K values for one re-plan interval each (cold start: the cost
+  model needs K to vary to separate draft from verification cost), then plan from the
+  fitted model every `replan_interval` steps, with hysteresis and a small periodic
+  +-1 exploration so the draft-cost terms stay identified.
+- static: the user's table, else max_k for every batch size. Never re-plans.
+- off: K = 0 for every batch size (speculation configured but nothing drafted).
+
+A verification budget (`allocate_verification_budget`) splits a cap of draft tokens per
+step across requests by their running acceptance: the j-th draft token of a request with
+acceptance rate p is worth p**j expected tokens, so the greedy allocation by marginal gain
+is optimal for the geometric model.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from verl_specrollout.policy.acceptance import AcceptanceEstimator
+from verl_specrollout.policy.cost_model import StepCostModel
+
+MODES = ("adaptive", "static", "off")
+
+
+# ---------------------------------------------------------------- table formats
+def dense_to_rows(dense: Sequence[int]) -> List[List[int]]:
+    """1-indexed dense lookup (index 0 unused) -> contiguous [min_bs, max_bs, K] rows."""
+    rows: List[List[int]] = []
+    for b in range(1, len(dense)):
+        k = int(dense[b])
+        if rows and rows[-1][2] == k:
+            rows[-1][1] = b
+        else:
+            rows.append([b, b, k])
+    return rows
+
+
+def rows_to_dense(rows: Sequence[Sequence[int]], max_batch: int, max_k: int) -> List[int]:
+    """Same semantics as vLLM's build_dynamic_sd_schedule_lookup (gaps and the tail carry the
+    previous K forward; K is capped at max_k)."""
+    parsed = sorted((int(r[0]), int(r[1]), int(r[2])) for r in rows)
+    if not parsed or parsed[0][0] != 1:
+        raise ValueError("table must start at batch size 1")
+    dense = [0] * (max_batch + 1)
+    nxt, last = 1, parsed[0][2]
+    for lo, hi, k in parsed:
+        for b in range(nxt, min(lo, max_batch + 1)):  # gap: carry the previous K
+            dense[b] = min(max_k, last)
+        for b in range(max(lo, nxt), min(hi, max_batch) + 1):
+            dense[b] = min(max_k, k)
+        nxt, last = max(nxt, hi + 1), k
+    for b in range(nxt, max_batch + 1):
+        dense[b] = min(max_k, last)
+    return dense
+
+
+def resize_dense(dense: Sequence[int], max_batch: int) -> List[int]:
+    """Truncate or extend (carrying the last K) a dense lookup to cover 1..max_batch."""
+    out = list(dense[: max_batch + 1])
+    last = out[-1] if len(out) > 1 else 0
+    out.extend([last] * (max_batch + 1 - len(out)))
+    out[0] = 0
+    return out
+
+
+# ---------------------------------------------------------------- pure choices
+def throughput(b: int, k: int, e_table: Sequence[float], cost: StepCostModel, zero_k_passes: int) -> float:
+    passes = k if k > 0 else zero_k_passes
+    if k > 0 and zero_k_passes > 0:
+        passes = max(k, zero_k_passes)
+    t = cost.predict(b * (1 + k), b, passes)
+    return b * e_table[k] / t
+
+
+def choose_k(
+    b: int,
+    e_table: Sequence[float],
+    cost: StepCostModel,
+    max_k: int,
+    zero_k_passes: int = 0,
+    current: Optional[int] = None,
+    hysteresis: float = 0.0,
+) -> Tuple[int, List[float]]:
+    """Best K for batch size b; keeps `current` unless another K is better by > hysteresis."""
+    tps = [throughput(b, k, e_table, cost, zero_k_passes) for k in range(max_k + 1)]
+    best = max(range(max_k + 1), key=lambda k: (tps[k], -k))
+    if current is not None and 0 <= current <= max_k and tps[best] <= tps[current] * (1.0 + hysteresis):
+        best = current
+    return best, tps
+
+
+def allocate_verification_budget(
+    budget: int,
+    rates: Sequence[float],
+    max_lens: Sequence[int],
+    min_gain: float = 0.0,
+) -> List[int]:
+    """Split `budget` draft tokens across requests to maximise expected accepted tokens.
+
+    Request r with running acceptance rate rates[r] gets k_r <= max_lens[r] tokens; its j-th
+    token is worth rates[r]**j (geometric model), so taking marginal gains greedily from a
+    heap is optimal. Tokens worth less than `min_gain` are never verified (min_gain = the
+    marginal step cost of one verified token times the current throughput makes the budget
+    self-limiting; see Planner.min_token_gain). Ties go to the earlier request.
+    """
+    n = len(rates)
+    alloc = [0] * n
+    if budget <= 0 or n == 0:
+        return alloc
+    heap = []
+    for r in range(n):
+        p = min(max(float(rates[r]), 0.0), 1.0)
+        if max_lens[r] > 0 and p > 0 and p >= min_gain:
+            heap.append((-p, r, p))
+    heapq.heapify(heap)
+    left = budget
+    while heap and left > 0:
+        neg_gain, r, p = heapq.heappop(heap)
+        alloc[r] += 1
+        left -= 1
+        if alloc[r] < max_lens[r]:
+            g = -neg_gain * p
+            if g > 0 and g >= min_gain:
+                heapq.heappush(heap, (-g, r, p))
+    return alloc
+
+
+# ---------------------------------------------------------------------- Planner
+class Planner:
+    def __init__(
+        self,
+        max_k: int,
+        max_batch: int = 1024,
+        mode: str = "adaptive",
+        table: Optional[Sequence[Sequence[int]]] = None,
+        replan_interval: int = 16,
+        acceptance_decay: float = 0.98,
+        prior_acceptance: float = 0.6,
+        zero_k_passes: int = 0,
+        hysteresis: float = 0.03,
+        explore_every: int = 8,
+        explore_ks: Optional[Sequence[int]] = None,
+        cost_window: int = 4096,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_k < 1 or max_batch < 1:
+            raise ValueError("max_k and max_batch must be >= 1")
+        self.max_k = max_k
+        self.max_batch = max_batch
+        self.mode = mode
+        self.user_table = [list(r) for r in table] if table else None
+        self.replan_interval = max(1, int(replan_interval))
+        self.zero_k_passes = zero_k_passes
+        self.hysteresis = hysteresis
+        self.explore_every = explore_every
+        if explore_ks is None:
+            ks = [max_k, 0, 1, max(1, max_k // 2)]
+            explore_ks = [k for i, k in enumerate(ks) if k not in ks[:i]]
+        self.explore_ks = list(explore_ks)
+        self.cost = StepCostModel(window=cost_window)
+        self.acceptance = AcceptanceEstimator(max_k, decay=acceptance_decay, prior=prior_acceptance)
+        self._plan: List[int] = [0] + [max_k] * max_batch  # the exploited plan
+        self.dense: List[int] = self._initial_dense()  # what is installed
+        self.steps = 0
+        self.replans = 0
+        self.table_changes = 0
+        self._explore_phase = 0
+        self._planned = False
+        self._last_tps: Dict[int, List[float]] = {}
+        # metrics
+        self.k_hist: Dict[int, Dict[int, int]] = {}
+        self.steps_with_spec_off = 0
+        self.steps_observed = 0
+
+    # --------------------------------------------------------------- tables
+    def _initial_dense(self) -> List[int]:
+        if self.mode == "off":
+            return [0] * (self.max_batch + 1)
+        if self.mode == "static":
+            if self.user_table:
+                return rows_to_dense(self.user_table, self.max_batch, self.max_k)
+            return [0] + [self.max_k] * self.max_batch
+        if self.user_table:  # adaptive with a pinned table: the table wins
+            return rows_to_dense(self.user_table, self.max_batch, self.max_k)
+        return [0] + [self.explore_ks[0]] * self.max_batch
+
+    def rows(self) -> List[List[int]]:
+        return dense_to_rows(self.dense)
+
+    def lookup(self, max_batch: Optional[int] = None) -> List[int]:
+        return resize_dense(self.dense, max_batch) if max_batch else list(self.dense)
+
+    def k_for(self, b: int) -> int:
+        return self.dense[min(max(b, 1), self.max_batch)]
+
+    def set_mode(self, mode: str, table: Optional[Sequence[Sequence[int]]] = None) -> List[int]:
+        """Switch policy live (benchmarks: compare policies inside ONE engine)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.user_table = [list(r) for r in table] if table else None
+        self._explore_phase = len(self.explore_ks) - 1 if self.cost.fitted else 0
+        new = self._initial_dense()
+        if mode == "adaptive" and not self.user_table and self.cost.fit():
+            new = self._plan = self.plan()
+            self._planned = True
+        self._install(new)
+        return self.dense
+
+    def _install(self, dense: List[int]) -> bool:
+        if dense != self.dense:
+            self.dense = dense
+            self.table_changes += 1
+            return True
+        return False
+
+    # -------------------------------------------------------------- observe
+    def passes_for(self, k: int) -> int:
+        if k <= 0:
+            return self.zero_k_passes
+        return max(k, self.zero_k_passes)
+
+    def observe_step(self, requests: int, tokens: int, drafted_k: int, seconds: Optional[float]) -> None:
+        """One engine step: `requests` scheduled, `tokens` target tokens, drafting `drafted_k`
+        tokens for the next step (vLLM's num_spec_tokens_to_schedule), wall time `seconds`
+        (None to skip timing, e.g. a step with prefills)."""
+        if requests <= 0:
+            return
+        self.steps_observed += 1
+        h = self.k_hist.setdefault(requests, {})
+        h[drafted_k] = h.get(drafted_k, 0) + 1
+        if drafted_k == 0:
+            self.steps_with_spec_off += 1
+        if seconds is not None:
+            self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+
+    def observe_drafts(self, pairs: Sequence[Tuple[int, int]]) -> None:
+        """The step's per-request (num_draft_tokens, num_accepted) verification results."""
+        self.acceptance.observe_requests(pairs)
+
+    def tick(self) -> Optional[List[int]]:
+        """Call once per engine step after observing it. Returns the new dense lookup when
+        the installed table changed, else None."""
+        self.steps += 1
+        if self.mode != "adaptive" or self.user_table:
+            return None
+        if self.steps % self.replan_interval:
+            return None
+        return self.replan()
+
+    # ----------------------------------------------------------------- plan
+    def replan(self) -> Optional[List[int]]:
+        self.replans += 1
+        n_explore = len(self.explore_ks)
+        if self._explore_phase < n_explore - 1:
+            # Cold start: one interval per exploration K (the cost model cannot separate
+            # drafting from verification until K has varied).
+            self._explore_phase += 1
+            k = self.explore_ks[self._explore_phase]
+            return self._changed([0] + [k] * self.max_batch)
+        if not self.cost.fit():
+            # Still not enough distinct measurements (e.g. no steps ran): keep cycling.
+            k = self.explore_ks[self.replans % n_explore]
+            return self._changed([0] + [k] * self.max_batch)
+        self._plan = self.plan(current=self._plan if self._planned else None)
+        self._planned = True
+        if self.explore_every and self.replans % self.explore_every == 0:
+            sign = 1 if (self.replans // self.explore_every) % 2 else -1
+            probe = [0] + [min(self.max_k, max(0, k + sign)) for k in self._plan[1:]]
+            return self._changed(probe)
+        return self._changed(list(self._plan))
+
+    def _changed(self, dense: List[int]) -> Optional[List[int]]:
+        return list(self.dense) if self._install(dense) else None
+
+    def plan(self, current: Optional[Sequence[int]] = None) -> List[int]:
+        """The best dense lookup under the current models (no exploration)."""
+        if not self.cost.fitted:
+            self.cost.fit()
+        if not self.cost.fitted:
+            return [0] + [self.max_k] * self.max_batch
+        e = self.acceptance.expected_table()
+        out = [0] * (self.max_batch + 1)
+        self._last_tps = {}
+        for b in range(1, self.max_batch + 1):
+            cur = current[b] if current is not None and b < len(current) else None
+            k, tps = choose_k(b, e, self.cost, self.max_k, self.zero_k_passes, cur, self.hysteresis)
+            out[b] = k
+            if b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+                self._last_tps[b] = tps
+        return out
+
+    def min_token_gain(self, b: int, k: int) -> float:
+        """Expected tokens one extra verified draft token must bring to pay for itself at
+        batch size b and draft length k: marginal step cost of a token x current throughput."""
+        if not self.cost.fitted:
+            return 0.0
+        toks = b * (1 + k)
+        m = self.cost.predict(toks + 1, b, self.passes_for(k)) - self.cost.predict(toks, b, self.passes_for(k))
+        tp = throughput(b, k, self.acceptance.expected_table(), self.cost, self.zero_k_passes)
+        return max(0.0, m * tp)
+
+    # -------------------------------------------------------------- metrics
+    def stats(self) -> dict:
+        al = self.acceptance.alphas()
+        acc = self.acceptance
+        return {
+            "mode": self.mode,
+            "steps": self.steps,
+            "replans": self.replans,
+            "table_changes": self.table_changes,
+            "table": self.rows(),
+            "k_hist": {b: dict(h) for b, h in sorted(self.k_hist.items())},
+            "spec_off_fraction": self.steps_with_spec_off / max(self.steps_observed, 1),
+            "alpha": al,
+            "expected_tokens": acc.expected_table(),
+            "accepted_per_pos": [a / max(acc.total_drafts, 1) for a in acc.total_accepted_per_pos],
+            "num_drafts": acc.total_drafts,
+            "num_draft_tokens": acc.total_draft_tokens,
+            "num_accepted_tokens": acc.total_accepted,
+            "acceptance_rate": acc.total_accepted / max(acc.total_draft_tokens, 1),
+            "cost_model": self.cost.describe(),
+            "throughput_by_k": {b: list(t) for b, t in self._last_tps.items()},
+        }
+
+    @classmethod
+    def from_config(cls, cfg, max_batch: Optional[int] = None, zero_k_passes: Optional[int] = None) -> "Planner":
+        """From a SpecRolloutConfig (verl_specrollout.config)."""
+        p = cfg.planner
+        if zero_k_passes is None:
+            zero_k_passes = 0 if cfg.method == "ngram" else 1
+        return cls(
+            max_k=cfg.max_k,
+            max_batch=max_batch or p.max_batch,
+            mode=p.mode,
+            table=p.table,
+            replan_interval=p.replan_interval,
+            acceptance_decay=p.acceptance_decay,
+            prior_acceptance=p.prior_acceptance,
+            zero_k_passes=zero_k_passes,
+        )
+
