@@ -42,8 +42,20 @@ class PlannerConfig:
     max_batch: int = 1024
     # Decay of the online acceptance estimate per observed step (0 < decay < 1).
     acceptance_decay: float = 0.98
-    # Prior per-position acceptance rate for a cold start.
+    # Prior per-position acceptance rate for a cold start (pseudo-counts; washes out).
     prior_acceptance: float = 0.6
+    # Relative gain a new K must show over the current one before the table changes.
+    hysteresis: float = 0.03
+    # Every this many re-plans, try K+-1 so the draft's cost stays measured.
+    explore_every: int = 8
+    # Per-request trimming of draft lists: None (off), "auto" (keep a draft token only if its
+    # expected gain pays for its measured verification cost), or an int cap of draft tokens
+    # verified per step. Needs synchronous scheduling (always the case on CPU).
+    verify_budget: Optional[Any] = None
+    # Write the planner's stats as JSON here at every re-plan (engine processes have no
+    # other channel back to the trainer). Control file: {"mode": ..., "table": ...}, polled.
+    stats_path: Optional[str] = None
+    control_path: Optional[str] = None
 
 
 @dataclass
@@ -153,6 +165,13 @@ class SpecRolloutConfig:
             raise SpecRolloutConfigError(f"specrollout.planner.prior_acceptance must be in [0, 1], got {p.prior_acceptance}")
         if p.table is not None:
             validate_table(p.table, self.max_k)
+        if not 0.0 <= p.hysteresis < 1.0:
+            raise SpecRolloutConfigError(f"specrollout.planner.hysteresis must be in [0, 1), got {p.hysteresis}")
+        if not isinstance(p.explore_every, int) or p.explore_every < 0:
+            raise SpecRolloutConfigError(f"specrollout.planner.explore_every must be an integer >= 0, got {p.explore_every!r}")
+        vb = p.verify_budget
+        if vb is not None and vb != "auto" and (isinstance(vb, bool) or not isinstance(vb, int) or vb < 0):
+            raise SpecRolloutConfigError(f"specrollout.planner.verify_budget must be null, 'auto' or an int >= 0, got {vb!r}")
 
     def _validate_learner(self) -> None:
         lc = self.learner

@@ -5,8 +5,7 @@ Use: engine arg ``scheduler_cls="verl_specrollout.engine.scheduler.SpecRolloutSc
 with ``speculative_config = {..., "num_speculative_tokens": max_k,
 "num_speculative_tokens_per_batch_size": [[1, max_bs, max_k]]}`` and our config under
 ``additional_config["specrollout"]`` (SpecRolloutConfig.to_dict()); engine/speculative.py's
-build_engine_kwargs produces exactly that. Optional scheduler-only knobs live under
-``additional_config["specrollout_scheduler"]``:
+build_engine_kwargs produces exactly that. Scheduler knobs in ``specrollout.planner``:
 
 - ``verify_budget``: None (default) | int | "auto". Per-request trimming of draft lists
   (see below). An int caps the draft tokens verified per step, given to the requests with
@@ -56,7 +55,6 @@ from verl_specrollout.policy.planner import Planner, allocate_verification_budge
 logger = logging.getLogger("verl_specrollout.scheduler")
 
 ADDITIONAL_CONFIG_KEY = "specrollout"
-SCHEDULER_OPTIONS_KEY = "specrollout_scheduler"
 
 
 class SpecRolloutScheduler(Scheduler):
@@ -69,7 +67,6 @@ class SpecRolloutScheduler(Scheduler):
         vcfg = self.vllm_config
         extra = compat.additional_config(vcfg)
         raw = extra.get(ADDITIONAL_CONFIG_KEY)
-        opts = dict(extra.get(SCHEDULER_OPTIONS_KEY) or {})
         spec = vcfg.speculative_config
         if spec is None or not self.num_spec_tokens:
             logger.warning("SpecRolloutScheduler: no speculative_config; planner off, plain vLLM scheduling")
@@ -82,10 +79,6 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_max_bs = int(self.scheduler_config.max_num_seqs)
         zero_k_passes = 0 if spec.method in compat.MODEL_FREE_DRAFT_METHODS else 1
         p = cfg.planner
-        planner_kw = {}
-        for key in ("hysteresis", "explore_every"):
-            if key in opts:
-                planner_kw[key] = opts[key]
         self.planner = Planner(
             max_k=max_k,
             max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
@@ -95,16 +88,17 @@ class SpecRolloutScheduler(Scheduler):
             acceptance_decay=p.acceptance_decay,
             prior_acceptance=p.prior_acceptance,
             zero_k_passes=zero_k_passes,
-            **planner_kw,
+            hysteresis=p.hysteresis,
+            explore_every=p.explore_every,
         )
         self._sr_req_acc = PerRequestAcceptance(prior=p.prior_acceptance)
-        budget = opts.get("verify_budget")
+        budget = p.verify_budget
         if budget is not None and getattr(self.scheduler_config, "async_scheduling", False):
             logger.warning("specrollout verify_budget needs synchronous scheduling; ignored under async scheduling")
             budget = None
         self._sr_budget = budget
-        self._sr_stats_path = opts.get("stats_path")
-        self._sr_control_path = opts.get("control_path")
+        self._sr_stats_path = p.stats_path
+        self._sr_control_path = p.control_path
         self._sr_control_mtime = None
         if compat.get_dynamic_lookup(self) is None:
             logger.warning(
