@@ -1,0 +1,60 @@
+"""Shared pieces of the benchmarks: testbed prompts, engines, timing, JSON + plot output.
+
+Policies are compared inside ONE speculative engine whose batch-size -> K table is
+rewritten live between interleaved repeats (separate engine instances differ by 10-30 %
+on this machine); "plain" is a second engine without speculation, interleaved too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+
+def load_prompts(tb, n: int, seed: int = 777) -> list:
+    from transformers import AutoTokenizer
+
+    from verl_specrollout.testbed.task import make_examples, prompt_messages
+
+    tok = AutoTokenizer.from_pretrained(tb.target_dir)
+    exs = make_examples(n, seed=seed)
+    return [tok.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False) for e in exs]
+
+
+def make_engines(tb, method: str, max_k: int, max_batch: int, **overrides):
+    """(plain engine, speculative engine, its SpecRolloutScheduler)."""
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.engine import compat
+    from verl_specrollout.engine.local import make_llm
+
+    draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[method]
+    cfg = SpecRolloutConfig.from_dict(
+        {"enable": True, "method": method, "draft_path": draft, "max_k": max_k,
+         "planner": {"mode": "adaptive", "max_batch": max_batch}}
+    )
+    common = dict(max_num_seqs=max_batch, max_num_batched_tokens=max(2048, max_batch * (max_k + 1)))
+    common.update(overrides)
+    plain = make_llm(tb.target_dir, **common)
+    spec = make_llm(tb.target_dir, cfg, **common)
+    return plain, spec, compat.in_process_scheduler(spec)
+
+
+def timed_generate(llm, prompts, params) -> tuple:
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    sec = time.perf_counter() - t0
+    return sec, sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)

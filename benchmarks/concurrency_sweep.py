@@ -1,0 +1,139 @@
+"""Throughput vs live concurrency B for plain decoding, every static K and the adaptive planner.
+
+    python -m benchmarks.concurrency_sweep --out results/sweep.json [--size medium]
+
+All B requests run the same number of tokens (ignore_eos) so concurrency stays B for the
+whole measurement. Policies are interleaved inside one speculative engine (table rewritten
+live); "plain" is an engine without speculation. Prints adaptive / best-static and
+adaptive / plain per B, writes JSON and a PNG (throughput vs B; K chosen vs B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks.common import load_prompts, make_engines, median, timed_generate, write_json
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--size", default="medium")
+    ap.add_argument("--method", default="eagle3")
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--ks", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--tokens", type=int, default=48, help="tokens generated per request")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--warmup-steps", type=int, default=96, help="adaptive warm-up engine steps per B")
+    args = ap.parse_args(argv)
+
+    from vllm import SamplingParams
+
+    from verl_specrollout.testbed import build_testbed
+
+    batches = [int(b) for b in args.batches.split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
+    tb = build_testbed(args.size)
+    prompts_all = load_prompts(tb, max(batches))
+    plain, spec, sched = make_engines(tb, args.method, max(ks), max(batches))
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True, seed=0)
+
+    policies = ["plain"] + [f"static-{k}" for k in ks] + ["adaptive"]
+    results, chosen_k = [], {}
+    t_start = time.perf_counter()
+    for b in batches:
+        prompts = prompts_all[:b]
+        # Adaptive learns online: give it steps at this concurrency before timing.
+        sched.set_policy("adaptive")
+        warm = max(1, args.warmup_steps // args.tokens)
+        for _ in range(warm):
+            spec.generate(prompts, params, use_tqdm=False)
+        times = {p: [] for p in policies}
+        tokens = {}
+        for _ in range(args.repeats):
+            for p in policies:
+                if p == "plain":
+                    sec, n = timed_generate(plain, prompts, params)
+                else:
+                    if p == "adaptive":
+                        sched.set_policy("adaptive")
+                    else:
+                        sched.set_policy("static", [[1, max(batches), int(p.split("-")[1])]])
+                    sec, n = timed_generate(spec, prompts, params)
+                times[p].append(sec)
+                tokens[p] = n
+        chosen_k[b] = sched.planner.k_for(b)
+        row = {}
+        for p in policies:
+            sec = median(times[p])
+            row[p] = tokens[p] / sec
+            results.append({"policy": "static-K" if p.startswith("static") else p,
+                            "k": int(p.split("-")[1]) if p.startswith("static") else None,
+                            "concurrency": b, "tokens_per_s": round(row[p], 2), "seconds": round(sec, 4)})
+        best_k = max(ks, key=lambda k: row[f"static-{k}"])
+        best = row[f"static-{best_k}"]
+        print(f"B={b:4d} plain {row['plain']:8.1f} tok/s | best static K={best_k} {best:8.1f} | adaptive "
+              f"{row['adaptive']:8.1f} (K={chosen_k[b]}) | adaptive/best-static {row['adaptive'] / best:.3f} "
+              f"| adaptive/plain {row['adaptive'] / row['plain']:.3f}", flush=True)
+
+    summary = _ratios(results, batches)
+    stats = sched.specrollout_stats()
+    payload = {"benchmark": "concurrency_sweep", "size": args.size, "method": args.method,
+               "tokens_per_request": args.tokens, "temperature": args.temperature,
+               "seconds_total": round(time.perf_counter() - t_start, 1),
+               "chosen_k": chosen_k, "summary": summary, "planner": _jsonable(stats), "results": results}
+    write_json(args.out, payload)
+    _plot(args.out.rsplit(".", 1)[0] + ".png", results, batches, ks, chosen_k)
+    print("min adaptive/best-static over B: %.3f; min adaptive/plain over B: %.3f"
+          % (min(s["adaptive_over_best_static"] for s in summary), min(s["adaptive_over_plain"] for s in summary)))
+    return payload
+
+
+def _ratios(results, batches):
+    out = []
+    for b in batches:
+        rows = [r for r in results if r["concurrency"] == b]
+        plain = next(r["tokens_per_s"] for r in rows if r["policy"] == "plain")
+        adaptive = next(r["tokens_per_s"] for r in rows if r["policy"] == "adaptive")
+        best = max((r for r in rows if r["policy"] == "static-K"), key=lambda r: r["tokens_per_s"])
+        out.append({"concurrency": b, "best_static_k": best["k"],
+                    "adaptive_over_best_static": round(adaptive / best["tokens_per_s"], 3),
+                    "adaptive_over_plain": round(adaptive / plain, 3)})
+    return out
+
+
+def _jsonable(x):
+    import json
+
+    return json.loads(json.dumps(x, default=str))
+
+
+def _plot(path, results, batches, ks, chosen_k):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    def series(pred):
+        return [next(r["tokens_per_s"] for r in results if r["concurrency"] == b and pred(r)) for b in batches]
+    ax1.plot(batches, series(lambda r: r["policy"] == "plain"), "k-o", label="plain", lw=2)
+    for k in ks:
+        ax1.plot(batches, series(lambda r, k=k: r["policy"] == "static-K" and r["k"] == k), "--", alpha=0.6, label=f"K={k}")
+    ax1.plot(batches, series(lambda r: r["policy"] == "adaptive"), "r-s", label="adaptive", lw=2)
+    ax1.set_xscale("log", base=2); ax1.set_yscale("log")
+    ax1.set_xlabel("concurrency B"); ax1.set_ylabel("output tokens/s"); ax1.legend(fontsize=7, ncol=2)
+    ax1.set_title("throughput vs live concurrency")
+    best = [max(ks, key=lambda k: next(r["tokens_per_s"] for r in results if r["concurrency"] == b
+                                       and r["policy"] == "static-K" and r["k"] == k)) for b in batches]
+    ax2.plot(batches, [chosen_k[b] for b in batches], "r-s", label="adaptive K")
+    ax2.plot(batches, best, "b:o", label="best static K (measured)")
+    ax2.set_xscale("log", base=2); ax2.set_xlabel("concurrency B"); ax2.set_ylabel("K"); ax2.legend()
+    ax2.set_title("draft length chosen vs B")
+    fig.tight_layout(); fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

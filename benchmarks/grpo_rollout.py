@@ -1,0 +1,100 @@
+"""A GRPO-shaped rollout timed end to end: many prompts x G samples, heavy-tailed lengths.
+
+    python -m benchmarks.grpo_rollout --out results/grpo.json [--size medium]
+
+All P*G requests are submitted at once, so the engine starts compute-bound with P*G running
+sequences and ends in a long tail of a few. Compares plain decoding, every single static K
+(the best one is the baseline to beat), a vLLM-style hand-written batch-size -> K table, and
+the adaptive planner; interleaved repeats inside one speculative engine, medians reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks.common import load_prompts, make_engines, median, timed_generate, write_json
+
+# The kind of table a user writes by hand for vLLM's num_speculative_tokens_per_batch_size.
+HAND_TABLE = [[1, 4, 4], [5, 16, 2], [17, 4096, 1]]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--size", default="medium")
+    ap.add_argument("--method", default="eagle3")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--ks", default="1,2,3,4,6,8")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    args = ap.parse_args(argv)
+
+    from vllm import SamplingParams
+
+    from verl_specrollout.testbed import build_testbed
+
+    ks = [int(k) for k in args.ks.split(",")]
+    tb = build_testbed(args.size)
+    prompts = load_prompts(tb, args.prompts, seed=4242)
+    n_req = args.prompts * args.group
+    plain, spec, sched = make_engines(tb, args.method, max(ks), max(256, n_req))
+    hand = [[lo, min(hi, max(256, n_req)), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max(256, n_req)]
+    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens, seed=0)
+
+    # Warm-up: compile paths and give the planner its cold-start exploration.
+    sched.set_policy("adaptive")
+    spec.generate(prompts, params, use_tqdm=False)
+    plain.generate(prompts[:4], params, use_tqdm=False)
+
+    policies = ["plain"] + [f"static-{k}" for k in ks] + ["table", "adaptive"]
+    times = {p: [] for p in policies}
+    tokens = {p: [] for p in policies}
+    t_start = time.perf_counter()
+    for rep in range(args.repeats):
+        for p in policies:
+            if p == "plain":
+                sec, n = timed_generate(plain, prompts, params)
+            else:
+                if p == "adaptive":
+                    sched.set_policy("adaptive")
+                elif p == "table":
+                    sched.set_policy("static", hand)
+                else:
+                    sched.set_policy("static", [[1, max(256, n_req), int(p.split("-")[1])]])
+                sec, n = timed_generate(spec, prompts, params)
+            times[p].append(sec)
+            tokens[p].append(n)
+            print(f"  rep {rep} {p:10s} {sec:7.2f}s {n / sec:8.1f} tok/s", flush=True)
+
+    results = []
+    for p in policies:
+        sec = median(times[p])
+        tps = median([n / s for n, s in zip(tokens[p], times[p])])
+        results.append({"policy": "static-K" if p.startswith("static") else p,
+                        "k": int(p.split("-")[1]) if p.startswith("static") else None,
+                        "tokens_per_s": round(tps, 2), "seconds": round(sec, 3)})
+    by = {(r["policy"], r["k"]): r for r in results}
+    best = max((r for r in results if r["policy"] == "static-K"), key=lambda r: r["tokens_per_s"])
+    ad, pl, tb_ = by[("adaptive", None)], by[("plain", None)], by[("table", None)]
+    ratios = {
+        "best_static_k": best["k"],
+        "adaptive_over_best_static": round(ad["tokens_per_s"] / best["tokens_per_s"], 3),
+        "adaptive_over_plain": round(ad["tokens_per_s"] / pl["tokens_per_s"], 3),
+        "adaptive_over_table": round(ad["tokens_per_s"] / tb_["tokens_per_s"], 3),
+        "best_static_over_plain": round(best["tokens_per_s"] / pl["tokens_per_s"], 3),
+    }
+    for k, v in ratios.items():
+        print(f"{k}: {v}")
+    write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,
+                          "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
+                          "temperature": args.temperature, "hand_table": hand,
+                          "seconds_total": round(time.perf_counter() - t_start, 1),
+                          "ratios": ratios, "planner_table": sched.planner.rows(), "results": results})
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

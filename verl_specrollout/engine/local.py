@@ -1,0 +1,35 @@
+"""An in-process vLLM engine built through the same kwargs path veRL's server uses.
+
+veRL's `vLLMHttpServer` runs inside a Ray actor with an HTTP front end; the engine
+it starts is configured by `build_engine_kwargs` (see verl_server.py). This helper
+starts `vllm.LLM` with exactly those kwargs, which is the nearest path to veRL's
+server that runs in one process on CPU. Used by the quickstart, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.engine.speculative import build_engine_kwargs
+
+
+def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overrides):
+    """`vllm.LLM` for `target_dir`; speculative when `spec.enable`. Stats are on (we read them)."""
+    # In-process engine: starts in ~1.5 s instead of 15-25 s and keeps our plugins in one process.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    kwargs = dict(
+        model=target_dir,
+        dtype="float32",
+        enforce_eager=True,
+        disable_log_stats=False,
+        max_model_len=512,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    if spec is not None and spec.enable:
+        kwargs.update(build_engine_kwargs(spec, target_path=target_dir, existing=kwargs))
+    return LLM(**kwargs)
