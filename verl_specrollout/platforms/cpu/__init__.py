@@ -1,0 +1,1 @@
+"""CPU-platform (vLLM-CPU) fixes. Nothing heavy is imported here."""
