@@ -1,0 +1,1 @@
+"""End-to-end drivers that run real veRL jobs (CPU testing platform)."""
