@@ -1,0 +1,427 @@
+"""EAGLE-3 draft head (one decoder layer over fused target features) in vLLM's checkpoint format.
+
+We write our own module rather than use ``speculators`` 0.9.0 because that package imports
+``hs_connectors``, ``datasets``, ``openai`` etc. (and requires torchvision/torchaudio) at import
+time of its Eagle3 model, so it does not import cleanly on our CPU-only stack.
+
+The module mirrors ``vllm/model_executor/models/llama_eagle3.py`` exactly (weight names,
+norms, residual placement, RoPE), so the state dict saves as a checkpoint that vLLM loads with
+``speculative_config={"method": "eagle3", "model": dir}``:
+
+* ``fc.weight``                 [hidden, n_aux * target_hidden]   fuse the aux target features
+* ``midlayer.hidden_norm``      RMSNorm on the fused feature (residual taken *before* it)
+* ``midlayer.input_layernorm``  RMSNorm on the token embedding
+* ``midlayer.self_attn.{q,k,v,o}_proj`` with q/k/v input width 2 * hidden ([embeds, hidden])
+* ``midlayer.post_attention_layernorm``, ``midlayer.mlp.{gate,up,down}_proj``
+* ``norm.weight``               final RMSNorm before the (shared) lm_head
+* optional ``lm_head.weight`` / ``embed_tokens.weight`` (absent => vLLM shares the target's;
+  never write into those shared modules), optional ``d2t`` for a reduced draft vocabulary.
+
+Alignment (vLLM's EAGLE proposer): draft slot ``t`` takes the target's aux hidden states at
+position ``t`` and the embedding of token ``x[t+1]``, runs at position ``t`` and predicts
+``x[t+2]``.  Later draft steps at the same slot feed back the draft's *pre-norm* output
+(``hidden + residual``) with the next token, at position ``t + j - 1`` for step ``j``; their
+attention sees step-1 keys at slots ``<= t`` and the keys of earlier steps at slot ``t`` only.
+``forward(..., num_steps=k)`` implements that "training-time test" unroll.
+
+Aux layer id ``L`` (vLLM) = the residual stream after ``L`` decoder layers = HF
+``output_hidden_states[L]`` for ``L < num_hidden_layers``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+EXTRA_NAME = "specrollout_draft.json"
+
+
+@dataclass
+class Eagle3Config:
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int
+    aux_layer_ids: list = field(default_factory=list)
+    target_hidden_size: Optional[int] = None
+    head_dim: Optional[int] = None
+    draft_vocab_size: Optional[int] = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    hidden_act: str = "silu"
+    own_embed_tokens: bool = False
+    own_lm_head: bool = False
+    torch_dtype: str = "float32"
+
+    def __post_init__(self):
+        self.aux_layer_ids = [int(i) for i in self.aux_layer_ids]
+        if self.target_hidden_size is None:
+            self.target_hidden_size = self.hidden_size
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_target_config(cls, target_config, aux_layer_ids: Sequence[int], **overrides):
+        """Shape the head like one decoder layer of the target (HF ``LlamaConfig``)."""
+        tc = target_config
+        rope_theta = getattr(tc, "rope_theta", None)
+        rp = getattr(tc, "rope_parameters", None) or {}
+        if rope_theta is None:
+            rope_theta = rp.get("rope_theta", 10000.0) if isinstance(rp, dict) else 10000.0
+        kw = dict(
+            hidden_size=tc.hidden_size,
+            num_attention_heads=tc.num_attention_heads,
+            num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
+            intermediate_size=tc.intermediate_size,
+            vocab_size=tc.vocab_size,
+            aux_layer_ids=list(aux_layer_ids),
+            target_hidden_size=tc.hidden_size,
+            head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+            rms_norm_eps=getattr(tc, "rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            max_position_embeddings=getattr(tc, "max_position_embeddings", 2048),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_vllm_config(self) -> dict:
+        """The config.json vLLM's EAGLE-3 loader expects (a 1-layer Llama + eagle_config)."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": 1,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
+            "vocab_size": self.vocab_size,
+            "draft_vocab_size": self.draft_vocab_size or self.vocab_size,
+            "target_hidden_size": self.target_hidden_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": False,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": self.torch_dtype,
+            "dtype": self.torch_dtype,
+            "eagle_config": {
+                "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
+                "use_aux_hidden_state": True,
+            },
+        }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: Eagle3Config):
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.nh, self.nkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.q_proj = nn.Linear(2 * h, self.nh * d, bias=False)
+        self.k_proj = nn.Linear(2 * h, self.nkv * d, bias=False)
+        self.v_proj = nn.Linear(2 * h, self.nkv * d, bias=False)
+        self.o_proj = nn.Linear(self.nh * d, h, bias=False)
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def _rope(self, x, pos):  # x [B, H, T, d], pos [B, T]
+        freqs = pos.float()[..., None] * self.inv_freq  # [B,T,d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B,1,T,d]
+        return x * emb.cos().to(x.dtype) + _rotate_half(x) * emb.sin().to(x.dtype)
+
+    def forward(self, x, positions, cache: list, key_mask=None):
+        """x [B,T,2h]. ``cache`` holds (k, v) of earlier unroll steps (step 1 first).
+
+        Step 1 (empty cache): causal attention over the sequence.  Step j > 1: the query at
+        slot t attends to step-1 keys at slots <= t plus, diagonally, the keys of steps 2..j at
+        slot t.  ``key_mask`` [B,T] marks valid (non-pad) slots.
+        """
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.d).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.nkv, self.d).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.nkv, self.d).transpose(1, 2)
+        q, k = self._rope(q, positions), self._rope(k, positions)
+        cache.append((k, v))
+        rep = self.nh // self.nkv
+        if rep > 1:
+            expand = lambda t: t.repeat_interleave(rep, dim=1)  # noqa: E731
+        else:
+            expand = lambda t: t  # noqa: E731
+        k1, v1 = expand(cache[0][0]), expand(cache[0][1])
+        scale = 1.0 / math.sqrt(self.d)
+        s1 = torch.matmul(q, k1.transpose(-1, -2)) * scale  # [B,H,T,T]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        mask = causal[None, None]
+        if key_mask is not None:
+            mask = mask & key_mask[:, None, None, :].bool()
+        s1 = s1.masked_fill(~mask, float("-inf"))
+        if len(cache) == 1:
+            p = torch.softmax(s1.float(), dim=-1).to(q.dtype)
+            o = torch.matmul(p, v1)
+        else:
+            kd = torch.stack([expand(c[0]) for c in cache[1:]], dim=-2)  # [B,H,T,j-1,d]
+            vd = torch.stack([expand(c[1]) for c in cache[1:]], dim=-2)
+            sd = (q.unsqueeze(-2) * kd).sum(-1) * scale  # [B,H,T,j-1]
+            p = torch.softmax(torch.cat([s1, sd], dim=-1).float(), dim=-1).to(q.dtype)
+            o = torch.matmul(p[..., :T], v1) + (p[..., T:].unsqueeze(-1) * vd).sum(-2)
+        o = o.transpose(1, 2).reshape(B, T, self.nh * self.d)
+        return self.o_proj(o)
+
+
+class _MLP(nn.Module):
+    def __init__(self, cfg: Eagle3Config):
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=False)
+        self.up_proj = nn.Linear(h, i, bias=False)
+        self.down_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _MidLayer(nn.Module):
+    def __init__(self, cfg: Eagle3Config):
+        super().__init__()
+        self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = _Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = _MLP(cfg)
+
+    def forward(self, embeds, hidden, positions, cache, key_mask=None):
+        residual = hidden
+        x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
+        x = self.self_attn(x, positions, cache, key_mask)
+        residual = x + residual
+        x = self.mlp(self.post_attention_layernorm(residual))
+        return x + residual  # pre-norm output ("aux_output" in vLLM)
+
+
+class Eagle3Draft(nn.Module):
+    """EAGLE-3 head.  ``embed_tokens`` / ``lm_head`` are the target's unless ``own_*`` is set:
+    pass them to :meth:`forward` (they are not registered as parameters here then)."""
+
+    def __init__(self, config: Eagle3Config):
+        super().__init__()
+        self.config = config
+        n_aux = len(config.aux_layer_ids)
+        assert n_aux > 0, "aux_layer_ids must be set"
+        self.fc = nn.Linear(n_aux * config.target_hidden_size, config.hidden_size, bias=False)
+        self.midlayer = _MidLayer(config)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        dv = config.draft_vocab_size or config.vocab_size
+        self.embed_tokens = (nn.Embedding(config.vocab_size, config.hidden_size)
+                             if config.own_embed_tokens else None)
+        self.lm_head = nn.Linear(config.hidden_size, dv, bias=False) if config.own_lm_head else None
+        if dv != config.vocab_size:
+            self.register_buffer("d2t", torch.zeros(dv, dtype=torch.long))
+        else:
+            self.d2t = None
+
+    def combine_hidden_states(self, aux_hidden_states):
+        """aux: list of [B,T,Ht] (in ``aux_layer_ids`` order) or a concatenated [B,T,n*Ht]."""
+        if isinstance(aux_hidden_states, (list, tuple)):
+            aux_hidden_states = torch.cat(list(aux_hidden_states), dim=-1)
+        return self.fc(aux_hidden_states)
+
+    def compute_logits(self, hidden_prenorm, lm_head_weight=None):
+        w = self.lm_head.weight if self.lm_head is not None else lm_head_weight
+        assert w is not None, "no own lm_head: pass the target's lm_head weight"
+        return F.linear(self.norm(hidden_prenorm), w)
+
+    def forward(self, aux_hidden_states, input_ids=None, input_embeds=None, *,
+                embed_weight=None, lm_head_weight=None, attention_mask=None, num_steps=1,
+                return_hidden=False):
+        """Teacher-forced (training-time-test) unroll over a whole sequence.
+
+        ``aux_hidden_states`` [B,T,n*Ht] (or list) are the target's features at positions
+        0..T-1 of sequence ``input_ids`` x [B,T] (the *unshifted* sequence; shifting is done
+        here).  Returns ``logits[j-1]`` [B,T,V] for step j = 1..num_steps, where slot t of
+        step j predicts ``x[t+j+1]`` (i.e. its label is the target's prediction at position
+        t+j); slots with t + j >= T are padding.  ``input_embeds`` may replace
+        ``input_ids`` (embeddings of x, [B,T,H]).
+        """
+        if input_embeds is None:
+            w = self.embed_tokens.weight if self.embed_tokens is not None else embed_weight
+            assert w is not None, "no own embed_tokens: pass the target's embedding weight"
+            input_embeds = F.embedding(input_ids, w)
+        B, T, H = input_embeds.shape
+        hidden = self.combine_hidden_states(aux_hidden_states)
+        base_pos = torch.arange(T, device=input_embeds.device)[None].expand(B, T)
+        zeros = input_embeds.new_zeros(B, num_steps, H)
+        emb_pad = torch.cat([input_embeds, zeros], dim=1)  # allows shifting past the end
+        key_mask = None
+        if attention_mask is not None:
+            am = torch.cat([attention_mask, attention_mask.new_zeros(B, num_steps)], dim=1)
+            key_mask = am[:, 1:T + 1]  # step-1 slot t is valid iff token x[t+1] exists
+        else:
+            key_mask = torch.ones(B, T, dtype=torch.bool, device=input_embeds.device)
+            if T > 0:
+                key_mask[:, T - 1] = False
+        cache: list = []
+        logits, hiddens = [], []
+        for j in range(1, num_steps + 1):
+            emb = emb_pad[:, j:j + T]
+            hidden = self.midlayer(emb, hidden, base_pos + (j - 1), cache, key_mask)
+            logits.append(self.compute_logits(hidden, lm_head_weight))
+            hiddens.append(hidden)
+        return (logits, hiddens) if return_hidden else logits
+
+
+def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits, *,
+                embed_weight=None, lm_head_weight=None, loss_mask=None, num_steps=1,
+                step_decay=0.8):
+    """Soft cross-entropy of each unroll step against the target's next-token distribution.
+
+    ``target_logits`` [B,T,V]: the target's logits at positions 0..T-1 (position p predicts
+    x[p+1]).  Step j slot t is scored against ``target_logits[:, t+j]``.  ``loss_mask`` [B,T]
+    marks positions p whose prediction should count (e.g. response tokens).  Returns
+    (loss, stats) with per-step top-1 agreement.
+    """
+    B, T, V = target_logits.shape
+    logits = draft(aux_hidden_states, input_ids, embed_weight=embed_weight,
+                   lm_head_weight=lm_head_weight, num_steps=num_steps,
+                   attention_mask=None if loss_mask is None else (loss_mask > 0))
+    if loss_mask is None:
+        loss_mask = torch.ones(B, T, device=target_logits.device)
+    loss_mask = loss_mask.float()
+    total, stats, wsum = 0.0, {}, 0.0
+    for j, lg in enumerate(logits, start=1):
+        if j >= T:
+            break
+        pred = lg[:, : T - j]
+        tgt = target_logits[:, j:]
+        m = loss_mask[:, j:]
+        p_t = torch.softmax(tgt.float(), -1)
+        ce = -(p_t * torch.log_softmax(pred.float(), -1)).sum(-1)
+        denom = m.sum().clamp_min(1.0)
+        step_loss = (ce * m).sum() / denom
+        w = step_decay ** (j - 1)
+        total = total + w * step_loss
+        wsum += w
+        with torch.no_grad():
+            acc = ((pred.argmax(-1) == tgt.argmax(-1)).float() * m).sum() / denom
+        stats[f"step{j}_loss"] = float(step_loss.detach())
+        stats[f"step{j}_top1"] = float(acc)
+    return total / max(wsum, 1e-9), stats
+
+
+# ----------------------------------------------------------------------------- checkpoint I/O
+
+def vllm_state_dict(model: Eagle3Draft) -> dict:
+    """Tensors under vLLM's EAGLE-3 checkpoint names (contiguous CPU copies)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "d2t" and model.d2t is None:
+            continue
+        out[name] = t.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def save_vllm_checkpoint(model: Eagle3Draft, out_dir: str, target_config=None, *,
+                         dtype: torch.dtype | None = None, extra: dict | None = None) -> str:
+    """Atomically write ``out_dir`` (config.json + model.safetensors): written to a temp dir
+    next to it, then renamed over it.  ``target_config`` (HF config of the target, optional)
+    is used to cross-check vocab/hidden sizes."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    if target_config is not None:
+        assert cfg.vocab_size == target_config.vocab_size, "vocab_size must equal the target's"
+        assert cfg.target_hidden_size == target_config.hidden_size
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        sd = vllm_state_dict(model)
+        if dtype is not None:
+            sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+        save_file(sd, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+        vcfg = cfg.to_vllm_config()
+        if dtype is not None:
+            vcfg["torch_dtype"] = vcfg["dtype"] = str(dtype).replace("torch.", "")
+        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+            json.dump(vcfg, f, indent=2)
+        with open(os.path.join(tmp, EXTRA_NAME), "w") as f:
+            json.dump({"eagle3_config": asdict(cfg), **(extra or {})}, f, indent=2)
+        if os.path.exists(out_dir):
+            old = out_dir + ".old-" + os.path.basename(tmp)
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_vllm_checkpoint(ckpt_dir: str, map_location="cpu") -> Eagle3Draft:
+    """Load a checkpoint written by :func:`save_vllm_checkpoint` (or any Llama EAGLE-3
+    checkpoint in vLLM's format with a 1-layer midlayer)."""
+    from safetensors.torch import load_file
+
+    extra_path = os.path.join(ckpt_dir, EXTRA_NAME)
+    sd = load_file(os.path.join(ckpt_dir, WEIGHTS_NAME), device=str(map_location))
+    if os.path.exists(extra_path):
+        with open(extra_path) as f:
+            cfg = Eagle3Config(**json.load(f)["eagle3_config"])
+    else:
+        with open(os.path.join(ckpt_dir, CONFIG_NAME)) as f:
+            c = json.load(f)
+        ids = (c.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+        n_aux = sd["fc.weight"].shape[1] // c.get("target_hidden_size", c["hidden_size"])
+        cfg = Eagle3Config(
+            hidden_size=c["hidden_size"], num_attention_heads=c["num_attention_heads"],
+            num_key_value_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
+            intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"],
+            aux_layer_ids=ids or list(range(n_aux)),
+            target_hidden_size=c.get("target_hidden_size"), head_dim=c.get("head_dim"),
+            draft_vocab_size=c.get("draft_vocab_size"), rms_norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=c.get("rope_theta", 10000.0),
+            max_position_embeddings=c.get("max_position_embeddings", 2048),
+            own_embed_tokens="embed_tokens.weight" in sd, own_lm_head="lm_head.weight" in sd)
+    sd.pop("t2d", None)
+    model = Eagle3Draft(cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not m.endswith("inv_freq")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint mismatch: missing={missing} unexpected={unexpected}")
+    return model
