@@ -1,0 +1,94 @@
+"""Learner sidecar as a named detached Ray actor: capture -> ship -> train -> publish, crash and resume."""
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from verl_specrollout.learner.toy import TOY_AUX, build_toy_target, capture_samples, greedy_rollouts, toy_prompts
+
+    root = tmp_path_factory.mktemp("learner")
+    target = build_toy_target(str(root / "target"))
+    m = AutoModelForCausalLM.from_pretrained(target).eval()
+    samples = capture_samples(m, TOY_AUX, greedy_rollouts(m, toy_prompts(12, seed=3), 16), policy_step=3)
+    return {"root": root, "target": target, "aux": TOY_AUX, "samples": samples}
+
+
+def test_actor_crash_resumes_from_saved_state(ray_local, toy):
+    from verl_specrollout.capture.shipper import SampleShipper
+    from verl_specrollout.engine.draft_reload import read_latest
+    from verl_specrollout.learner.actor import get_or_create_learner
+
+    ray = ray_local
+    pub = str(toy["root"] / "pub")
+    cfg = {"enable": True, "placement": "cpu", "publish_dir": pub, "lr": 1e-3, "buffer_bytes": 8 << 20}
+    kw = dict(batch_size=4, num_steps=1, name="test_learner", namespace="specrollout_test")
+    a = get_or_create_learner(cfg, toy["target"], toy["aux"], **kw)
+    assert get_or_create_learner(cfg, toy["target"], toy["aux"], **kw)._actor_id == a._actor_id  # named, found
+    ship = SampleShipper(a, max_in_flight=2)
+    assert ship.ship(toy["samples"], policy_step=3)
+    ship.flush(timeout=60)
+    assert ship.stats()["sent"] == 1
+    r = ray.get(a.train.remote(2))
+    assert r["trained"] == 2
+    assert ray.get(a.publish.remote()) == 1
+    st = ray.get(a.stats.remote())
+    assert st["draft_step"] == 2 and st["buffer_bytes"] > 0 and st["top1_agreement"] is not None
+    assert ray.get(a.lag.remote(5)) == 2  # policy step 5, draft trained on data up to step 3
+
+    ray.kill(a, no_restart=True)
+    # rollouts keep the last good draft while the learner is down
+    assert read_latest(pub)[0] == 1
+
+    b = get_or_create_learner(cfg, toy["target"], toy["aux"], **kw)
+    st2 = ray.get(b.stats.remote(evaluate=False))
+    assert st2["resumed"] and st2["version"] == 1 and st2["draft_step"] == 2
+    assert st2["published_up_to_policy_step"] == 3
+    ray.get(b.add_batch.remote(toy["samples"], 4))
+    ray.get(b.train.remote(1))
+    assert ray.get(b.publish.remote()) == 2  # version counter continues, never reuses v1
+    assert read_latest(pub)[0] == 2
+    ray.kill(b, no_restart=True)
+
+
+def test_state_roundtrip_includes_optimizer(toy, tmp_path):
+    from verl_specrollout.learner.actor import SpecLearner
+
+    cfg = {"publish_dir": str(tmp_path / "pub"), "buffer_bytes": 8 << 20}
+    a = SpecLearner(cfg, toy["target"], toy["aux"], batch_size=4, num_steps=1)
+    a.add_batch(toy["samples"], 3)
+    a.train(2)
+    a.save_state(str(tmp_path / "st"))
+    b = SpecLearner(cfg, toy["target"], toy["aux"], batch_size=4, num_steps=1, state_dir=str(tmp_path / "st"))
+    assert b.resumed and b.trainer.step == 2
+    for (n, p), q in zip(a.trainer.draft.named_parameters(), b.trainer.draft.parameters()):
+        assert torch.equal(p, q), n
+    sa, sb = a.trainer.opt.state_dict()["state"], b.trainer.opt.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+
+
+def test_mirror_to_nodes(ray_local, toy, tmp_path):
+    from verl_specrollout.draft.eagle3 import load_vllm_checkpoint
+    from verl_specrollout.learner.actor import SpecLearner
+    from verl_specrollout.learner.publisher import mirror_to_nodes, read_latest
+
+    a = SpecLearner({"publish_dir": str(tmp_path / "pub")}, toy["target"], toy["aux"], save_state_on_publish=False)
+    a.publish()
+    src = read_latest(str(tmp_path / "pub"))[1]
+    paths = mirror_to_nodes(src, str(tmp_path / "node_local"))
+    assert len(paths) == 1 and read_latest(str(tmp_path / "node_local"))[0] == 1
+    load_vllm_checkpoint(paths[0])

@@ -1,0 +1,73 @@
+"""EngineCapture on a veRL-shaped micro-batch (jagged input_ids / position_ids, padded response_mask)."""
+import pytest
+import torch
+
+from verl_specrollout.capture.verl_capture import EngineCapture, response_info
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).eval()
+
+
+class FakeEngine:
+    """Mimics FSDPEngineWithLMHead.forward_step's packing: (1, nnz) from the jagged tensors."""
+
+    ulysses_sequence_parallel_size = 1
+    use_remove_padding = True
+
+    def __init__(self, module):
+        self.module = module
+        self.calls = 0
+
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        self.calls += 1
+        ids = micro_batch["input_ids"].values().unsqueeze(0)
+        pos = micro_batch["position_ids"].values().unsqueeze(0)
+        with torch.no_grad():
+            return self.module(input_ids=ids, position_ids=pos, use_cache=False).logits
+
+
+def _micro_batch(seqs, max_resp):
+    from tensordict import TensorDict
+
+    full = [torch.cat([p, r]) for p, r in seqs]
+    ids = torch.nested.as_nested_tensor(full, layout=torch.jagged)
+    pos = torch.nested.as_nested_tensor([torch.arange(len(f)) for f in full], layout=torch.jagged)
+    rmask = torch.zeros(len(seqs), max_resp)
+    for i, (_, r) in enumerate(seqs):
+        rmask[i, : len(r)] = 1
+    rmask[0, 1] = 0  # e.g. a tool-output token inside a response
+    return TensorDict({"input_ids": ids, "position_ids": pos, "response_mask": rmask}, batch_size=[len(seqs)])
+
+
+def test_engine_capture_end_to_end(tiny):
+    g = torch.Generator().manual_seed(2)
+    seqs = [(torch.randint(3, 64, (4,), generator=g), torch.randint(3, 64, (5,), generator=g)),
+            (torch.randint(3, 64, (6,), generator=g), torch.randint(3, 64, (3,), generator=g))]
+    mb = _micro_batch(seqs, 6)
+    cu, lens, rows = response_info(mb)
+    assert cu == [0, 9, 18] and lens == [5, 3]  # right-padded responses, last masked-in token + 1
+    got = []
+    eng = FakeEngine(tiny)
+    cap = EngineCapture(eng, [1, 2], lambda s, step: got.append((s, step)), policy_step=lambda: 11)
+    logits = eng.forward_step(mb, None, forward_only=True)
+    assert len(got) == 1 and got[0][1] == 11
+    samples = got[0][0]
+    assert [s["input_ids"].numel() for s in samples] == [6, 4]
+    assert samples[0]["loss_mask"].tolist() == [1, 0, 1, 1, 1, 0]  # token 2 of response 0 masked out
+    # final hidden @ lm_head reproduces the engine's own logits at the kept rows
+    torch.testing.assert_close(tiny.lm_head(samples[1]["final_hidden"].float()), logits[0, 14:18],
+                               atol=0.05, rtol=0.05)
+    # training forwards (forward_only=False) are never captured
+    eng.forward_step(mb, None, forward_only=False)
+    assert len(got) == 1
+    cap.remove()
+    eng.forward_step(mb, None, forward_only=True)
+    assert len(got) == 1

@@ -1,0 +1,114 @@
+"""Forward hooks that keep the EAGLE-3 features during a forward the trainer already runs.
+
+Cost: no extra forward, no logits; per hooked module one ``index_select`` of the kept rows,
+``.detach().to(bf16)``.  The rows to keep (response windows) are armed before the forward.
+
+Aux layer id ``L`` (vLLM's ``eagle_aux_hidden_state_layer_ids``) is the residual stream *entering*
+decoder layer ``L`` = the output of HF layer ``L-1`` (``L = 0``: the embedding output).  The final
+feature is the output of the final norm (input of ``lm_head``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+# HF module paths (Llama / Qwen2 / Qwen3 / Mistral families share them). Lead: compat.py candidates.
+HF_NAMES = {
+    "decoder": ("model",),            # CausalLM.model
+    "layers": "layers",
+    "embed": "embed_tokens",
+    "final_norm": "norm",
+}
+
+
+def _unwrap(model):
+    # FSDP1 wraps in _fsdp_wrapped_module; DDP/compile use .module / ._orig_mod
+    for attr in ("_fsdp_wrapped_module", "_orig_mod", "module"):
+        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
+def find_decoder(model) -> torch.nn.Module:
+    m = _unwrap(model)
+    for attr in HF_NAMES["decoder"]:
+        inner = getattr(m, attr, None)
+        if inner is not None and hasattr(_unwrap(inner), HF_NAMES["layers"]):
+            return _unwrap(inner)
+    if hasattr(m, HF_NAMES["layers"]):
+        return m
+    raise ValueError(f"cannot find decoder layers in {type(m).__name__}; capture supports HF *ForCausalLM models")
+
+
+class HiddenStateCapture:
+    """Register hooks once; per forward: ``arm(index)`` -> forward -> ``collect()``.
+
+    ``index`` are the packed positions (dim 1 of the (1, nnz) activations) to keep; None keeps
+    everything (tests).  Hooks are inert while not armed, so other forwards (training steps,
+    the ref model sharing the module) cost nothing and capture nothing.
+    """
+
+    def __init__(self, model: torch.nn.Module, aux_layer_ids: Sequence[int], dtype=torch.bfloat16):
+        self.aux_layer_ids = [int(i) for i in aux_layer_ids]
+        self.dtype = dtype
+        dec = find_decoder(model)
+        layers = getattr(dec, HF_NAMES["layers"])
+        n = len(layers)
+        for L in self.aux_layer_ids:
+            if not 0 <= L < n:
+                raise ValueError(f"aux layer id {L} out of range for a {n}-layer target")
+        self._handles = []
+        self._index: Optional[torch.Tensor] = None
+        self._armed = False
+        self._aux: dict = {}
+        self._final: Optional[torch.Tensor] = None
+        for L in self.aux_layer_ids:
+            mod = getattr(dec, HF_NAMES["embed"]) if L == 0 else layers[L - 1]
+            self._handles.append(mod.register_forward_hook(self._make_hook(L)))
+        self._handles.append(getattr(dec, HF_NAMES["final_norm"]).register_forward_hook(self._final_hook))
+
+    def _keep(self, out) -> torch.Tensor:
+        h = out[0] if isinstance(out, (tuple, list)) else out
+        h = h.detach()
+        if h.dim() == 3:  # (1, nnz, H) packed, or (B, T, H) when index is None
+            if self._index is not None:
+                assert h.shape[0] == 1, "capture expects packed (1, nnz) inputs (veRL remove-padding)"
+                h = h[0].index_select(0, self._index.to(h.device))
+        return h.to(self.dtype)
+
+    def _make_hook(self, L):
+        def hook(module, args, out):
+            if self._armed:
+                self._aux[L] = self._keep(out)
+        return hook
+
+    def _final_hook(self, module, args, out):
+        if self._armed:
+            self._final = self._keep(out)
+
+    def arm(self, index: Optional[torch.Tensor] = None) -> None:
+        self._index = index
+        self._aux, self._final = {}, None
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+        self._index = None
+
+    def collect(self):
+        """-> (aux [N, n*H], final [N, H]) on the activations' device, then disarms."""
+        self._armed = False
+        if self._final is None or len(self._aux) != len(self.aux_layer_ids):
+            raise RuntimeError("capture armed but the hooked modules did not run (gradient checkpointing "
+                               "re-entry or a model without the expected modules?)")
+        aux = torch.cat([self._aux[L] for L in self.aux_layer_ids], dim=-1)
+        final = self._final
+        self._aux, self._final, self._index = {}, None, None
+        return aux, final
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,267 @@
+"""The learner sidecar: a named, detached Ray actor that keeps the EAGLE-3 draft matched to the
+moving policy.  Capture (actor side) calls ``add_batch``; the trainer loop calls ``train`` and
+``publish`` once per rollout step; rollout servers reload ``<publish_dir>/LATEST``.
+
+``SpecLearner`` is a plain class (unit-testable without Ray); :func:`get_or_create_learner`
+starts it as ``ray.remote(SpecLearner)`` with ``name``/``namespace``/``lifetime="detached"``/
+``get_if_exists=True`` and the placement from ``LearnerConfig`` (cpu -> num_cpus=1, gpu ->
+num_gpus=1, shared_gpu -> num_gpus=gpu_fraction).  It is a threaded actor (max_concurrency=4):
+``add_batch`` is accepted while a ``train`` call runs.
+
+Lag (reported by :meth:`SpecLearner.lag`): ``policy_step - trained_up_to_policy_step`` of the
+published draft, where the latter is the newest policy step whose captured data was in the buffer
+when the published draft's last training step ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+
+from verl_specrollout.config import LearnerConfig
+from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint
+
+from .buffer import ReplayBuffer
+from .publisher import Publisher
+from .trainer import DraftTrainer
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "learner_state.pt"
+DEFAULT_NAME = "specrollout_learner"
+DEFAULT_NAMESPACE = "specrollout"
+
+
+def load_shared_weights(target_dir: str) -> tuple:
+    """(embed_tokens.weight, lm_head.weight) read from the target's safetensors only."""
+    import json
+
+    from safetensors import safe_open
+
+    files = sorted(f for f in os.listdir(target_dir) if f.endswith(".safetensors"))
+    emb = head = None
+    for fn in files:
+        with safe_open(os.path.join(target_dir, fn), framework="pt") as f:
+            for k in f.keys():
+                if k.endswith("embed_tokens.weight"):
+                    emb = f.get_tensor(k)
+                elif k == "lm_head.weight" or k.endswith(".lm_head.weight"):
+                    head = f.get_tensor(k)
+    if head is None:
+        with open(os.path.join(target_dir, "config.json")) as f:
+            tied = json.load(f).get("tie_word_embeddings", False)
+        if tied:
+            head = emb
+    if emb is None or head is None:
+        raise ValueError(f"{target_dir}: embed_tokens / lm_head weights not found")
+    return emb.float(), head.float()
+
+
+def _as_config(cfg: Any) -> LearnerConfig:
+    if isinstance(cfg, LearnerConfig):
+        return cfg
+    if cfg is None:
+        return LearnerConfig()
+    names = {f.name for f in dataclasses.fields(LearnerConfig)}
+    return LearnerConfig(**{k: v for k, v in dict(cfg).items() if k in names})
+
+
+class SpecLearner:
+    def __init__(self, cfg: Any, target_dir: str, aux_layer_ids: Optional[Sequence[int]] = None, *,
+                 bootstrap_dir: Optional[str] = None, state_dir: Optional[str] = None, keep: int = 3,
+                 batch_size: int = 16, num_steps: int = 3, heldout_every: int = 10, heldout_max: int = 64,
+                 save_state_on_publish: bool = True, device: Optional[str] = None, seed: int = 0):
+        self.cfg = _as_config(cfg)
+        if not self.cfg.publish_dir:
+            raise ValueError("specrollout.learner.publish_dir must be set")
+        torch.manual_seed(seed)
+        self.target_dir = target_dir
+        if device is None:
+            device = "cuda" if (self.cfg.placement in ("gpu", "shared_gpu") and torch.cuda.is_available()) else "cpu"
+        self.device = device
+        from transformers import AutoConfig
+
+        self.target_config = AutoConfig.from_pretrained(target_dir)
+        if bootstrap_dir:
+            draft = load_vllm_checkpoint(bootstrap_dir)
+        else:
+            if not aux_layer_ids:
+                raise ValueError("aux_layer_ids are required to build a draft from scratch")
+            draft = Eagle3Draft(Eagle3Config.from_target_config(self.target_config, aux_layer_ids))
+        self.aux_layer_ids = list(draft.config.aux_layer_ids)
+        emb, head = load_shared_weights(target_dir)
+        self.trainer = DraftTrainer(draft, emb, head, lr=self.cfg.lr,
+                                    feature_loss_weight=self.cfg.feature_loss_weight,
+                                    soft_ce_loss_weight=self.cfg.soft_ce_loss_weight,
+                                    num_steps=num_steps, batch_size=batch_size, device=device)
+        self.buffer = ReplayBuffer(self.cfg.buffer_bytes, seed=seed)
+        self.heldout: collections.deque = collections.deque(maxlen=heldout_max)
+        self.heldout_every = max(2, int(heldout_every))
+        self.publisher = Publisher(self.cfg.publish_dir, keep=keep, target_config=self.target_config)
+        self.state_dir = state_dir or os.path.join(self.cfg.publish_dir, "state")
+        self.save_state_on_publish = save_state_on_publish
+        self.version = 0
+        self.data_policy_step = -1          # newest policy step seen in captured data
+        self.trained_up_to = -1             # newest policy step in the buffer at the last train step
+        self.published_up_to = -1           # trained_up_to of the published version
+        self.last_stats: dict = {}
+        self.n_batches = 0
+        self.train_seconds = 0.0
+        self._lock = threading.RLock()
+        self._n_seen = 0
+        self.resumed = False
+        if os.path.isfile(os.path.join(self.state_dir, STATE_NAME)):
+            self.load_state(self.state_dir)
+            self.resumed = True
+        else:
+            latest = self.publisher.latest_version()
+            if latest is not None:  # never reuse a version number already on disk
+                self.version = latest
+
+    # ------------------------------------------------------------------ data
+    def add_batch(self, samples: Any, policy_step: Optional[int] = None) -> int:
+        """Accepts a list of samples, an ObjectRef to one, or a list of such refs."""
+        import ray
+
+        if isinstance(samples, ray.ObjectRef):
+            samples = ray.get(samples)
+        elif isinstance(samples, list) and samples and isinstance(samples[0], ray.ObjectRef):
+            samples = [s for part in ray.get(samples) for s in part]
+        n = 0
+        for s in samples:
+            self._n_seen += 1
+            if self._n_seen % self.heldout_every == 0:
+                self.heldout.append(s)
+            else:
+                n += int(self.buffer.add(s))
+        if policy_step is not None:
+            self.data_policy_step = max(self.data_policy_step, int(policy_step))
+        self.n_batches += 1
+        return n
+
+    # ------------------------------------------------------------------ training
+    def train(self, steps: Optional[int] = None) -> dict:
+        steps = int(steps or self.cfg.steps_per_rollout)
+        if len(self.buffer) == 0:
+            return {"trained": 0}
+        with self._lock:
+            t0 = time.perf_counter()
+            up_to = self.data_policy_step
+            for _ in range(steps):
+                self.last_stats = self.trainer.train_step(self.buffer.sample(self.trainer.batch_size))
+            self.trained_up_to = max(self.trained_up_to, up_to)
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+        return {**self.last_stats, "trained": steps, "train_seconds": dt}
+
+    def publish(self) -> int:
+        with self._lock:
+            self.version += 1
+            self.publisher.publish(self.trainer.draft, self.version,
+                                   {"trained_up_to_policy_step": self.trained_up_to,
+                                    "draft_step": self.trainer.step})
+            self.published_up_to = self.trained_up_to
+            if self.save_state_on_publish:
+                self.save_state(self.state_dir)
+            return self.version
+
+    def latest_version(self) -> Optional[int]:
+        return self.publisher.latest_version()
+
+    def lag(self, policy_step: int) -> int:
+        return int(policy_step) - self.published_up_to
+
+    def refresh_shared(self, target_dir: str) -> None:
+        """Reload the frozen embedding / lm_head copies from a newer policy checkpoint."""
+        emb, head = load_shared_weights(target_dir)
+        with self._lock:
+            self.trainer.set_shared_weights(emb, head)
+
+    def stats(self, evaluate: bool = True) -> dict:
+        out = {"draft_step": self.trainer.step, "version": self.version,
+               "trained_up_to_policy_step": self.trained_up_to,
+               "published_up_to_policy_step": self.published_up_to,
+               "data_policy_step": self.data_policy_step, "batches": self.n_batches,
+               "heldout_samples": len(self.heldout), "train_seconds": self.train_seconds,
+               "loss": self.last_stats.get("loss"), "resumed": self.resumed, **self.buffer.stats()}
+        if evaluate and self.heldout:
+            with self._lock:
+                ev = self.trainer.evaluate(list(self.heldout))
+            out.update(ev)
+            out["top1_agreement"] = ev.get("eval_step1_top1")
+        return out
+
+    # ------------------------------------------------------------------ state
+    def save_state(self, state_dir: Optional[str] = None) -> str:
+        """Draft + AdamW state + counters, written atomically (temp file + os.replace)."""
+        state_dir = state_dir or self.state_dir
+        os.makedirs(state_dir, exist_ok=True)
+        with self._lock:
+            blob = {"trainer": self.trainer.state_dict(),
+                    "eagle3_config": dataclasses.asdict(self.trainer.draft.config),
+                    "version": self.version, "trained_up_to": self.trained_up_to,
+                    "published_up_to": self.published_up_to, "data_policy_step": self.data_policy_step}
+            fd, tmp = tempfile.mkstemp(prefix="tmp_state_", suffix=".pt", dir=state_dir)
+            os.close(fd)
+            try:
+                torch.save(blob, tmp)
+                os.replace(tmp, os.path.join(state_dir, STATE_NAME))
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return os.path.join(state_dir, STATE_NAME)
+
+    def load_state(self, state_dir: Optional[str] = None) -> int:
+        state_dir = state_dir or self.state_dir
+        blob = torch.load(os.path.join(state_dir, STATE_NAME), map_location=self.device, weights_only=False)
+        with self._lock:
+            cfg = Eagle3Config(**blob["eagle3_config"])
+            if dataclasses.asdict(cfg) != dataclasses.asdict(self.trainer.draft.config):
+                draft = Eagle3Draft(cfg)
+                old = self.trainer
+                self.trainer = DraftTrainer(draft, old.embed_weight, old.lm_head_weight, lr=self.cfg.lr,
+                                            feature_loss_weight=old.feature_loss_weight,
+                                            soft_ce_loss_weight=old.soft_ce_loss_weight,
+                                            num_steps=old.num_steps, batch_size=old.batch_size, device=self.device)
+            self.trainer.load_state_dict(blob["trainer"])
+            self.version = int(blob["version"])
+            self.trained_up_to = int(blob["trained_up_to"])
+            self.published_up_to = int(blob["published_up_to"])
+            self.data_policy_step = int(blob["data_policy_step"])
+        return self.version
+
+    def ping(self) -> bool:
+        return True
+
+
+def placement_options(cfg: Any) -> dict:
+    cfg = _as_config(cfg)
+    if cfg.placement == "cpu":
+        return {"num_cpus": 1}
+    if cfg.placement == "gpu":
+        return {"num_gpus": 1, "num_cpus": 1}
+    if cfg.placement == "shared_gpu":
+        return {"num_gpus": float(cfg.gpu_fraction), "num_cpus": 1}
+    raise ValueError(f"unknown learner placement {cfg.placement!r}")
+
+
+def get_or_create_learner(cfg: Any, target_dir: str, aux_layer_ids=None, *, name: str = DEFAULT_NAME,
+                          namespace: str = DEFAULT_NAMESPACE, **kwargs):
+    """The named detached learner actor (created on first call, found afterwards).  A restarted
+    actor (after a crash) resumes from ``<state_dir>/learner_state.pt`` when present."""
+    import ray
+
+    if not isinstance(cfg, (dict, LearnerConfig)) and cfg is not None:
+        cfg = dict(cfg)
+    cfg_d = dataclasses.asdict(cfg) if isinstance(cfg, LearnerConfig) else dict(cfg or {})
+    opts = dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True, max_concurrency=4,
+                **placement_options(cfg_d))
+    return ray.remote(SpecLearner).options(**opts).remote(cfg_d, target_dir, aux_layer_ids, **kwargs)

@@ -1,0 +1,71 @@
+"""Bounded replay buffer of captured samples, capped by bytes; oldest samples go first."""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+from typing import Optional
+
+from verl_specrollout.capture.samples import sample_nbytes
+
+
+class ReplayBuffer:
+    """FIFO by bytes. ``add`` evicts the oldest samples until the new one fits; a sample bigger
+    than the whole cap is rejected.  Every eviction/rejection is counted (``dropped``)."""
+
+    def __init__(self, cap_bytes: int, seed: int = 0):
+        if cap_bytes <= 0:
+            raise ValueError("cap_bytes must be > 0")
+        self.cap_bytes = int(cap_bytes)
+        self._q: collections.deque = collections.deque()  # (nbytes, sample)
+        self.bytes = 0
+        self.added = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def add(self, sample: dict) -> bool:
+        nb = sample_nbytes(sample)
+        with self._lock:
+            self.added += 1
+            if nb > self.cap_bytes:
+                self.dropped += 1
+                self.dropped_bytes += nb
+                return False
+            while self.bytes + nb > self.cap_bytes:
+                onb, _ = self._q.popleft()
+                self.bytes -= onb
+                self.dropped += 1
+                self.dropped_bytes += onb
+            self._q.append((nb, sample))
+            self.bytes += nb
+            return True
+
+    def extend(self, samples) -> int:
+        return sum(bool(self.add(s)) for s in samples)
+
+    def sample(self, n: int, newest_first: bool = False) -> list:
+        """``n`` samples, uniformly at random (or the newest ``n``)."""
+        with self._lock:
+            items = [s for _, s in self._q]
+        if not items:
+            return []
+        if newest_first:
+            return items[-n:]
+        return [items[self._rng.randrange(len(items))] for _ in range(n)] if n > len(items) else \
+            self._rng.sample(items, n)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._q.clear()
+            self.bytes = 0
+
+    def stats(self) -> dict:
+        return {"buffer_bytes": self.bytes, "buffer_samples": len(self._q), "buffer_cap_bytes": self.cap_bytes,
+                "buffer_added": self.added, "buffer_dropped": self.dropped,
+                "buffer_dropped_bytes": self.dropped_bytes}
