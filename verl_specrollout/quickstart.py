@@ -1,16 +1,22 @@
-"""The main job on the embedded tiny default: a GRPO-shaped rollout with and without speculation.
+"""The main job on the embedded tiny default.
 
-    python -m verl_specrollout.quickstart [--size tiny] [--prompts 32] [--group 8]
+    python -m verl_specrollout.quickstart [--size tiny] [--grpo-steps 4] [--skip-grpo]
 
-Builds (or reuses) the testbed, samples G responses per prompt at T=1 with a plain
-engine and with a speculative engine (EAGLE-3 head, adaptive K), and prints tokens/s,
-acceptance length and speedup. The last line is a one-line JSON summary.
+1. A GRPO-shaped rollout (P prompts x G=8 samples, T=1) through vLLM with and without
+   speculation (EAGLE-3 head, adaptive K), configured exactly as the veRL override does:
+   tokens/s, acceptance length, speedup.
+2. A short GRPO run through veRL's own trainer on this CPU machine, with the speculative
+   rollout (+ online draft learner) and without: per-step rollout time, acceptance length,
+   K chosen, draft version, reward; end-to-end speedup.
+The last line is a one-line JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
+import os
 import json
 import statistics
 import sys
@@ -42,6 +48,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--grpo-steps", type=int, default=4)
+    ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
+    ap.add_argument("--no-learner", action="store_true", help="GRPO with a frozen draft")
+    ap.add_argument("--out", default=os.path.join(os.path.expanduser("~"), "specrollout_runs", "quickstart"))
     args = ap.parse_args(argv)
 
     from vllm import SamplingParams
@@ -98,15 +108,72 @@ def main(argv=None) -> dict:
         "speedup": round((tok_spec / sec_spec) / (tok_plain / sec_plain), 3),
         "mean_acceptance_length": round(counters.mean_acceptance_length, 3),
         "per_position_acceptance": [round(x, 3) for x in counters.per_position_acceptance],
-        "reward_plain": round(reward_plain, 3),
-        "reward_spec": round(reward_spec, 3),
+        "rollout_reward_plain": round(reward_plain, 3),
+        "rollout_reward_spec": round(reward_spec, 3),
     }
     print(f"[quickstart] plain: {summary['tokens_per_s_plain']} tok/s ({tok_plain} tokens, {sec_plain:.2f}s)")
     print(f"[quickstart] spec ({args.method}, {args.mode}): {summary['tokens_per_s_spec']} tok/s "
           f"({tok_spec} tokens, {sec_spec:.2f}s), mean acceptance length {summary['mean_acceptance_length']}")
-    print(f"[quickstart] speedup {summary['speedup']}x")
+    print(f"[quickstart] rollout speedup {summary['speedup']}x", flush=True)
+    if not args.skip_grpo:
+        summary.update(_grpo(tb, args))
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def _grpo(tb, args) -> dict:
+    """Part 2: veRL GRPO with and without the speculative rollout (same seeds, same data)."""
+    from verl_specrollout.e2e.grpo_cpu import run
+
+    reward_fn = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed", "reward.py")
+    spec_overrides = [
+        "+actor_rollout_ref.rollout.custom.specrollout.enable=true",
+        f"+actor_rollout_ref.rollout.custom.specrollout.method={args.method}",
+        f"+actor_rollout_ref.rollout.custom.specrollout.max_k={args.max_k}",
+        f"+actor_rollout_ref.rollout.custom.specrollout.planner.mode={args.mode}",
+    ]
+    if args.method != "ngram":
+        draft = tb.eagle3_dir if args.method == "eagle3" else tb.draft_lm_dir
+        spec_overrides.append(f"+actor_rollout_ref.rollout.custom.specrollout.draft_path={draft}")
+    if args.method == "eagle3" and not args.no_learner:
+        spec_overrides.append("+actor_rollout_ref.rollout.custom.specrollout.learner.enable=true")
+    runs = {}
+    for name, extra in (("plain", []), ("spec", spec_overrides)):
+        print(f"[quickstart] GRPO {name}: {args.grpo_steps} steps through veRL (log: {args.out}/{name}/train.log)", flush=True)
+        res = run(args.grpo_steps, os.path.join(args.out, name), extra, model=str(tb.target_dir),
+                  data=str(tb.data_dir), reward=reward_fn, n=args.group)
+        if res["returncode"] != 0 or not res["steps"]:
+            raise SystemExit(f"[quickstart] GRPO {name} failed (exit {res['returncode']}); see {res['log']}")
+        runs[name] = res["steps"]
+        for st in res["steps"]:
+            print(f"[quickstart]   {name} step {st['step']}: rollout {st.get('timing_s/gen', math.nan):.2f}s "
+                  f"step {st.get('timing_s/step', math.nan):.2f}s reward {st.get('reward_mean', math.nan):.3f} "
+                  f"acc.len {st.get('specrollout/mean_acceptance_length', math.nan):.2f} "
+                  f"K(mean) {st.get('specrollout/mean_k', math.nan):.2f} "
+                  f"draft v{st.get('specrollout/draft_version', math.nan)}", flush=True)
+
+    def steady(steps, key):
+        # Step 1 carries Ray/vLLM start-up and the agent-loop actor creation; leave it out.
+        vals = [s[key] for s in steps[1:] if key in s] or [s[key] for s in steps if key in s]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    out = {
+        "grpo_steps": args.grpo_steps,
+        "rollout_seconds_plain": round(steady(runs["plain"], "timing_s/gen"), 3),
+        "rollout_seconds_spec": round(steady(runs["spec"], "timing_s/gen"), 3),
+        "step_seconds_plain": round(steady(runs["plain"], "timing_s/step"), 3),
+        "step_seconds_spec": round(steady(runs["spec"], "timing_s/step"), 3),
+        "reward_plain": round(runs["plain"][-1].get("reward_mean", math.nan), 4),
+        "reward_spec": round(runs["spec"][-1].get("reward_mean", math.nan), 4),
+        "grpo_mean_acceptance_length": round(steady(runs["spec"], "specrollout/mean_acceptance_length"), 3),
+        "draft_version": runs["spec"][-1].get("specrollout/draft_version"),
+    }
+    out["e2e_speedup"] = round(out["step_seconds_plain"] / out["step_seconds_spec"], 3)
+    out["rollout_speedup"] = round(out["rollout_seconds_plain"] / out["rollout_seconds_spec"], 3)
+    print(f"[quickstart] GRPO rollout time plain {out['rollout_seconds_plain']}s vs spec {out['rollout_seconds_spec']}s; "
+          f"step time plain {out['step_seconds_plain']}s vs spec {out['step_seconds_spec']}s; "
+          f"e2e speedup {out['e2e_speedup']}x", flush=True)
+    return out
 
 
 if __name__ == "__main__":
