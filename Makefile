@@ -12,7 +12,7 @@ setup:
 quickstart: setup
 	$(PY) -m verl_specrollout.quickstart
 
-test: setup
+test: setup testbed
 	$(PY) -m pytest tests -q
 
 test-unit: setup
