@@ -23,9 +23,8 @@ def test_testbed_artifacts(testbed):
     assert os.path.exists(os.path.join(testbed.target_dir, "model.safetensors"))
     assert os.path.exists(os.path.join(testbed.eagle3_dir, "model.safetensors"))
     rs = testbed.stats["target_response_stats"]
-    # not deterministic at T=1 (the short CPU recipe leaves the target only moderately
-    # peaked: mean max-prob ~0.5 on responses; a longer recipe reaches higher)
-    assert 0.4 < rs["mean_max_prob"] < 0.99, rs
+    # peaked but not deterministic at T=1
+    assert 0.6 < rs["mean_max_prob"] < 0.99, rs
     assert rs["mean_entropy"] > 0.02, rs
 
 

@@ -40,24 +40,19 @@ def task_prompts(testbed, n_prompts: int, split: str = "test"):
 
 def make_llm(testbed, method: str | None, k: int = 4, **llm_kwargs):
     """In-process vLLM engine on the testbed target, with ``method`` in
-    {"eagle3", "draft_model", None}."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM
+    {"eagle3", "draft_model", None}; built through the same kwargs path as veRL's server."""
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.engine.local import make_llm as _make_llm
 
-    spec = None
-    if method == "eagle3":
-        spec = {"method": "eagle3", "model": testbed.eagle3_dir, "num_speculative_tokens": k}
-    elif method == "draft_model":
-        spec = {"method": "draft_model", "model": testbed.draft_lm_dir,
-                "num_speculative_tokens": k}
-    elif method is not None:
+    if method not in (None, "eagle3", "draft_model"):
         raise ValueError(f"unknown method {method!r}")
-    kw = dict(model=testbed.target_dir, tokenizer=testbed.target_dir, dtype="float32",
-              enforce_eager=True, disable_log_stats=False, max_model_len=512, seed=0,
-              speculative_config=spec, max_num_seqs=64,
-              gpu_memory_utilization=float(os.environ.get("SPECROLLOUT_VLLM_MEM", "0.1")))
-    kw.update(llm_kwargs)
-    return LLM(**kw)
+    spec = None
+    if method is not None:
+        draft = testbed.eagle3_dir if method == "eagle3" else testbed.draft_lm_dir
+        spec = SpecRolloutConfig.from_dict({"enable": True, "method": method, "draft_path": draft,
+                                            "max_k": k, "planner": {"mode": "static"}})
+    llm_kwargs.setdefault("max_num_seqs", 64)
+    return _make_llm(testbed.target_dir, spec, **llm_kwargs)
 
 
 def measure_acceptance(testbed, method: str = "eagle3", k: int = 4, temperature: float = 0.0,
