@@ -70,7 +70,32 @@ class LearnerConfig:
     steps_per_rollout: int = 1
     feature_loss_weight: float = 2.0
     soft_ce_loss_weight: float = 0.1
+    # Versioned drafts land here (<publish_dir>/vN + LATEST). Default (veRL): under
+    # trainer.default_local_dir, else a temp dir; resolved once in the trainer process.
     publish_dir: Optional[str] = None
+    # Learner state (draft + optimizer) for resume; default <publish_dir>/state.
+    state_dir: Optional[str] = None
+    # Published versions kept on disk (older ones are deleted).
+    keep_versions: int = 3
+    # Samples per learner optimizer step.
+    batch_size: int = 16
+    # EAGLE-3 training-time-test unroll depth (draft steps trained per sample).
+    num_unroll_steps: int = 3
+    # Capture -> learner shipping: outstanding add_batch calls before the oldest is dropped.
+    max_in_flight: int = 4
+    # Prompt positions shipped before each response (>= 1; see capture/samples.py).
+    capture_context: int = 1
+    # Every this many captured sequences, one goes to the held-out set instead of the buffer.
+    heldout_every: int = 10
+    # Reserved for multi-node runs: a node-local mirror of publish_dir read by rollout servers
+    # (not used yet: single-node runs read publish_dir directly).
+    node_local_dir: Optional[str] = None
+    # Name / namespace of the detached learner Ray actor.
+    actor_name: str = "specrollout_learner"
+    actor_namespace: str = "specrollout"
+    # Target layers feeding the EAGLE-3 head; default: the draft's config.json
+    # (eagle_config.eagle_aux_hidden_state_layer_ids).
+    aux_layer_ids: Optional[list] = None
 
 
 @dataclass
@@ -189,6 +214,31 @@ class SpecRolloutConfig:
             raise SpecRolloutConfigError("specrollout.learner.lr must be > 0 and steps_per_rollout >= 1")
         if lc.feature_loss_weight < 0 or lc.soft_ce_loss_weight < 0 or lc.feature_loss_weight + lc.soft_ce_loss_weight == 0:
             raise SpecRolloutConfigError("specrollout.learner loss weights must be >= 0 and not both 0")
+        for key in ("keep_versions", "batch_size", "num_unroll_steps", "max_in_flight", "capture_context"):
+            v = getattr(lc, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecRolloutConfigError(f"specrollout.learner.{key} must be an integer >= 1, got {v!r}")
+        if isinstance(lc.heldout_every, bool) or not isinstance(lc.heldout_every, int) or lc.heldout_every < 2:
+            raise SpecRolloutConfigError(f"specrollout.learner.heldout_every must be an integer >= 2, got {lc.heldout_every!r}")
+        for key in ("actor_name", "actor_namespace"):
+            if not isinstance(getattr(lc, key), str) or not getattr(lc, key):
+                raise SpecRolloutConfigError(f"specrollout.learner.{key} must be a non-empty string")
+        if lc.aux_layer_ids is not None:
+            ids = lc.aux_layer_ids
+            if (not isinstance(ids, (list, tuple)) or not ids
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+                raise SpecRolloutConfigError(
+                    f"specrollout.learner.aux_layer_ids must be a non-empty list of layer indices >= 0, got {ids!r}")
+
+
+def draft_aux_layer_ids(draft_path: Optional[str]) -> Optional[list]:
+    """EAGLE-3 aux layer ids from a vLLM-format draft's config.json (None if absent)."""
+    if not draft_path:
+        return None
+    cfg = _read_json(os.path.join(draft_path, "config.json")) or {}
+    ids = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or cfg.get(
+        "eagle_aux_hidden_state_layer_ids")
+    return [int(i) for i in ids] if ids else None
 
 
 def validate_table(table: Any, max_k: int) -> list:

@@ -88,3 +88,64 @@ def planner_metrics(stats: Mapping) -> Dict[str, float]:
         if cm.get("knot") is not None:
             out[COST_KNOT_TOKENS] = float(cm["knot"])
     return out
+
+
+# Online learning / live draft (per training step, from the rollout servers and the learner)
+DRAFT_VERSION = PREFIX + "draft_version"  # draft version the step's rollout ran (0 = draft_path)
+DRAFT_VERSION_LIVE = PREFIX + "draft_version_live"  # version loaded after this step's weight sync
+DRAFT_RELOADS = PREFIX + "draft_reloads"  # cumulative successful reloads (summed over servers)
+DRAFT_RELOAD_FAILURES = PREFIX + "draft_reload_failures"
+LEARNER = PREFIX + "learner/{name}"  # loss, lag, version, buffer_samples, train_seconds, train/*
+
+
+def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[str, float]:
+    """Combine per-step results of ``SpecRolloutHttpServer.specrollout_step_metrics`` (one per
+    server) and ``SpecLearner.metrics`` into flat specrollout/* scalars.
+
+    Acceptance comes from vLLM's own counters (per-step deltas); the K-by-concurrency summary and
+    the speculation-off fraction from the planner's per-step K histogram delta."""
+    nd = ndt = na = 0
+    per_pos: list = []
+    k_hist: Dict[int, Dict[int, int]] = {}
+    planner: dict = {}
+    versions, live, reloads, failures = [], [], 0, 0
+    for r in server_results or []:
+        if not r:
+            continue
+        versions.append(int(r.get("draft_version", 0)))
+        live.append(int(r.get("draft_version_live", 0)))
+        reloads += int(r.get("draft_reloads", 0))
+        failures += int(r.get("draft_reload_failures", 0))
+        v = r.get("vllm")
+        if v:
+            nd += int(v["num_drafts"])
+            ndt += int(v["num_draft_tokens"])
+            na += int(v["num_accepted_tokens"])
+            app = list(v.get("accepted_per_pos") or [])
+            per_pos += [0] * (len(app) - len(per_pos))
+            for i, a in enumerate(app):
+                per_pos[i] += int(a)
+        for b, h in (r.get("k_hist") or {}).items():
+            acc = k_hist.setdefault(int(b), {})
+            for k, n in h.items():
+                acc[int(k)] = acc.get(int(k), 0) + int(n)
+        planner = planner or (r.get("planner") or {})
+    steps = sum(n for h in k_hist.values() for n in h.values())
+    off = sum(h.get(0, 0) for h in k_hist.values())
+    stats = {"k_hist": k_hist, "spec_off_fraction": off / steps if steps else 0.0,
+             "num_drafts": nd, "num_draft_tokens": ndt, "num_accepted_tokens": na,
+             "accepted_per_pos": [a / nd for a in per_pos] if nd else [],
+             "alpha": planner.get("alpha") or [], "table": planner.get("table") or [],
+             "table_changes": planner.get("table_changes") or 0, "replans": planner.get("replans") or 0}
+    out = planner_metrics(stats)
+    out.pop(COST_FITTED, None)
+    if versions:
+        out[DRAFT_VERSION] = float(min(versions))
+        out[DRAFT_VERSION_LIVE] = float(min(live))
+        out[DRAFT_RELOADS] = float(reloads)
+        out[DRAFT_RELOAD_FAILURES] = float(failures)
+    for k, v in (learner or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[LEARNER.format(name=k)] = float(v)
+    return out

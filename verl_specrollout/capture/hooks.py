@@ -61,6 +61,7 @@ class HiddenStateCapture:
                 raise ValueError(f"aux layer id {L} out of range for a {n}-layer target")
         self._handles = []
         self._index: Optional[torch.Tensor] = None
+        self._padded_shape: Optional[tuple] = None
         self._armed = False
         self._aux: dict = {}
         self._final: Optional[torch.Tensor] = None
@@ -72,10 +73,14 @@ class HiddenStateCapture:
     def _keep(self, out) -> torch.Tensor:
         h = out[0] if isinstance(out, (tuple, list)) else out
         h = h.detach()
-        if h.dim() == 3:  # (1, nnz, H) packed, or (B, T, H) when index is None
+        if h.dim() == 3:  # (1, nnz, H) packed, or (B, T, H) padded / when index is None
             if self._index is not None:
-                assert h.shape[0] == 1, "capture expects packed (1, nnz) inputs (veRL remove-padding)"
-                h = h[0].index_select(0, self._index.to(h.device))
+                if self._padded_shape is None:
+                    assert h.shape[0] == 1, "capture expects packed (1, nnz) inputs (veRL remove-padding)"
+                else:
+                    assert tuple(h.shape[:2]) == self._padded_shape, (
+                        f"capture expected padded activations of shape {self._padded_shape}, got {tuple(h.shape[:2])}")
+                h = h.reshape(-1, h.shape[-1]).index_select(0, self._index.to(h.device))
         return h.to(self.dtype)
 
     def _make_hook(self, L):
@@ -88,8 +93,11 @@ class HiddenStateCapture:
         if self._armed:
             self._final = self._keep(out)
 
-    def arm(self, index: Optional[torch.Tensor] = None) -> None:
+    def arm(self, index: Optional[torch.Tensor] = None, padded_shape: Optional[tuple] = None) -> None:
+        """``padded_shape=(B, T)``: the forward runs the padded (B, T) layout and ``index`` holds
+        flat ``b * T + t`` positions (see verl_capture.padded_index); None: packed (1, nnz)."""
         self._index = index
+        self._padded_shape = tuple(padded_shape) if padded_shape is not None else None
         self._aux, self._final = {}, None
         self._armed = True
 

@@ -8,11 +8,12 @@ the policy over prompt + response, packed as (1, nnz) with ``position_ids`` and 
 update's forward/backward passes are untouched and nothing is retained for autograd).
 
 Supported: FSDP / FSDP2 engine, ``use_remove_padding=True`` (veRL's default no-padding mode,
-optional static tail pad), text-only Llama/Qwen-style HF models.
+optional static tail pad) and ``use_remove_padding=False`` (the engine right-pads the nested
+micro-batch to (B, T_max) before the model: packed position ``cu[i] + t`` is padded row ``i``,
+column ``t``; see :func:`padded_index`), text-only Llama/Qwen-style HF models.
 Refused with a clear error (never captures misaligned data):
 * Ulysses sequence parallelism (``ulysses_sequence_parallel_size > 1``): each rank sees a slice
   of the packed sequence, so the windows would not line up;
-* ``use_remove_padding=False`` (padded (B, T) layout);
 * 3-D (multimodal / mrope) ``position_ids``;
 * Megatron / other engines (different forward path: not hooked).
 """
@@ -72,8 +73,33 @@ def check_supported(engine) -> None:
         raise CaptureUnsupported(
             "verl-specrollout capture does not support Ulysses sequence parallelism "
             f"(ulysses_sequence_parallel_size={sp}): set specrollout.learner.enable=false or sp=1")
-    if not getattr(engine, "use_remove_padding", True):
-        raise CaptureUnsupported("verl-specrollout capture needs model.use_remove_padding=true")
+
+
+def padded_index(packed_index: torch.Tensor, cu_seqlens) -> tuple:
+    """Packed positions -> flat positions of veRL's padded (B, T_max) layout, and (B, T_max).
+
+    veRL 0.9.1 (FSDP engine, use_remove_padding=False) builds the model input with
+    ``torch.nested.to_padded_tensor(input_ids, output_size=(B, max_seq_len))``: each sequence
+    starts at column 0 of its row (right padding)."""
+    cu = torch.as_tensor([int(c) for c in cu_seqlens], dtype=torch.long)
+    lens = cu[1:] - cu[:-1]
+    B, T = int(lens.numel()), int(lens.max().item()) if lens.numel() else 0
+    if packed_index.numel() == 0:
+        return packed_index, (B, T)
+    row = torch.searchsorted(cu[1:], packed_index, right=True)
+    flat = row * T + (packed_index - cu[row])
+    return flat, (B, T)
+
+
+def uses_remove_padding(engine, micro_batch) -> bool:
+    """The layout the engine's ``prepare_model_inputs`` will use for this micro-batch."""
+    try:
+        from verl.utils import tensordict_utils as tu
+
+        return bool(tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding",
+                                           default=getattr(engine, "use_remove_padding", True)))
+    except Exception:
+        return bool(getattr(engine, "use_remove_padding", True))
 
 
 class EngineCapture:
@@ -102,7 +128,12 @@ class EngineCapture:
                     raise CaptureUnsupported("capture does not support 3-D (mrope) position_ids")
                 cu, lens, rows = response_info(micro_batch)
                 windows = response_windows(cu, lens, self.context)
-                self.capture.arm(gather_index(windows))
+                index = gather_index(windows)
+                if uses_remove_padding(self.engine, micro_batch):
+                    self.capture.arm(index)
+                else:
+                    flat, shape = padded_index(index, cu)
+                    self.capture.arm(flat, padded_shape=shape)
             except CaptureUnsupported:
                 raise
             except Exception as exc:  # never break the policy's forward for capture

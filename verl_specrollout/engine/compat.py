@@ -20,6 +20,33 @@ VERL_REPLICA_REGISTRY = "verl.workers.rollout.replica:RolloutReplicaRegistry"
 VERL_VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer"
 VERL_VLLM_REPLICA = "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMReplica"
 VERL_VLLM_ROLLOUT_NAME = "vllm"
+# Online draft learning (engine/verl_actor_hooks.py) ---------------------------------
+# Actor worker of the legacy (v0) trainer; init_model builds `self.actor` (a TrainingWorker
+# whose `.engine` is the FSDP engine and whose `infer_batch` serves compute_log_prob).
+VERL_ACTOR_WORKER_MODULE = "verl.workers.engine_workers"
+VERL_ACTOR_WORKER_CLASS = "ActorRolloutRefWorker"
+VERL_WORKER_INIT_METHOD = "init_model"
+VERL_WORKER_ACTOR_ATTR = "actor"            # ActorRolloutRefWorker.actor (TrainingWorker)
+VERL_WORKER_ROLE_ATTR = "role"              # "actor_rollout", "actor_rollout_ref", ...
+VERL_TRAINING_WORKER_ENGINE_ATTR = "engine"  # TrainingWorker.engine (FSDPEngineWithLMHead)
+VERL_TRAINING_WORKER_INFER = "infer_batch"  # TrainingWorker.infer_batch(data)
+# Legacy trainer: __init__ (config), init_workers (builds llm_server_manager), and the
+# module-level per-step spec-decode metric function that fit() looks up at call time.
+VERL_TRAINER_MODULE = "verl.trainer.ppo.ray_trainer"
+VERL_TRAINER_CLASS = "RayPPOTrainer"
+VERL_TRAINER_INIT_WORKERS = "init_workers"
+VERL_TRAINER_SPEC_METRICS_FN = "compute_spec_decode_metrics"
+VERL_TRAINER_SERVER_MANAGER_ATTR = "llm_server_manager"
+VERL_SERVER_MANAGER_HANDLES_ATTR = "server_handles"  # LLMServerManager.server_handles (Ray actors)
+VERL_TRAINER_GLOBAL_STEPS_ATTR = "global_steps"
+# vLLMHttpServer: called right after each weight sync (update_weights + clear_kv_cache).
+VERL_SERVER_SET_GLOBAL_STEPS = "set_global_steps"
+# vLLM worker extension veRL's server installs (ours subclasses it; engine/worker_extension.py).
+VERL_VLLM_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils:vLLMColocateWorkerExtension"
+SPECROLLOUT_WORKER_EXTENSION = "verl_specrollout.engine.worker_extension.SpecRolloutWorkerExtension"
+WORKER_RELOAD_METHOD = "specrollout_reload_draft"  # by name: vLLM's mp executor refuses callables
+# vLLM Prometheus counters read in the rollout server process (AsyncLLM's default logger).
+VLLM_METRICS_SNAPSHOT = "vllm.v1.metrics.reader:get_metrics_snapshot"
 
 
 def _dist_version(*names: str) -> Optional[str]:

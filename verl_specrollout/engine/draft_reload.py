@@ -239,8 +239,12 @@ class DraftReloader:
     server-side ``engine.collective_rpc``; both take a callable and ``args``."""
 
     def __init__(self, rpc: Callable[..., list], publish_dir: Optional[str] = None,
-                 initial_version: Optional[int] = None):
+                 initial_version: Optional[int] = None, method: Any = None):
+        """``method``: what ``rpc`` runs in the workers -- default the function
+        :func:`reload_draft_in_worker` (in-process / pickling executors); a worker-extension method
+        name (e.g. ``compat.WORKER_RELOAD_METHOD``) where the executor refuses callables."""
         self._rpc = rpc
+        self._method = method or reload_draft_in_worker
         self.publish_dir = publish_dir
         self.current_draft_version: Optional[int] = initial_version
         self.last_result: Optional[dict] = None
@@ -253,7 +257,7 @@ class DraftReloader:
 
     def load(self, ckpt_dir: str, version: int) -> Optional[int]:
         """Load ``ckpt_dir`` as ``version`` into every worker; returns the live version."""
-        results = self._rpc(reload_draft_in_worker, args=(ckpt_dir, int(version)))
+        results = self._rpc(self._method, args=(ckpt_dir, int(version)))
         return self._finish(results, version)
 
     def _finish(self, results, version: int) -> Optional[int]:
@@ -290,7 +294,7 @@ class AsyncDraftReloader(DraftReloader):
     engine's directly."""
 
     async def aload(self, ckpt_dir: str, version: int) -> Optional[int]:
-        results = await self._rpc(reload_draft_in_worker, args=(ckpt_dir, int(version)))
+        results = await self._rpc(self._method, args=(ckpt_dir, int(version)))
         return self._finish(results, version)
 
     async def amaybe_reload(self) -> Optional[int]:

@@ -206,6 +206,8 @@ class SpecRolloutScheduler(Scheduler):
             self._sr_install(new)
         if planner.steps % planner.replan_interval == 0:
             self._sr_housekeeping()
+        elif self._sr_stats_path and not self.running and len(self.waiting) == 0:
+            self._sr_write_stats()  # drained (end of a rollout): the trainer reads fresh stats
 
     def _sr_install(self, dense: list) -> None:
         compat.set_dynamic_lookup(self, resize_dense(dense, self._sr_max_bs))
@@ -217,13 +219,16 @@ class SpecRolloutScheduler(Scheduler):
         if self._sr_control_path:
             self._sr_poll_control()
         if self._sr_stats_path:
-            try:
-                tmp = self._sr_stats_path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(self.planner.stats(), f, default=str)
-                os.replace(tmp, self._sr_stats_path)
-            except OSError as exc:
-                logger.warning("SpecRolloutScheduler: cannot write stats to %s: %r", self._sr_stats_path, exc)
+            self._sr_write_stats()
+
+    def _sr_write_stats(self) -> None:
+        try:
+            tmp = self._sr_stats_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.planner.stats(), f, default=str)
+            os.replace(tmp, self._sr_stats_path)
+        except OSError as exc:
+            logger.warning("SpecRolloutScheduler: cannot write stats to %s: %r", self._sr_stats_path, exc)
 
     def _sr_poll_control(self) -> None:
         try:

@@ -68,3 +68,20 @@ def read_counters(llm) -> SpecCounters:
             for i, v in enumerate(vals):
                 c.accepted_per_pos[i] += int(v)
     return c
+
+
+def counters_from_metrics(metrics) -> SpecCounters:
+    """SpecCounters from a list of vLLM metric objects (``LLM.get_metrics()`` or
+    ``vllm.v1.metrics.reader.get_metrics_snapshot()``), summed over engines."""
+    class _L:
+        def get_metrics(self):
+            return metrics
+
+    return read_counters(_L())
+
+
+def snapshot_counters() -> SpecCounters:
+    """vLLM's spec-decode counters of *this* process (an AsyncLLM server with log stats on)."""
+    from verl_specrollout.engine import compat
+
+    return counters_from_metrics(compat.resolve(compat.VLLM_METRICS_SNAPSHOT)())

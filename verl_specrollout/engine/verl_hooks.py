@@ -22,4 +22,9 @@ def _load_replica():
 def install() -> None:
     registry = compat.resolve(compat.VERL_REPLICA_REGISTRY)
     registry.register(compat.VERL_VLLM_ROLLOUT_NAME, _load_replica)
+    # Online draft learning (capture, learner, per-step metrics): post-import patches that stay
+    # pass-throughs unless specrollout.enable and specrollout.learner.enable are set.
+    from verl_specrollout.engine.verl_actor_hooks import install as install_actor_hooks
+
+    install_actor_hooks()
     logger.debug("verl-specrollout: registered rollout replica for %r", compat.VERL_VLLM_ROLLOUT_NAME)

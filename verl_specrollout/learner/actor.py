@@ -76,12 +76,21 @@ def _as_config(cfg: Any) -> LearnerConfig:
 
 class SpecLearner:
     def __init__(self, cfg: Any, target_dir: str, aux_layer_ids: Optional[Sequence[int]] = None, *,
-                 bootstrap_dir: Optional[str] = None, state_dir: Optional[str] = None, keep: int = 3,
-                 batch_size: int = 16, num_steps: int = 3, heldout_every: int = 10, heldout_max: int = 64,
+                 bootstrap_dir: Optional[str] = None, state_dir: Optional[str] = None, keep: Optional[int] = None,
+                 batch_size: Optional[int] = None, num_steps: Optional[int] = None,
+                 heldout_every: Optional[int] = None, heldout_max: int = 64,
                  save_state_on_publish: bool = True, device: Optional[str] = None, seed: int = 0):
+        """Keyword arguments left None come from ``cfg`` (LearnerConfig: state_dir, keep_versions,
+        batch_size, num_unroll_steps, heldout_every, aux_layer_ids); given ones override it."""
         self.cfg = _as_config(cfg)
         if not self.cfg.publish_dir:
             raise ValueError("specrollout.learner.publish_dir must be set")
+        state_dir = state_dir or self.cfg.state_dir
+        keep = self.cfg.keep_versions if keep is None else keep
+        batch_size = self.cfg.batch_size if batch_size is None else batch_size
+        num_steps = self.cfg.num_unroll_steps if num_steps is None else num_steps
+        heldout_every = self.cfg.heldout_every if heldout_every is None else heldout_every
+        aux_layer_ids = aux_layer_ids or self.cfg.aux_layer_ids
         torch.manual_seed(seed)
         self.target_dir = target_dir
         if device is None:
@@ -173,6 +182,39 @@ class SpecLearner:
                 self.save_state(self.state_dir)
             return self.version
 
+    def train_and_publish(self, steps: Optional[int] = None, wait_for: Optional[list] = None,
+                          wait_timeout: float = 60.0) -> dict:
+        """One call per rollout step from the actor worker (fire-and-forget): wait for the
+        ``add_batch`` calls in ``wait_for`` (ObjectRefs, wrapped in a list by the caller so Ray
+        does not resolve them), train ``steps`` optimizer steps, publish a new version."""
+        if wait_for:
+            import ray
+
+            try:
+                ray.wait(list(wait_for), num_returns=len(wait_for), timeout=wait_timeout)
+            except Exception as exc:  # a cancelled / failed add_batch: train on what arrived
+                logger.warning("specrollout learner: waiting for captured batches failed: %r", exc)
+        out = self.train(steps)
+        if not out.get("trained"):
+            return {**out, "version": self.version, "published": False}
+        version = self.publish()
+        return {**out, "version": version, "published": True}
+
+    def metrics(self, policy_step: Optional[int] = None) -> dict:
+        """Cheap scalars for the trainer's logger (no held-out evaluation)."""
+        with self._lock:
+            out = {"version": self.version, "loss": self.last_stats.get("loss"),
+                   "draft_step": self.trainer.step, "buffer_samples": len(self.buffer),
+                   "train_seconds": self.train_seconds,
+                   "trained_up_to_policy_step": self.trained_up_to,
+                   "published_up_to_policy_step": self.published_up_to}
+            for k, v in self.last_stats.items():
+                if isinstance(v, (int, float)) and k != "loss":
+                    out[f"train/{k}"] = v
+        if policy_step is not None:
+            out["lag"] = self.lag(policy_step)
+        return out
+
     def latest_version(self) -> Optional[int]:
         return self.publisher.latest_version()
 
@@ -253,8 +295,8 @@ def placement_options(cfg: Any) -> dict:
     raise ValueError(f"unknown learner placement {cfg.placement!r}")
 
 
-def get_or_create_learner(cfg: Any, target_dir: str, aux_layer_ids=None, *, name: str = DEFAULT_NAME,
-                          namespace: str = DEFAULT_NAMESPACE, **kwargs):
+def get_or_create_learner(cfg: Any, target_dir: str, aux_layer_ids=None, *, name: Optional[str] = None,
+                          namespace: Optional[str] = None, **kwargs):
     """The named detached learner actor (created on first call, found afterwards).  A restarted
     actor (after a crash) resumes from ``<state_dir>/learner_state.pt`` when present."""
     import ray
@@ -262,6 +304,8 @@ def get_or_create_learner(cfg: Any, target_dir: str, aux_layer_ids=None, *, name
     if not isinstance(cfg, (dict, LearnerConfig)) and cfg is not None:
         cfg = dict(cfg)
     cfg_d = dataclasses.asdict(cfg) if isinstance(cfg, LearnerConfig) else dict(cfg or {})
+    name = name or cfg_d.get("actor_name") or DEFAULT_NAME
+    namespace = namespace or cfg_d.get("actor_namespace") or DEFAULT_NAMESPACE
     opts = dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True, max_concurrency=4,
                 **placement_options(cfg_d))
     return ray.remote(SpecLearner).options(**opts).remote(cfg_d, target_dir, aux_layer_ids, **kwargs)
