@@ -4,7 +4,7 @@ into a flat {name: float} dict for veRL's tracking loggers."""
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 PREFIX = "specrollout/"
 
@@ -149,3 +149,35 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
             continue
         out[LEARNER.format(name=k)] = float(v)
     return out
+
+
+DRAFT_STALE_STEPS = PREFIX + "draft_stale_steps"  # consecutive steps the live draft did not advance
+
+
+class DraftStallDetector:
+    """A draft that silently stops updating is a bug: count the consecutive training steps in
+    which the learner is on but the live draft version did not advance, and warn loudly (once
+    per stall) past `patience` steps. Also counts steps whose learner metrics were missing
+    (dead or unreachable learner), which the rollouts survive on the last good draft."""
+
+    def __init__(self, patience: int = 3):
+        self.patience = patience
+        self.last_version: Optional[int] = None
+        self.stale = 0
+        self.warned = False
+
+    def update(self, live_version: Optional[int], learner_alive: bool) -> Dict[str, float]:
+        import logging
+
+        advanced = live_version is not None and (self.last_version is None or live_version > self.last_version)
+        if advanced:
+            self.last_version, self.stale, self.warned = live_version, 0, False
+        else:
+            self.stale += 1
+        if self.stale >= self.patience and not self.warned:
+            self.warned = True
+            logging.getLogger("verl_specrollout").warning(
+                "verl-specrollout: the rollout draft has not advanced for %d steps (live version %s, learner %s); "
+                "rollouts keep the last good draft. Check the learner actor and specrollout/learner/lag.",
+                self.stale, self.last_version, "alive" if learner_alive else "UNREACHABLE")
+        return {DRAFT_STALE_STEPS: float(self.stale), PREFIX + "learner/alive": float(learner_alive)}

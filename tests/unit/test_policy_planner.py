@@ -319,3 +319,18 @@ def test_metrics_flatten():
     assert m["specrollout/mean_k/bs_1-1"] == 4 and m["specrollout/mean_k/bs_64-127"] == 0
     assert 0 < m["specrollout/alpha/pos1"] <= 1
     assert m["specrollout/num_draft_tokens"] >= m["specrollout/num_accepted_tokens"]
+
+
+def test_draft_stall_detector_warns_once_when_version_stops(caplog):
+    from verl_specrollout.metrics import DRAFT_STALE_STEPS, DraftStallDetector
+
+    det = DraftStallDetector(patience=2)
+    assert det.update(1, True)[DRAFT_STALE_STEPS] == 0
+    assert det.update(2, True)[DRAFT_STALE_STEPS] == 0
+    with caplog.at_level("WARNING", logger="verl_specrollout"):
+        det.update(2, True)
+        out = det.update(2, False)  # learner died: version stuck
+        det.update(2, False)
+    assert out[DRAFT_STALE_STEPS] == 2 and out["specrollout/learner/alive"] == 0.0
+    assert sum("has not advanced" in r.getMessage() for r in caplog.records) == 1
+    assert det.update(3, True)[DRAFT_STALE_STEPS] == 0  # recovers

@@ -194,7 +194,16 @@ def collect_step_metrics(trainer) -> Dict[str, float]:
                               timeout=60)
         except Exception as exc:
             logger.warning("verl-specrollout: learner metrics unavailable: %r", exc)
-    return step_metrics(results, learner)
+    out = step_metrics(results, learner)
+    if cfg.learner.enable:
+        from verl_specrollout.metrics import DRAFT_VERSION_LIVE, DraftStallDetector
+
+        det = getattr(trainer, "_sr_stall", None)
+        if det is None:
+            det = trainer._sr_stall = DraftStallDetector()
+        live = out.get(DRAFT_VERSION_LIVE)
+        out.update(det.update(int(live) if live is not None else None, learner is not None))
+    return out
 
 
 def patch_trainer(module) -> None:
