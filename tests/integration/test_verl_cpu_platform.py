@@ -13,6 +13,8 @@ import verl, torch.distributed as dist
 from verl.utils.device import get_device_name, get_nccl_backend, get_torch_device, get_device_id
 import verl.third_party.vllm as v
 import vllm.model_executor.layers.utils as u
+from vllm.plugins import load_general_plugins
+load_general_plugins()  # what every vLLM engine process does first: our entry point patches here
 m = get_torch_device()
 try:
     dev_id = get_device_id()
@@ -27,6 +29,8 @@ OFF_PROBE = """
 import verl
 from verl.utils.device import get_device_name
 import vllm.model_executor.layers.utils as u
+from vllm.plugins import load_general_plugins
+load_general_plugins()
 print(get_device_name(), getattr(u.dispatch_cpu_unquantized_gemm, '_specrollout_plain', False))
 """
 

@@ -143,3 +143,48 @@ def test_plugin_is_noop_off_cpu(monkeypatch):
     monkeypatch.setattr(vllm_plugin, "install", lambda: called.append(1))
     vllm_plugin.register()
     assert called == [] and vllm_plugin._state["done"]
+
+
+def test_tolerant_rebind_survives_objects_without_a_dict_namespace():
+    """vLLM's own rebinding crashes on e.g. llvmlite's ffi.lib (any attribute, __dict__ included,
+    is a function wrapper); ours skips such objects and still rebinds real references."""
+    import sys
+    import types
+
+    from verl_specrollout.platforms.cpu.dispatcher_fix import tolerant_rebind_kernels
+
+    class AnswersEverything:  # like llvmlite's _lib_wrapper: no real __dict__, any name answers
+        __slots__ = ()
+
+        def __getattr__(self, name):
+            return lambda *a: None
+
+    def original():
+        pass
+
+    def wrapper():
+        pass
+
+    class Owner:
+        kernel = None
+
+    owner = Owner()
+    owner.kernel = original
+    owner._kernel_arg_names = ("x",)
+    mod = types.ModuleType("_specrollout_probe_mod")
+    mod.weird = AnswersEverything()
+    mod.copy = original
+    mod.owner = owner
+    sys.modules[mod.__name__] = mod
+    try:
+        from vllm.triton_utils import dispatcher
+
+        vllm_rebind = getattr(dispatcher, "_rebind_kernels")
+        if vllm_rebind is not tolerant_rebind_kernels:  # vLLM's own scan trips on it
+            with pytest.raises(AttributeError):
+                vllm_rebind([(original, wrapper)])
+            mod.copy, owner.kernel = original, original
+        tolerant_rebind_kernels([(original, wrapper)])
+    finally:
+        del sys.modules[mod.__name__]
+    assert mod.copy is wrapper and owner.kernel is wrapper and "_kernel_arg_names" not in owner.__dict__

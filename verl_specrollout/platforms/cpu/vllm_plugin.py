@@ -36,6 +36,7 @@ EXPAND_KERNEL_NAME = "vllm.v1.sample.rejection_sampler.expand_kernel"  # key in 
 DISPATCHER_MODULE = "vllm.triton_utils.dispatcher"
 DISPATCHER_REGISTRY_ATTR = "_registry"
 DISPATCHER_REGISTER_FN = "register_kernels"
+DISPATCHER_REBIND_FN = "_rebind_kernels"  # replaced by dispatcher_fix.tolerant_rebind_kernels
 PLATFORM_OVERRIDES_METHOD = "register_triton_kernel_overrides"  # classmethod on CpuPlatform
 
 ENV_SWITCH = "SPECROLLOUT_CPU_FIX"
@@ -84,6 +85,7 @@ def install() -> bool:
     """Replace vLLM-CPU's expand fallback with ours. Returns True when installed."""
     from verl_specrollout.platforms.cpu.expand_kernel import make_expand_kernel_impl
 
+    _install_tolerant_rebind()
     try:
         cpu_tl = importlib.import_module(CPU_TRITON_UTILS_MODULE)
         original = getattr(cpu_tl, EXPAND_IMPL_ATTR)
@@ -117,6 +119,18 @@ def install() -> bool:
         _register_overrides_then_check._specrollout_wrapped = True  # type: ignore[attr-defined]
         setattr(cls, PLATFORM_OVERRIDES_METHOD, classmethod(_register_overrides_then_check))
     return True
+
+
+def _install_tolerant_rebind() -> None:
+    """See dispatcher_fix.py: vLLM's sys.modules scan crashes on some third-party objects."""
+    from verl_specrollout.platforms.cpu.dispatcher_fix import tolerant_rebind_kernels
+
+    try:
+        disp = importlib.import_module(DISPATCHER_MODULE)
+    except ImportError:
+        return
+    if hasattr(disp, DISPATCHER_REBIND_FN):
+        setattr(disp, DISPATCHER_REBIND_FN, tolerant_rebind_kernels)
 
 
 def _ensure_registered(ours, log: bool) -> None:
