@@ -38,7 +38,7 @@ def main(argv=None):
     tb = build_testbed(args.size)
     prompts_all = load_prompts(tb, max(batches))
     plain, spec, sched = make_engines(tb, args.method, max(ks), max(batches))
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True, seed=0)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True)
 
     policies = ["plain"] + [f"static-{k}" for k in ks] + ["adaptive"]
     results, chosen_k = [], {}

@@ -42,7 +42,7 @@ def main(argv=None):
     n_req = args.prompts * args.group
     plain, spec, sched = make_engines(tb, args.method, max(ks), max(256, n_req))
     hand = [[lo, min(hi, max(256, n_req)), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max(256, n_req)]
-    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens, seed=0)
+    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
 
     # Warm-up: compile paths and give the planner its cold-start exploration.
     sched.set_policy("adaptive")

@@ -40,13 +40,13 @@ def _rollout(llm, prompts, params, repeats):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
-    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8, help="G samples per prompt")
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--method", default="eagle3", choices=["eagle3", "draft_model", "ngram"])
     ap.add_argument("--mode", default="adaptive", choices=["adaptive", "static"])
     ap.add_argument("--max-k", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--grpo-steps", type=int, default=4)
     ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     tok = AutoTokenizer.from_pretrained(tb.target_dir)
     examples = make_examples(args.prompts, seed=12345)
     prompts = [tok.apply_chat_template(prompt_messages(ex), add_generation_prompt=True, tokenize=False) for ex in examples]
-    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens, seed=0)
+    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
 
     def reward(outs):
         scores = [compute_score(DATA_SOURCE, c.text, str(ex.answer)) for ex, o in zip(examples, outs) for c in o.outputs]

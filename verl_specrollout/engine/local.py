@@ -16,7 +16,12 @@ from verl_specrollout.engine.speculative import build_engine_kwargs
 
 
 def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overrides):
-    """`vllm.LLM` for `target_dir`; speculative when `spec.enable`. Stats are on (we read them)."""
+    """`vllm.LLM` for `target_dir`; speculative when `spec.enable`. Stats are on (we read them).
+
+    Determinism comes from the engine seed. Do not pass per-request `SamplingParams(seed=...)`
+    on vLLM-CPU: with chunked prefill vLLM rewinds the request's generator (`set_offset`), which
+    CPU generators do not support ("CPU Generator does not use offset").
+    """
     # In-process engine: starts in ~1.5 s instead of 15-25 s and keeps our plugins in one process.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM

@@ -74,7 +74,7 @@ def measure_acceptance(testbed, method: str = "eagle3", k: int = 4, temperature:
         llm = make_llm(testbed, method, k, **llm_kwargs)
     try:
         prompts = task_prompts(testbed, n_prompts)
-        sp = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=0)
+        sp = SamplingParams(temperature=temperature, max_tokens=max_tokens)
         before = _counters(llm)
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p, _ in prompts], sp,
                             use_tqdm=False)
