@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     if not args.skip_grpo:
         summary.update(_grpo(tb, args))
     print(json.dumps(summary), flush=True)
-    return summary
+    return summary if "grpo_error" not in summary else None
 
 
 def _grpo(tb, args) -> dict:
@@ -143,7 +143,8 @@ def _grpo(tb, args) -> dict:
         res = run(args.grpo_steps, os.path.join(args.out, name), extra, model=str(tb.target_dir),
                   data=str(tb.data_dir), reward=reward_fn, n=args.group)
         if res["returncode"] != 0 or not res["steps"]:
-            raise SystemExit(f"[quickstart] GRPO {name} failed (exit {res['returncode']}); see {res['log']}")
+            print(f"[quickstart] GRPO {name} FAILED (exit {res['returncode']}); see {res['log']}", flush=True)
+            return {"grpo_error": f"{name} run failed (exit {res['returncode']}), log {res['log']}"}
         runs[name] = res["steps"]
         for st in res["steps"]:
             print(f"[quickstart]   {name} step {st['step']}: rollout {st.get('timing_s/gen', math.nan):.2f}s "
