@@ -79,18 +79,9 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_max_bs = int(self.scheduler_config.max_num_seqs)
         zero_k_passes = 0 if spec.method in compat.MODEL_FREE_DRAFT_METHODS else 1
         p = cfg.planner
-        self.planner = Planner(
-            max_k=max_k,
-            max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
-            mode=p.mode,
-            table=p.table,
-            replan_interval=p.replan_interval,
-            acceptance_decay=p.acceptance_decay,
-            prior_acceptance=p.prior_acceptance,
-            zero_k_passes=zero_k_passes,
-            hysteresis=p.hysteresis,
-            explore_every=p.explore_every,
-        )
+        # cfg.max_k was aligned with the engine's above.
+        self.planner = Planner.from_config(cfg, max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
+                                           zero_k_passes=zero_k_passes)
         self._sr_req_acc = PerRequestAcceptance(prior=p.prior_acceptance)
         budget = p.verify_budget
         if budget is not None and getattr(self.scheduler_config, "async_scheduling", False):

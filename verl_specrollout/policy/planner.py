@@ -361,5 +361,7 @@ class Planner:
             acceptance_decay=p.acceptance_decay,
             prior_acceptance=p.prior_acceptance,
             zero_k_passes=zero_k_passes,
+            hysteresis=p.hysteresis,
+            explore_every=p.explore_every,
         )
 
