@@ -48,6 +48,19 @@ def timed_generate(llm, prompts, params) -> tuple:
     return sec, sum(len(c.token_ids) for o in outs for c in o.outputs)
 
 
+def run_policy(policy, plain, spec, sched, prompts, params, max_bs, table=None) -> tuple:
+    """One timed generate under `policy`: "plain", "adaptive", "table" or "static-K"."""
+    if policy == "plain":
+        return timed_generate(plain, prompts, params)
+    if policy == "adaptive":
+        sched.set_policy("adaptive")
+    elif policy == "table":
+        sched.set_policy("static", table)
+    else:
+        sched.set_policy("static", [[1, max_bs, int(policy.split("-")[1])]])
+    return timed_generate(spec, prompts, params)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import load_prompts, make_engines, median, timed_generate, write_json
+from benchmarks.common import load_prompts, make_engines, median, run_policy, write_json
 
 
 def main(argv=None):
@@ -54,14 +54,7 @@ def main(argv=None):
         tokens = {}
         for _ in range(args.repeats):
             for p in policies:
-                if p == "plain":
-                    sec, n = timed_generate(plain, prompts, params)
-                else:
-                    if p == "adaptive":
-                        sched.set_policy("adaptive")
-                    else:
-                        sched.set_policy("static", [[1, max(batches), int(p.split("-")[1])]])
-                    sec, n = timed_generate(spec, prompts, params)
+                sec, n = run_policy(p, plain, spec, sched, prompts, params, max(batches))
                 times[p].append(sec)
                 tokens[p] = n
         chosen_k[b] = sched.planner.k_for(b)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import load_prompts, make_engines, median, timed_generate, write_json
+from benchmarks.common import load_prompts, make_engines, median, run_policy, write_json
 
 # The kind of table a user writes by hand for vLLM's num_speculative_tokens_per_batch_size.
 HAND_TABLE = [[1, 4, 4], [5, 16, 2], [17, 4096, 1]]
@@ -55,16 +55,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     for rep in range(args.repeats):
         for p in policies:
-            if p == "plain":
-                sec, n = timed_generate(plain, prompts, params)
-            else:
-                if p == "adaptive":
-                    sched.set_policy("adaptive")
-                elif p == "table":
-                    sched.set_policy("static", hand)
-                else:
-                    sched.set_policy("static", [[1, max(256, n_req), int(p.split("-")[1])]])
-                sec, n = timed_generate(spec, prompts, params)
+            sec, n = run_policy(p, plain, spec, sched, prompts, params, max(256, n_req), hand)
             times[p].append(sec)
             tokens[p].append(n)
             print(f"  rep {rep} {p:10s} {sec:7.2f}s {n / sec:8.1f} tok/s", flush=True)
