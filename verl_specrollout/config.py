@@ -56,6 +56,11 @@ class PlannerConfig:
     # other channel back to the trainer). Control file: {"mode": ..., "table": ...}, polled.
     stats_path: Optional[str] = None
     control_path: Optional[str] = None
+    # Model drafters (eagle, eagle3, draft_model): at K=0 skip the draft forward vLLM still runs
+    # to keep the draft's KV cache in sync (engine/k0_skip.py). Makes "speculation off" as cheap
+    # as plain decoding; the draft then misses KV for positions decoded at K=0, which lowers
+    # acceptance when K rises again. Sampling stays exact either way.
+    skip_draft_at_k0: bool = False
 
 
 @dataclass
@@ -194,6 +199,8 @@ class SpecRolloutConfig:
             raise SpecRolloutConfigError(f"specrollout.planner.hysteresis must be in [0, 1), got {p.hysteresis}")
         if not isinstance(p.explore_every, int) or p.explore_every < 0:
             raise SpecRolloutConfigError(f"specrollout.planner.explore_every must be an integer >= 0, got {p.explore_every!r}")
+        if not isinstance(p.skip_draft_at_k0, bool):
+            raise SpecRolloutConfigError(f"specrollout.planner.skip_draft_at_k0 must be true or false, got {p.skip_draft_at_k0!r}")
         vb = p.verify_budget
         if vb is not None and vb != "auto" and (isinstance(vb, bool) or not isinstance(vb, int) or vb < 0):
             raise SpecRolloutConfigError(f"specrollout.planner.verify_budget must be null, 'auto' or an int >= 0, got {vb!r}")

@@ -61,3 +61,56 @@ def test_eagle3_greedy_equals_plain_and_accepts(testbed, prompts):
     _generate(spec, prompts, sampled)
     t1_len = (read_counters(spec) - c1).mean_acceptance_length
     assert t1_len > 1.5, t1_len
+
+
+def _count_draft_forwards(self):
+    """Inside the worker: count forwards of the draft model (a hook on its top module)."""
+    m = self.model_runner.drafter.model
+    if not hasattr(m, "_sr_calls"):
+        m._sr_calls = 0
+
+        def hook(mod, args):
+            mod._sr_calls += 1
+
+        m.register_forward_pre_hook(hook)
+    return m._sr_calls
+
+
+def test_skip_draft_at_k0_runs_no_draft_pass_and_stays_exact(testbed, prompts):
+    """planner.skip_draft_at_k0 (engine/k0_skip.py): a K=0 step runs no draft forward, and a
+    rollout that switches K=0 -> K=4 mid-way (drafts then read a KV cache with holes) is still
+    exactly the target's greedy output."""
+    from vllm import SamplingParams
+
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.engine import compat
+    from verl_specrollout.engine.local import make_llm
+    from verl_specrollout.engine.spec_stats import read_counters
+
+    plain = make_llm(testbed.target_dir)
+    # Lengths 16..128: the batch shrinks from 8 to 1 while it runs.
+    params = [SamplingParams(temperature=0.0, max_tokens=16 * (i + 1), ignore_eos=True) for i in range(8)]
+    ref = [list(o.outputs[0].token_ids) for o in plain.generate(prompts[:8], params, use_tqdm=False)]
+    del plain
+
+    cfg = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": testbed.eagle3_dir,
+                                       "max_k": 4, "planner": {"mode": "adaptive", "skip_draft_at_k0": True}})
+    spec = make_llm(testbed.target_dir, cfg)
+    sched = compat.in_process_scheduler(spec)
+    assert sched.planner.zero_k_passes == 0
+
+    sched.set_policy("static", [[1, 16, 0]])
+    n0 = spec.collective_rpc(_count_draft_forwards)[0]
+    c0 = read_counters(spec)
+    spec.generate(prompts[:8], params, use_tqdm=False)
+    assert spec.collective_rpc(_count_draft_forwards)[0] == n0, "a K=0 step ran the draft model"
+    assert (read_counters(spec) - c0).num_drafts == 0
+
+    # K=0 while 5+ requests run, K=4 in the tail: positions decoded at K=0 have no draft KV.
+    sched.set_policy("static", [[1, 4, 4], [5, 16, 0]])
+    c1 = read_counters(spec)
+    out = [list(o.outputs[0].token_ids) for o in spec.generate(prompts[:8], params, use_tqdm=False)]
+    d = read_counters(spec) - c1
+    assert out == ref, "greedy output with K=0 skips differs from plain greedy output"
+    assert spec.collective_rpc(_count_draft_forwards)[0] > n0 and d.num_drafts > 0
+    assert d.mean_acceptance_length > 1.2, d.mean_acceptance_length  # holes cost acceptance, not all of it

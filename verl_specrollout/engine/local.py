@@ -40,4 +40,7 @@ def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overri
     kwargs.update(overrides)
     if spec is not None and spec.enable:
         kwargs.update(build_engine_kwargs(spec, target_path=target_dir, existing=kwargs))
+        from verl_specrollout.engine import k0_skip
+
+        k0_skip.install()  # also an entry point; explicit here so an in-process engine has it
     return LLM(**kwargs)
