@@ -83,10 +83,19 @@ def test_k0_at_high_batch_even_with_decent_acceptance_past_the_knee():
 
 
 def test_k_grows_as_batch_falls():
-    p = planner_with(knee_cost(), alpha=0.8)
+    truth = knee_cost()
+    p = planner_with(truth, alpha=0.8)
     dense = p.plan()
     ks = [dense[b] for b in BATCHES]
-    assert all(x >= y for x, y in zip(ks, ks[1:])), ks  # non-increasing in B
+    e = p.acceptance.expected_table()
+
+    def true_tp(bsz, k):
+        return bsz * e[k] / truth(bsz * (1 + k), bsz, max(k, 1))
+
+    # Non-increasing in B, except where the two K are a near-tie in truth (< 1 %): measured
+    # noise may pick either, and either is right.
+    for b_hi, x, y in zip(BATCHES[1:], ks, ks[1:]):
+        assert x >= y or abs(true_tp(b_hi, x) / true_tp(b_hi, y) - 1) < 0.01, (b_hi, ks)
     assert ks[0] >= 3 and ks[-1] <= 1, ks
 
 
@@ -119,11 +128,14 @@ def simulate(p, truth, alpha_fn, batch_fn, steps, seed=0):
     rnd = random.Random(seed)
     prev = None
     ks = []
+    now = [0.0]
+    p.clock = lambda: now[0]  # simulated time: re-plans themselves take none
     for s in range(steps):
         bsz = batch_fn(s)
         k = p.k_for(bsz)
         kv = prev if prev is not None else k
         t = truth(bsz * (1 + kv), bsz, p.passes_for(k)) * (1 + 0.03 * rnd.gauss(0, 1))
+        now[0] += t
         p.observe_step(bsz, bsz * (1 + kv), k, t)
         if kv:
             p.observe_drafts([(kv, _accepted(alpha_fn(s), kv, rnd)) for _ in range(bsz)])
@@ -139,7 +151,11 @@ def test_cold_start_explores_then_plans():
     assert set(ks[:40]) >= {0, 1, 4}  # exploration visited several K
     assert p.cost.fitted
     dense = p.plan()
-    assert dense[1] >= 3 and dense[64] <= dense[1]
+    assert dense[1] >= 2 and dense[64] <= dense[1]
+    truth, e = knee_cost(), p.acceptance.expected_table()
+    for bsz in (1, 4, 16, 64):  # within 3 % of the true optimum where it was run
+        tp = [bsz * e[k] / truth(bsz * (1 + k), bsz, max(k, 1)) for k in range(5)]
+        assert tp[dense[bsz]] >= 0.97 * max(tp), (bsz, dense[bsz], tp)
 
 
 def test_reacts_to_acceptance_drop_within_bounded_steps():
@@ -151,6 +167,26 @@ def test_reacts_to_acceptance_drop_within_bounded_steps():
     switched = next(i for i, k in enumerate(after) if k <= 1)
     assert switched <= 120, switched  # decay 0.98 + one re-plan interval
     assert all(k <= 1 for k in after[switched + 16 :])
+
+
+def test_replans_are_postponed_when_they_cost_more_than_the_budget():
+    p = Planner(max_k=4, max_batch=16, replan_interval=4, zero_k_passes=1, overhead_budget=0.05)
+    now = [0.0]
+    p.clock = lambda: now[0]
+    p.cost = fitted(knee_cost(), 4)
+    real_replan = p.replan
+
+    def slow_replan():  # every re-plan takes 0.1 s of (simulated) engine time
+        now[0] += 0.1
+        return real_replan()
+
+    p.replan = slow_replan
+    for _ in range(400):
+        now[0] += 0.01  # 10 ms steps: a re-plan every 4 steps would be 0.1 s per 0.04 s
+        p.tick()
+    # A 0.1 s re-plan may run once per 2 s of engine time: 4 s -> about 2-3 re-plans, not 100.
+    assert 1 <= p.replans <= 4, p.replans
+    assert p.replans_skipped >= 90
 
 
 def test_off_and_static_modes():

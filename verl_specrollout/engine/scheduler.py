@@ -62,6 +62,7 @@ class SpecRolloutScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.planner: Optional[Planner] = None
         self._sr_t0: Optional[float] = None
+        self._sr_prev: Optional[tuple] = None  # last pure-decode step, timed when the next starts
         self._sr_pairs: List[tuple] = []
         self._sr_req_acc = PerRequestAcceptance()
         vcfg = self.vllm_config
@@ -77,8 +78,9 @@ class SpecRolloutScheduler(Scheduler):
             logger.warning("specrollout.max_k=%s but the engine drafts at most %s; using %s", cfg.max_k, max_k, max_k)
             cfg.max_k = max_k
         self._sr_max_bs = int(self.scheduler_config.max_num_seqs)
-        zero_k_passes = 0 if spec.method in compat.MODEL_FREE_DRAFT_METHODS else 1
         p = cfg.planner
+        # A K=0 step costs a draft pass unless nothing is drafted (ngram) or we skip it (k0_skip.py).
+        zero_k_passes = 0 if spec.method in compat.MODEL_FREE_DRAFT_METHODS or p.skip_draft_at_k0 else 1
         # cfg.max_k was aligned with the engine's above.
         self.planner = Planner.from_config(cfg, max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
                                            zero_k_passes=zero_k_passes)
@@ -114,6 +116,13 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_install(self.planner.lookup())
         return self.planner.rows()
 
+    def set_skip_draft_at_k0(self, flag: bool) -> None:
+        """Tell the planner what a K=0 step costs after the drafter's skip was switched
+        (k0_skip.set_enabled inside the worker): no draft pass when skipping."""
+        if self.planner is not None and self.planner.zero_k_passes != (0 if flag else 1):
+            model_free = self.vllm_config.speculative_config.method in compat.MODEL_FREE_DRAFT_METHODS
+            self.planner.zero_k_passes = 0 if (flag or model_free) else 1
+
     def set_verify_budget(self, budget) -> None:
         """None (off) | int (cap of draft tokens verified per step) | "auto" (see module doc)."""
         if budget is not None and budget != "auto" and (not isinstance(budget, int) or budget < 0):
@@ -127,7 +136,15 @@ class SpecRolloutScheduler(Scheduler):
 
     # -------------------------------------------------------------- hooks
     def schedule(self, *args: Any, **kwargs: Any):
-        self._sr_t0 = time.perf_counter()
+        # A step's cost is its full cycle, schedule() to the next schedule(): model forward,
+        # drafting, output processing and whatever the engine loop does per step. Timing only
+        # schedule()..update_from_output() misses the per-step work outside it, which makes
+        # long drafts (fewer steps per token) look worse than they are.
+        now = time.perf_counter()
+        prev, self._sr_prev = self._sr_prev, None
+        if prev is not None and self.planner is not None:
+            self.planner.observe_time(prev[0], prev[1], prev[2], now - prev[3])
+        self._sr_t0 = now
         return super().schedule(*args, **kwargs)
 
     def make_spec_decoding_stats(
@@ -153,7 +170,7 @@ class SpecRolloutScheduler(Scheduler):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         if self.planner is not None:
             try:
-                self._sr_after_step(scheduler_output, time.perf_counter())
+                self._sr_after_step(scheduler_output)
             except Exception:  # the planner must never take the engine down
                 logger.exception("SpecRolloutScheduler: planner update failed; keeping the current table")
         return outputs
@@ -180,16 +197,19 @@ class SpecRolloutScheduler(Scheduler):
                 r.spec_token_ids = r.spec_token_ids[:a]
 
     # ----------------------------------------------------------- internals
-    def _sr_after_step(self, so, t1: float) -> None:
+    def _sr_after_step(self, so) -> None:
         n_req = len(so.num_scheduled_tokens)
         if n_req == 0:
             return
         total = so.total_num_scheduled_tokens
         n_spec = sum(len(v) for v in so.scheduled_spec_decode_tokens.values())
         pure_decode = total == n_req + n_spec
-        seconds = (t1 - self._sr_t0) if (pure_decode and self._sr_t0 is not None) else None
         planner = self.planner
-        planner.observe_step(n_req, total, compat.scheduled_k(so), seconds)
+        k = compat.scheduled_k(so)
+        planner.observe_step(n_req, total, k, None)
+        # Timed at the next schedule(), unless the engine drains first (an idle gap follows).
+        if pure_decode and self._sr_t0 is not None and (self.running or len(self.waiting) > 0):
+            self._sr_prev = (n_req, total, k, self._sr_t0)
         planner.observe_drafts(self._sr_pairs)
         self._sr_pairs = []
         new = planner.tick()

@@ -132,6 +132,7 @@ class StepCostModel:
         self.knot: float = 0.0
         self.n_fits = 0
         self.last_rejected = 0
+        self._measured: dict = {}  # bucket key -> (median seconds, count), refreshed by fit()
 
     # ------------------------------------------------------------------ data
     def observe(self, tokens: int, requests: int, passes: int, seconds: float) -> None:
@@ -146,17 +147,30 @@ class StepCostModel:
     def __len__(self) -> int:
         return len(self._obs)
 
+    def _key(self, tokens: float, requests: float, passes: float) -> tuple:
+        # Geometric buckets of tokens, and of requests above 16 (exact below): a GRPO rollout
+        # visits every batch size, and one bucket per exact size would make fits slow.
+        r = int(requests) if requests <= 16 else 1000 + int(round(math.log(requests) / self._log_ratio))
+        return (int(round(math.log(tokens) / self._log_ratio)), r, int(passes))
+
     def buckets(self) -> List[Tuple[float, float, float, float, int]]:
-        """(mean tokens, requests, passes, median seconds, count) per bucket."""
+        """(mean tokens, mean requests, passes, median seconds, count) per bucket."""
         groups: dict = {}
         for o in self._obs:
-            key = (int(round(math.log(o.tokens) / self._log_ratio)), o.requests, o.passes)
-            groups.setdefault(key, []).append(o)
+            groups.setdefault(self._key(o.tokens, o.requests, o.passes), []).append(o)
         out = []
-        for g in groups.values():
+        self._measured = {}
+        for key, g in groups.items():
             toks = sum(o.tokens for o in g) / len(g)
-            out.append((toks, float(g[0].requests), float(g[0].passes), _median([o.seconds for o in g]), len(g)))
+            reqs = sum(o.requests for o in g) / len(g)
+            med = _median([o.seconds for o in g])
+            self._measured[key] = (med, len(g))
+            out.append((toks, reqs, float(g[0].passes), med, len(g)))
         return out
+
+    def measured(self, tokens: float, requests: float, passes: float) -> Optional[Tuple[float, int]]:
+        """(median seconds, steps) of the bucket as of the last fit, or None if never seen."""
+        return self._measured.get(self._key(tokens, requests, passes))
 
     # ------------------------------------------------------------------- fit
     @staticmethod
@@ -245,6 +259,19 @@ class StepCostModel:
 
     def predict(self, tokens: float, requests: float, passes: float) -> float:
         return max(self.target_time(tokens, requests) + self.draft_time(passes, requests), 1e-9)
+
+    def predict_local(self, tokens: float, requests: float, passes: float, prior_steps: float = 16.0) -> float:
+        """The fitted model, pulled toward the bucket's measured median by its step count n:
+        model * (median/model)**(n / (n + prior_steps)). A cell the engine has run for many steps
+        is priced by what it measured, so a misfit of the global model (the step-time surface is
+        not really linear) cannot keep steering choices the engine has tried; a cell seen a few
+        times moves a little; unseen cells are priced by the model alone."""
+        t = self.predict(tokens, requests, passes)
+        m = self.measured(tokens, requests, passes)
+        if m is None or m[0] <= 0:
+            return t
+        w = m[1] / (m[1] + prior_steps)
+        return t * (m[0] / t) ** w
 
     def describe(self) -> dict:
         d = {"fitted": self.fitted, "observations": len(self._obs), "fits": self.n_fits, "rejected_buckets": self.last_rejected}

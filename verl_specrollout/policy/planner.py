@@ -36,6 +36,7 @@ is optimal for the geometric model.
 from __future__ import annotations
 
 import heapq
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from verl_specrollout.policy.acceptance import AcceptanceEstimator
@@ -85,12 +86,28 @@ def resize_dense(dense: Sequence[int], max_batch: int) -> List[int]:
     return out
 
 
+def plan_grid(max_batch: int, exact_upto: int = 16, ratio: float = 1.05) -> List[int]:
+    """Batch sizes the planner evaluates: every size up to `exact_upto`, then ~5 % apart
+    (powers of two always included); sizes in between take the K of the grid point below.
+    Keeps a re-plan to ~100 evaluations at max_batch 1024."""
+    pts = set(range(1, min(exact_upto, max_batch) + 1))
+    b = float(exact_upto)
+    while b < max_batch:
+        b *= ratio
+        pts.add(min(max_batch, int(round(b))))
+    p2 = 1
+    while p2 <= max_batch:
+        pts.add(p2)
+        p2 *= 2
+    return sorted(pts)
+
+
 # ---------------------------------------------------------------- pure choices
 def throughput(b: int, k: int, e_table: Sequence[float], cost: StepCostModel, zero_k_passes: int) -> float:
     passes = k if k > 0 else zero_k_passes
     if k > 0 and zero_k_passes > 0:
         passes = max(k, zero_k_passes)
-    t = cost.predict(b * (1 + k), b, passes)
+    t = cost.predict_local(b * (1 + k), b, passes)
     return b * e_table[k] / t
 
 
@@ -163,6 +180,8 @@ class Planner:
         explore_every: int = 8,
         explore_ks: Optional[Sequence[int]] = None,
         cost_window: int = 4096,
+        overhead_budget: Optional[float] = 0.02,
+        clock=time.perf_counter,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -181,6 +200,14 @@ class Planner:
             explore_ks = [k for i, k in enumerate(ks) if k not in ks[:i]]
         self.explore_ks = list(explore_ks)
         self.cost = StepCostModel(window=cost_window)
+        # Re-planning runs on the engine's critical path (inside the scheduler): when one
+        # re-plan took longer than `overhead_budget` of the time since the previous one, the
+        # next is postponed (on a fast engine with tiny batches a fit can cost several steps).
+        self.overhead_budget = overhead_budget
+        self.clock = clock  # seconds; tests drive it with simulated step times
+        self._last_replan_end: Optional[float] = None
+        self._last_replan_seconds = 0.0
+        self.replans_skipped = 0
         self.acceptance = AcceptanceEstimator(max_k, decay=acceptance_decay, prior=prior_acceptance)
         self._plan: List[int] = [0] + [max_k] * max_batch  # the exploited plan
         self.dense: List[int] = self._initial_dense()  # what is installed
@@ -257,6 +284,12 @@ class Planner:
         if seconds is not None:
             self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
 
+    def observe_time(self, requests: int, tokens: int, drafted_k: int, seconds: float) -> None:
+        """Wall time of a pure-decode step measured apart from observe_step (the scheduler
+        measures a step's full cycle, which ends when the next step starts)."""
+        if requests > 0:
+            self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+
     def observe_drafts(self, pairs: Sequence[Tuple[int, int]]) -> None:
         """The step's per-request (num_draft_tokens, num_accepted) verification results."""
         self.acceptance.observe_requests(pairs)
@@ -269,7 +302,15 @@ class Planner:
             return None
         if self.steps % self.replan_interval:
             return None
-        return self.replan()
+        now = self.clock()
+        if (self.overhead_budget and self._last_replan_end is not None
+                and self._last_replan_seconds > self.overhead_budget * (now - self._last_replan_end)):
+            self.replans_skipped += 1
+            return None
+        out = self.replan()
+        end = self.clock()
+        self._last_replan_seconds, self._last_replan_end = end - now, end
+        return out
 
     # ----------------------------------------------------------------- plan
     def replan(self) -> Optional[List[int]]:
@@ -305,10 +346,12 @@ class Planner:
         e = self.acceptance.expected_table()
         out = [0] * (self.max_batch + 1)
         self._last_tps = {}
-        for b in range(1, self.max_batch + 1):
+        grid = plan_grid(self.max_batch)
+        for i, b in enumerate(grid):
             cur = current[b] if current is not None and b < len(current) else None
             k, tps = choose_k(b, e, self.cost, self.max_k, self.zero_k_passes, cur, self.hysteresis)
-            out[b] = k
+            hi = grid[i + 1] if i + 1 < len(grid) else self.max_batch + 1
+            out[b:hi] = [k] * (hi - b)
             if b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
                 self._last_tps[b] = tps
         return out
@@ -331,6 +374,8 @@ class Planner:
             "mode": self.mode,
             "steps": self.steps,
             "replans": self.replans,
+            "replans_skipped": self.replans_skipped,
+            "last_replan_seconds": self._last_replan_seconds,
             "table_changes": self.table_changes,
             "table": self.rows(),
             "k_hist": {b: dict(h) for b, h in sorted(self.k_hist.items())},
@@ -351,7 +396,7 @@ class Planner:
         """From a SpecRolloutConfig (verl_specrollout.config)."""
         p = cfg.planner
         if zero_k_passes is None:
-            zero_k_passes = 0 if cfg.method == "ngram" else 1
+            zero_k_passes = 0 if cfg.method == "ngram" or p.skip_draft_at_k0 else 1
         return cls(
             max_k=cfg.max_k,
             max_batch=max_batch or p.max_batch,
