@@ -48,11 +48,26 @@ def timed_generate(llm, prompts, params) -> tuple:
     return sec, sum(len(c.token_ids) for o in outs for c in o.outputs)
 
 
+def _set_k0_skip_in_worker(self, flag):
+    from verl_specrollout.engine import k0_skip
+
+    k0_skip.set_enabled(self.model_runner.drafter, flag)
+    return True
+
+
+def set_k0_skip(spec, sched, flag: bool) -> None:
+    """Switch engine/k0_skip.py's draft skip at K=0 inside the running engine and tell the planner."""
+    spec.collective_rpc(_set_k0_skip_in_worker, args=(flag,))
+    sched.set_skip_draft_at_k0(flag)
+
+
 def run_policy(policy, plain, spec, sched, prompts, params, max_bs, table=None) -> tuple:
-    """One timed generate under `policy`: "plain", "adaptive", "table" or "static-K"."""
+    """One timed generate under `policy`: "plain", "adaptive", "adaptive-skip0" (adaptive with
+    no draft pass at K=0), "table" or "static-K" (K=0 allowed: speculation on, nothing drafted)."""
     if policy == "plain":
         return timed_generate(plain, prompts, params)
-    if policy == "adaptive":
+    set_k0_skip(spec, sched, policy == "adaptive-skip0")
+    if policy in ("adaptive", "adaptive-skip0"):
         sched.set_policy("adaptive")
     elif policy == "table":
         sched.set_policy("static", table)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import load_prompts, make_engines, median, run_policy, write_json
+from benchmarks.common import load_prompts, make_engines, median, run_policy, set_k0_skip, write_json
 
 
 def main(argv=None):
@@ -40,16 +40,18 @@ def main(argv=None):
     plain, spec, sched = make_engines(tb, args.method, max(ks), max(batches))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True)
 
-    policies = ["plain"] + [f"static-{k}" for k in ks] + ["adaptive"]
-    results, chosen_k = [], {}
+    # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
+    # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, engine/k0_skip.py).
+    policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["adaptive", "adaptive-skip0"]
+    results, chosen_k, chosen_k_skip0 = [], {}, {}
     t_start = time.perf_counter()
     for b in batches:
         prompts = prompts_all[:b]
         # Adaptive learns online: give it steps at this concurrency before timing.
-        sched.set_policy("adaptive")
         warm = max(1, args.warmup_steps // args.tokens)
-        for _ in range(warm):
-            spec.generate(prompts, params, use_tqdm=False)
+        for p in ("adaptive", "adaptive-skip0"):
+            for _ in range(warm):
+                run_policy(p, plain, spec, sched, prompts, params, max(batches))
         times = {p: [] for p in policies}
         tokens = {}
         for _ in range(args.repeats):
@@ -57,7 +59,10 @@ def main(argv=None):
                 sec, n = run_policy(p, plain, spec, sched, prompts, params, max(batches))
                 times[p].append(sec)
                 tokens[p] = n
-        chosen_k[b] = sched.planner.k_for(b)
+        for flag in (True, False):  # K the planner picks at this B with and without the K=0 skip
+            set_k0_skip(spec, sched, flag)
+            sched.set_policy("adaptive")
+            (chosen_k_skip0 if flag else chosen_k)[b] = sched.planner.k_for(b)
         row = {}
         for p in policies:
             sec = median(times[p])
@@ -67,20 +72,24 @@ def main(argv=None):
                             "concurrency": b, "tokens_per_s": round(row[p], 2), "seconds": round(sec, 4)})
         best_k = max(ks, key=lambda k: row[f"static-{k}"])
         best = row[f"static-{best_k}"]
-        print(f"B={b:4d} plain {row['plain']:8.1f} tok/s | best static K={best_k} {best:8.1f} | adaptive "
-              f"{row['adaptive']:8.1f} (K={chosen_k[b]}) | adaptive/best-static {row['adaptive'] / best:.3f} "
-              f"| adaptive/plain {row['adaptive'] / row['plain']:.3f}", flush=True)
+        print(f"B={b:4d} plain {row['plain']:8.1f} tok/s | K=0 {row['static-0']:8.1f} | best static K={best_k} "
+              f"{best:8.1f} | adaptive {row['adaptive']:8.1f} (K={chosen_k[b]}) | adaptive-skip0 "
+              f"{row['adaptive-skip0']:8.1f} | adaptive/best-static {row['adaptive'] / best:.3f} "
+              f"| adaptive/plain {row['adaptive'] / row['plain']:.3f} | adaptive-skip0/best-static "
+              f"{row['adaptive-skip0'] / best:.3f} | adaptive-skip0/plain {row['adaptive-skip0'] / row['plain']:.3f}",
+              flush=True)
 
     summary = _ratios(results, batches)
     stats = sched.specrollout_stats()
     payload = {"benchmark": "concurrency_sweep", "size": args.size, "method": args.method,
                "tokens_per_request": args.tokens, "temperature": args.temperature,
                "seconds_total": round(time.perf_counter() - t_start, 1),
-               "chosen_k": chosen_k, "summary": summary, "planner": _jsonable(stats), "results": results}
+               "chosen_k": chosen_k, "chosen_k_skip0": chosen_k_skip0, "summary": summary, "planner": _jsonable(stats), "results": results}
     write_json(args.out, payload)
-    _plot(args.out.rsplit(".", 1)[0] + ".png", results, batches, ks, chosen_k)
-    print("min adaptive/best-static over B: %.3f; min adaptive/plain over B: %.3f"
-          % (min(s["adaptive_over_best_static"] for s in summary), min(s["adaptive_over_plain"] for s in summary)))
+    _plot(args.out.rsplit(".", 1)[0] + ".png", results, batches, ks, chosen_k, chosen_k_skip0)
+    for key in ("adaptive_over_best_static", "adaptive_over_plain", "adaptive_skip0_over_best_static",
+                "adaptive_skip0_over_plain"):
+        print("min %s over B: %.3f" % (key, min(s[key] for s in summary)))
     return payload
 
 
@@ -90,10 +99,13 @@ def _ratios(results, batches):
         rows = [r for r in results if r["concurrency"] == b]
         plain = next(r["tokens_per_s"] for r in rows if r["policy"] == "plain")
         adaptive = next(r["tokens_per_s"] for r in rows if r["policy"] == "adaptive")
-        best = max((r for r in rows if r["policy"] == "static-K"), key=lambda r: r["tokens_per_s"])
+        skip0 = next(r["tokens_per_s"] for r in rows if r["policy"] == "adaptive-skip0")
+        best = max((r for r in rows if r["policy"] == "static-K" and r["k"] >= 1), key=lambda r: r["tokens_per_s"])
         out.append({"concurrency": b, "best_static_k": best["k"],
                     "adaptive_over_best_static": round(adaptive / best["tokens_per_s"], 3),
-                    "adaptive_over_plain": round(adaptive / plain, 3)})
+                    "adaptive_over_plain": round(adaptive / plain, 3),
+                    "adaptive_skip0_over_best_static": round(skip0 / best["tokens_per_s"], 3),
+                    "adaptive_skip0_over_plain": round(skip0 / plain, 3)})
     return out
 
 
@@ -103,7 +115,7 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def _plot(path, results, batches, ks, chosen_k):
+def _plot(path, results, batches, ks, chosen_k, chosen_k_skip0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,15 +125,17 @@ def _plot(path, results, batches, ks, chosen_k):
     def series(pred):
         return [next(r["tokens_per_s"] for r in results if r["concurrency"] == b and pred(r)) for b in batches]
     ax1.plot(batches, series(lambda r: r["policy"] == "plain"), "k-o", label="plain", lw=2)
-    for k in ks:
+    for k in [0] + ks:
         ax1.plot(batches, series(lambda r, k=k: r["policy"] == "static-K" and r["k"] == k), "--", alpha=0.6, label=f"K={k}")
     ax1.plot(batches, series(lambda r: r["policy"] == "adaptive"), "r-s", label="adaptive", lw=2)
+    ax1.plot(batches, series(lambda r: r["policy"] == "adaptive-skip0"), "m-^", label="adaptive, no draft pass at K=0", lw=2)
     ax1.set_xscale("log", base=2); ax1.set_yscale("log")
     ax1.set_xlabel("concurrency B"); ax1.set_ylabel("output tokens/s"); ax1.legend(fontsize=7, ncol=2)
     ax1.set_title("throughput vs live concurrency")
     best = [max(ks, key=lambda k: next(r["tokens_per_s"] for r in results if r["concurrency"] == b
                                        and r["policy"] == "static-K" and r["k"] == k)) for b in batches]
     ax2.plot(batches, [chosen_k[b] for b in batches], "r-s", label="adaptive K")
+    ax2.plot(batches, [chosen_k_skip0[b] for b in batches], "m-^", label="adaptive K (no draft pass at K=0)")
     ax2.plot(batches, best, "b:o", label="best static K (measured)")
     ax2.set_xscale("log", base=2); ax2.set_xlabel("concurrency B"); ax2.set_ylabel("K"); ax2.legend()
     ax2.set_title("draft length chosen vs B")

@@ -34,6 +34,7 @@ def main(argv=None):
 
     from vllm import SamplingParams
 
+    from verl_specrollout.engine.spec_stats import read_counters
     from verl_specrollout.testbed import build_testbed
 
     ks = [int(k) for k in args.ks.split(",")]
@@ -45,20 +46,26 @@ def main(argv=None):
     params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
 
     # Warm-up: compile paths and give the planner its cold-start exploration.
-    sched.set_policy("adaptive")
-    spec.generate(prompts, params, use_tqdm=False)
+    for p in ("adaptive", "adaptive-skip0"):
+        run_policy(p, plain, spec, sched, prompts, params, max(256, n_req))
     plain.generate(prompts[:4], params, use_tqdm=False)
 
-    policies = ["plain"] + [f"static-{k}" for k in ks] + ["table", "adaptive"]
+    # static-0: speculation on, nothing drafted; adaptive-skip0: no draft pass at K=0 steps.
+    policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["table", "adaptive", "adaptive-skip0"]
     times = {p: [] for p in policies}
     tokens = {p: [] for p in policies}
     t_start = time.perf_counter()
+    accept = {p: [] for p in policies}
     for rep in range(args.repeats):
         for p in policies:
+            c0 = read_counters(spec)
             sec, n = run_policy(p, plain, spec, sched, prompts, params, max(256, n_req), hand)
+            d = read_counters(spec) - c0
             times[p].append(sec)
             tokens[p].append(n)
-            print(f"  rep {rep} {p:10s} {sec:7.2f}s {n / sec:8.1f} tok/s", flush=True)
+            accept[p].append(d.mean_acceptance_length)
+            print(f"  rep {rep} {p:14s} {sec:7.2f}s {n / sec:8.1f} tok/s  acceptance length "
+                  f"{d.mean_acceptance_length:.2f} ({d.num_drafts} drafts)", flush=True)
 
     results = []
     for p in policies:
@@ -66,17 +73,19 @@ def main(argv=None):
         tps = median([n / s for n, s in zip(tokens[p], times[p])])
         results.append({"policy": "static-K" if p.startswith("static") else p,
                         "k": int(p.split("-")[1]) if p.startswith("static") else None,
-                        "tokens_per_s": round(tps, 2), "seconds": round(sec, 3)})
+                        "tokens_per_s": round(tps, 2), "seconds": round(sec, 3),
+                        "mean_acceptance_length": round(median(accept[p]), 3)})
     by = {(r["policy"], r["k"]): r for r in results}
-    best = max((r for r in results if r["policy"] == "static-K"), key=lambda r: r["tokens_per_s"])
-    ad, pl, tb_ = by[("adaptive", None)], by[("plain", None)], by[("table", None)]
-    ratios = {
-        "best_static_k": best["k"],
-        "adaptive_over_best_static": round(ad["tokens_per_s"] / best["tokens_per_s"], 3),
-        "adaptive_over_plain": round(ad["tokens_per_s"] / pl["tokens_per_s"], 3),
-        "adaptive_over_table": round(ad["tokens_per_s"] / tb_["tokens_per_s"], 3),
-        "best_static_over_plain": round(best["tokens_per_s"] / pl["tokens_per_s"], 3),
-    }
+    best = max((r for r in results if r["policy"] == "static-K" and r["k"] >= 1), key=lambda r: r["tokens_per_s"])
+    pl, tb_ = by[("plain", None)], by[("table", None)]
+    ratios = {"best_static_k": best["k"],
+              "best_static_over_plain": round(best["tokens_per_s"] / pl["tokens_per_s"], 3),
+              "spec_k0_over_plain": round(by[("static-K", 0)]["tokens_per_s"] / pl["tokens_per_s"], 3)}
+    for name in ("adaptive", "adaptive-skip0"):
+        ad, key = by[(name, None)], name.replace("-", "_")
+        ratios[f"{key}_over_best_static"] = round(ad["tokens_per_s"] / best["tokens_per_s"], 3)
+        ratios[f"{key}_over_plain"] = round(ad["tokens_per_s"] / pl["tokens_per_s"], 3)
+        ratios[f"{key}_over_table"] = round(ad["tokens_per_s"] / tb_["tokens_per_s"], 3)
     for k, v in ratios.items():
         print(f"{k}: {v}")
     write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,
