@@ -370,3 +370,23 @@ def test_draft_stall_detector_warns_once_when_version_stops(caplog):
     assert out[DRAFT_STALE_STEPS] == 2 and out["specrollout/learner/alive"] == 0.0
     assert sum("has not advanced" in r.getMessage() for r in caplog.records) == 1
     assert det.update(3, True)[DRAFT_STALE_STEPS] == 0  # recovers
+
+
+def test_tried_cells_are_priced_by_their_measurements_not_a_misfit_model():
+    """A step-time surface the linear model cannot fit (a per-step cost that jumps at K >= 3):
+    cells the engine ran many times are priced near their measured median, unseen ones by the model."""
+
+    def truth(tokens, requests, passes):
+        return 4e-3 + 2e-5 * tokens + passes * 1e-3 + (6e-3 if passes >= 3 else 0.0)
+
+    cm = StepCostModel()
+    for _ in range(200):
+        for k in (1, 2, 3, 4):
+            cm.observe(8 * (1 + k), 8, k, truth(8 * (1 + k), 8, k))
+    assert cm.fit()
+    for k in (1, 2, 3, 4):
+        t = truth(8 * (1 + k), 8, k)
+        assert abs(cm.predict_local(8 * (1 + k), 8, k) / t - 1) < 0.05, k
+    # A batch size never run: the model's price (no measured cell).
+    assert cm.measured(64 * 3, 64, 2) is None
+    assert cm.predict_local(64 * 3, 64, 2) == cm.predict(64 * 3, 64, 2)
