@@ -113,7 +113,11 @@ def summarize(steps: list[dict]) -> list[dict]:
 
 
 def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, data=None, reward=None,
-        timeout: float | None = None, n: int = 8, batch: int = 4, response_length: int = 128) -> dict:
+        timeout: float | None = None, n: int = 8, batch: int = 4, response_length: int = 128,
+        rollout_data_dir: str | None = None, env: dict | None = None) -> dict:
+    """``rollout_data_dir``: veRL dumps every training rollout there (``<step>.jsonl``, one line per
+    sample: text, score), with per-sample log-probs added by :mod:`verl_specrollout.e2e.rollout_dump`.
+    ``env``: extra environment for the veRL process (and its Ray workers)."""
     out = str(Path(out).resolve())
     os.makedirs(out, exist_ok=True)
     model, data, reward = resolve_model_and_data(model, data, reward)
@@ -122,7 +126,12 @@ def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, dat
         os.remove(metrics_path)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo",
            *grpo_overrides(model, data, reward, steps, out, n=n, batch=batch, response_length=response_length),
+           *([f"trainer.rollout_data_dir={Path(rollout_data_dir).resolve()}"] if rollout_data_dir else []),
            *(extra or [])]
+    extra_env = dict(env or {})
+    modules = ["verl_specrollout.platforms.cpu.verl_activate"]
+    if rollout_data_dir:
+        modules.append("verl_specrollout.e2e.rollout_dump")
     env = dict(os.environ)
     env.update({
         "SPECROLLOUT_PLATFORM": "cpu",
@@ -130,10 +139,11 @@ def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, dat
         # A plugin entry point that veRL only imports (ep.load()) must install at import time;
         # this makes every process that imports veRL (driver, Ray workers, vLLM workers) do it.
         "VERL_USE_EXTERNAL_MODULES": ",".join(filter(None, [
-            os.environ.get("VERL_USE_EXTERNAL_MODULES", ""), "verl_specrollout.platforms.cpu.verl_activate"])),
+            os.environ.get("VERL_USE_EXTERNAL_MODULES", ""), *modules])),
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_DEDUP_LOGS": "0",
     })
+    env.update(extra_env)
     with open(os.path.join(out, "cmd.json"), "w") as f:
         json.dump(cmd, f, indent=1)
     t0 = time.time()
