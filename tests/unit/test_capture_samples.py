@@ -90,3 +90,26 @@ def test_capture_rejects_ulysses():
 
     with pytest.raises(CaptureUnsupported, match="Ulysses"):
         check_supported(E())
+
+
+def test_samples_own_compact_storage():
+    """Shipping cost: a sample must not be a view of the captured batch, or pickling it (what
+    ray.put does) serialises the whole batch once per sample."""
+    import pickle
+
+    from verl_specrollout.capture.samples import sample_nbytes
+
+    cu = [0]
+    for _ in range(16):
+        cu.append(cu[-1] + 20)
+    w = response_windows(cu, [12] * 16, context=1)
+    idx = gather_index(w)
+    aux = torch.randn(cu[-1], 48).to(torch.bfloat16)[idx]
+    fin = torch.randn(cu[-1], 16).to(torch.bfloat16)[idx]
+    samples = build_samples(torch.arange(cu[-1]), w, aux, fin, None, gathered=True)
+    assert len(samples) == 16
+    for s in samples:
+        for k in ("aux", "final_hidden", "input_ids"):
+            assert s[k].untyped_storage().nbytes() == s[k].numel() * s[k].element_size(), k
+    payload = sum(sample_nbytes(s) for s in samples)
+    assert len(pickle.dumps(samples, protocol=5)) < 2 * payload + 64 * 1024

@@ -98,10 +98,13 @@ def build_samples(input_ids: torch.Tensor, windows: Sequence[Optional[tuple]],
         lm[off - 1: n - 1] = rm if off >= 1 else rm[1:]
         if int(lm.sum()) == 0:
             continue
+        # clone: each sample must own a compact storage.  Slices of the captured batch are views,
+        # and pickling a view (ray.put) serialises the WHOLE underlying storage, once per sample
+        # (64 samples of a batch: ~60x the bytes); a kept view would also pin the whole batch.
         sample = {
-            "input_ids": ids[s:e].detach().to("cpu", torch.int32),
-            "aux": a.detach().to("cpu", dtype),
-            "final_hidden": f.detach().to("cpu", dtype),
+            "input_ids": ids[s:e].detach().to("cpu", torch.int32).clone(),
+            "aux": a.detach().to("cpu", dtype).clone(),
+            "final_hidden": f.detach().to("cpu", dtype).clone(),
             "loss_mask": lm,
         }
         if policy_step is not None:
