@@ -1,0 +1,58 @@
+"""Two real veRL 0.9.1 GRPO runs on CPU, shared by the integration tests of one pytest session.
+
+``grpo_plain_run``: veRL's own vLLM rollout. ``grpo_spec_run``: our speculative rollout override
+(EAGLE-3 head from the tiny testbed, online draft learner on). Same model, data, sizes and seeds,
+so both runs see the same prompts at every step and start from the same weights. Each takes a few
+minutes (veRL start-up dominates), so each is run at most once per session, lazily: a session that
+only needs one of them runs only that one. Both dump every training rollout through veRL's
+``trainer.rollout_data_dir`` (with per-sample log-probs, see verl_specrollout/e2e/rollout_dump.py)
+and log vLLM at INFO, so the engine processes' own start-up lines are in ``train.log``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+GRPO_STEPS = 3
+GRPO_SIZES = dict(n=8, batch=8, response_length=64)  # 8 prompts x 8 samples = 64 samples per step
+GRPO_TIMEOUT_S = 1500
+# The same seeds in both runs (veRL's defaults, spelled out): data order, actor init, vLLM engine.
+SEED_OVERRIDES = ["data.seed=1", "actor_rollout_ref.actor.fsdp_config.seed=42", "actor_rollout_ref.rollout.seed=42",
+                  # vLLM returns per-token log-probs with the tokens; veRL compares them with the actor's.
+                  "actor_rollout_ref.rollout.calculate_log_probs=True"]
+
+
+def spec_overrides(eagle3_dir: str, learner_name: str) -> list[str]:
+    p = "+actor_rollout_ref.rollout.custom.specrollout."
+    return [f"{p}enable=true", f"{p}method=eagle3", f"{p}draft_path={eagle3_dir}", f"{p}learner.enable=true",
+            f"{p}learner.actor_name={learner_name}"]
+
+
+def _grpo(out_dir, extra: list[str]) -> dict:
+    pytest.importorskip("verl")
+    pytest.importorskip("vllm")
+    from verl_specrollout.e2e.grpo_cpu import run
+
+    out_dir = str(out_dir)
+    res = run(steps=GRPO_STEPS, out=out_dir, extra=SEED_OVERRIDES + extra, timeout=GRPO_TIMEOUT_S,
+              rollout_data_dir=os.path.join(out_dir, "rollouts"),
+              env={"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "INFO")}, **GRPO_SIZES)
+    res["rollout_dir"] = os.path.join(out_dir, "rollouts")
+    res["out"] = out_dir
+    return res
+
+
+@pytest.fixture(scope="session")
+def grpo_plain_run(tmp_path_factory):
+    return _grpo(tmp_path_factory.mktemp("grpo_plain"), [])
+
+
+@pytest.fixture(scope="session")
+def grpo_spec_run(tmp_path_factory):
+    from verl_specrollout.testbed import build_testbed
+
+    out = tmp_path_factory.mktemp("grpo_spec")
+    tb = build_testbed("tiny")
+    return _grpo(out, spec_overrides(str(tb.eagle3_dir), f"specrollout_learner_test_{out.name}_{os.getpid()}"))
