@@ -116,10 +116,9 @@ def test_rollout_log_probs_are_the_targets(arms):
                         token_weighted_mean(rows, "rollout_logprob_absdiff_mean"))
         lines.append(f"step {step}: mean|p_rollout-p_actor| spec {got['spec'][0]:.2e} plain {got['plain'][0]:.2e}; "
                      f"mean|logp_rollout-logp_actor| spec {got['spec'][1]:.2e} plain {got['plain'][1]:.2e}")
-        for j, cap in ((0, 1e-2), (1, 5e-2)):
-            s, p = got["spec"][j], got["plain"][j]
-            if not (math.isfinite(s) and s < cap and s <= 2.0 * p + 1e-3 and p < cap):
-                bad.append(lines[-1])
+        if not all(math.isfinite(s) and s < cap and s <= 2.0 * p + 1e-3 and p < cap
+                   for s, p, cap in zip(got["spec"], got["plain"], (1e-2, 5e-2))):
+            bad.append(lines[-1])
     print("\n" + "\n".join(lines))
     assert not bad, "rollout log-probs of the spec run are not the target's:\n" + "\n".join(bad)
 
