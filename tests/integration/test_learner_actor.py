@@ -94,3 +94,80 @@ def test_mirror_to_nodes(ray_local, toy, tmp_path):
     paths = mirror_to_nodes(src, str(tmp_path / "node_local"))
     assert len(paths) == 1 and read_latest(str(tmp_path / "node_local"))[0] == 1
     load_vllm_checkpoint(paths[0])
+
+
+def _toy_engine(target, draft_dir):
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.engine.local import make_llm
+
+    spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": draft_dir, "max_k": 3,
+                                        "planner": {"mode": "static"}})
+    return make_llm(target, spec, skip_tokenizer_init=True, max_model_len=256, gpu_memory_utilization=0.08)
+
+
+def _toy_acceptance(llm):
+    from vllm import SamplingParams, TokensPrompt
+
+    from verl_specrollout.engine.spec_stats import read_counters
+    from verl_specrollout.learner.toy import toy_prompts
+
+    c0 = read_counters(llm)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in toy_prompts(8, seed=99)],
+                        SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True), use_tqdm=False)
+    assert all(len(o.outputs[0].token_ids) == 32 for o in outs)  # rollouts complete
+    return (read_counters(llm) - c0).mean_acceptance_length
+
+
+def test_learner_crash_rollouts_keep_last_good_draft_then_resume(ray_local, tmp_path):
+    """Real engine + real learner actor: the engine runs the learner's v1 (a trained head); the
+    learner is killed; rollouts go on with v1 (no reload, no failure, same acceptance); a
+    restarted learner resumes from its saved state and its next version reaches the engine."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint, save_vllm_checkpoint
+    from verl_specrollout.engine.draft_reload import DraftReloader, read_latest
+    from verl_specrollout.learner.actor import get_or_create_learner
+    from verl_specrollout.learner.toy import TOY_AUX, capture_samples, get_toy, greedy_rollouts, toy_prompts
+
+    ray = ray_local
+    torch.set_num_threads(2)
+    toy = get_toy()  # cached tiny target + trained EAGLE-3 head
+    good = load_vllm_checkpoint(toy["draft"])
+    torch.manual_seed(7)
+    rand_dir = save_vllm_checkpoint(Eagle3Draft(Eagle3Config(**good.config.__dict__)), str(tmp_path / "random"),
+                                    AutoConfig.from_pretrained(toy["target"]))
+    pub = str(tmp_path / "pub")
+    cfg = {"enable": True, "placement": "cpu", "publish_dir": pub, "lr": 1e-4, "buffer_bytes": 8 << 20}
+    kw = dict(batch_size=4, num_steps=1, name="crash_learner", namespace="specrollout_test",
+              bootstrap_dir=toy["draft"])
+    a = get_or_create_learner(cfg, toy["target"], TOY_AUX, **kw)
+    assert ray.get(a.publish.remote()) == 1  # v1 = the trained head (state saved on publish)
+
+    llm = _toy_engine(toy["target"], rand_dir)  # starts on a random draft
+    rel = DraftReloader.for_llm(llm, pub, initial_version=0)
+    a_rand = _toy_acceptance(llm)
+    assert rel.maybe_reload() == 1
+    a_v1 = _toy_acceptance(llm)
+    assert a_v1 > 1.5 and a_v1 > a_rand + 0.4, (a_rand, a_v1)  # the reload really changed the draft
+
+    ray.kill(a, no_restart=True)  # learner crash
+    half = os.path.join(pub, ".tmp-v000002-crashed")  # what a publish cut short leaves behind
+    os.makedirs(half)
+    with open(os.path.join(half, "model.safetensors"), "wb") as f:
+        f.write(b"\0" * 64)
+    for _ in range(2):  # rollouts continue with the last good draft
+        assert rel.maybe_reload() == 1
+        assert abs(_toy_acceptance(llm) - a_v1) < 1e-6
+    assert rel.failures == 0 and read_latest(pub)[0] == 1
+
+    b = get_or_create_learner(cfg, toy["target"], TOY_AUX, **kw)  # restarted learner
+    st = ray.get(b.stats.remote(evaluate=False))
+    assert st["resumed"] and st["version"] == 1
+    m = AutoModelForCausalLM.from_pretrained(toy["target"]).eval()
+    samples = capture_samples(m, TOY_AUX, greedy_rollouts(m, toy_prompts(8, seed=3), 16), policy_step=4)
+    ray.get(b.add_batch.remote(samples, 4))
+    assert ray.get(b.train.remote(1))["trained"] == 1
+    assert ray.get(b.publish.remote()) == 2  # version numbers continue after the resume
+    assert rel.maybe_reload() == 2 and rel.failures == 0
+    assert _toy_acceptance(llm) > 1.5
+    ray.kill(b, no_restart=True)
