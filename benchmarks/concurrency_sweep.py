@@ -23,7 +23,9 @@ def main(argv=None):
     ap.add_argument("--method", default="eagle3")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     ap.add_argument("--ks", default="1,2,3,4,5,6,7,8")
-    ap.add_argument("--tokens", type=int, default=48, help="tokens generated per request")
+    ap.add_argument("--tokens", type=int, default=32, help="tokens generated per request (at least)")
+    ap.add_argument("--min-run-tokens", type=int, default=512,
+                    help="small B decode more tokens per request so one timed run is not a few ms (cap 256)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--warmup-steps", type=int, default=96, help="adaptive warm-up engine steps per B")
@@ -38,7 +40,10 @@ def main(argv=None):
     tb = build_testbed(args.size)
     prompts_all = load_prompts(tb, max(batches))
     plain, spec, sched = make_engines(tb, args.method, max(ks), max(batches))
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True)
+
+    def params_for(b):
+        n = min(256, max(args.tokens, args.min_run_tokens // b))
+        return SamplingParams(temperature=args.temperature, max_tokens=n, ignore_eos=True)
 
     # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
     # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, engine/k0_skip.py).
@@ -47,8 +52,9 @@ def main(argv=None):
     t_start = time.perf_counter()
     for b in batches:
         prompts = prompts_all[:b]
+        params = params_for(b)
         # Adaptive learns online: give it steps at this concurrency before timing.
-        warm = max(1, args.warmup_steps // args.tokens)
+        warm = max(1, args.warmup_steps // params.max_tokens)
         for p in ("adaptive", "adaptive-skip0"):
             for _ in range(warm):
                 run_policy(p, plain, spec, sched, prompts, params, max(batches))
@@ -78,11 +84,12 @@ def main(argv=None):
               f"| adaptive/plain {row['adaptive'] / row['plain']:.3f} | adaptive-skip0/best-static "
               f"{row['adaptive-skip0'] / best:.3f} | adaptive-skip0/plain {row['adaptive-skip0'] / row['plain']:.3f}",
               flush=True)
+        write_json(args.out, {"benchmark": "concurrency_sweep", "partial": True, "results": results})
 
     summary = _ratios(results, batches)
     stats = sched.specrollout_stats()
     payload = {"benchmark": "concurrency_sweep", "size": args.size, "method": args.method,
-               "tokens_per_request": args.tokens, "temperature": args.temperature,
+               "tokens_per_request": {b: params_for(b).max_tokens for b in batches}, "temperature": args.temperature,
                "seconds_total": round(time.perf_counter() - t_start, 1),
                "chosen_k": chosen_k, "chosen_k_skip0": chosen_k_skip0, "summary": summary, "planner": _jsonable(stats), "results": results}
     write_json(args.out, payload)

@@ -11,12 +11,30 @@ the adaptive planner; interleaved repeats inside one speculative engine, medians
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from benchmarks.common import load_prompts, make_engines, median, run_policy, write_json
 
 # The kind of table a user writes by hand for vLLM's num_speculative_tokens_per_batch_size.
 HAND_TABLE = [[1, 4, 4], [5, 16, 2], [17, 4096, 1]]
+
+
+def heavy_tail_requests(prompts, group, max_tokens, temperature, seed=0):
+    """P*G requests whose lengths follow a lognormal (median max_tokens/6, sigma 0.9) capped at
+    max_tokens: most samples finish early, a few run to the cap -- the long tail of a GRPO rollout."""
+    import random
+
+    from vllm import SamplingParams
+
+    rnd = random.Random(seed)
+    reqs, params = [], []
+    for p in prompts:
+        for _ in range(group):
+            n = int(min(max_tokens, max(4, rnd.lognormvariate(math.log(max_tokens / 6), 0.9))))
+            reqs.append(p)
+            params.append(SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True))
+    return reqs, params
 
 
 def main(argv=None):
@@ -30,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--ks", default="1,2,3,4,6,8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
+                    help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
+                         "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
     args = ap.parse_args(argv)
 
     from vllm import SamplingParams
@@ -43,12 +64,15 @@ def main(argv=None):
     n_req = args.prompts * args.group
     plain, spec, sched = make_engines(tb, args.method, max(ks), max(256, n_req))
     hand = [[lo, min(hi, max(256, n_req)), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max(256, n_req)]
-    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
+    if args.lengths == "natural":
+        params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
+    else:  # one request per sample, each with its own length: the same tail shape for every policy
+        prompts, params = heavy_tail_requests(prompts, args.group, args.max_tokens, args.temperature)
 
     # Warm-up: compile paths and give the planner its cold-start exploration.
     for p in ("adaptive", "adaptive-skip0"):
         run_policy(p, plain, spec, sched, prompts, params, max(256, n_req))
-    plain.generate(prompts[:4], params, use_tqdm=False)
+    plain.generate(prompts[:4], params[:4] if isinstance(params, list) else params, use_tqdm=False)
 
     # static-0: speculation on, nothing drafted; adaptive-skip0: no draft pass at K=0 steps.
     policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["table", "adaptive", "adaptive-skip0"]
@@ -90,7 +114,7 @@ def main(argv=None):
         print(f"{k}: {v}")
     write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,
                           "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
-                          "temperature": args.temperature, "hand_table": hand,
+                          "temperature": args.temperature, "lengths": args.lengths, "hand_table": hand,
                           "seconds_total": round(time.perf_counter() - t_start, 1),
                           "ratios": ratios, "planner_table": sched.planner.rows(), "results": results})
     return ratios
