@@ -56,3 +56,16 @@ def grpo_spec_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_spec")
     tb = build_testbed("tiny")
     return _grpo(out, spec_overrides(str(tb.eagle3_dir), f"specrollout_learner_test_{out.name}_{os.getpid()}"))
+
+
+def assert_grpo_ran(res: dict, min_steps: int) -> list:
+    """The checks every veRL GRPO run must pass; returns its per-step metrics."""
+    import math
+
+    assert res["returncode"] == 0, f"veRL failed, see {res['log']}"
+    steps = res["steps"]
+    assert len(steps) >= min_steps and [s["step"] for s in steps] == list(range(1, len(steps) + 1)), steps
+    for s in steps:
+        assert math.isfinite(s["reward_mean"])
+        assert s["training/rollout_probs_diff_mean"] < 0.02  # vLLM really runs the actor's weights
+    return steps

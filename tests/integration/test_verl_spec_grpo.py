@@ -11,18 +11,15 @@ test_lossless_training.py).
 import math
 
 import pytest
+from conftest import assert_grpo_ran
 
 pytestmark = pytest.mark.integration
 
 
 def test_grpo_with_speculation_and_online_learner(grpo_spec_run):
     res = grpo_spec_run
-    assert res["returncode"] == 0, f"veRL failed, see {res['log']}"
-    steps = res["steps"]
-    assert len(steps) >= 3 and [s["step"] for s in steps] == list(range(1, len(steps) + 1)), res
+    steps = assert_grpo_ran(res, 3)
     for s in steps:
-        assert math.isfinite(s["reward_mean"])
-        assert s["training/rollout_probs_diff_mean"] < 0.02  # vLLM runs the actor's weights
         assert s["specrollout/num_drafts"] > 0, s
         assert s["specrollout/mean_acceptance_length"] > 1.0, s
         assert 0.0 <= s["specrollout/spec_off_fraction"] <= 1.0
