@@ -79,8 +79,7 @@ class SpecRolloutScheduler(Scheduler):
             cfg.max_k = max_k
         self._sr_max_bs = int(self.scheduler_config.max_num_seqs)
         p = cfg.planner
-        # A K=0 step costs a draft pass unless nothing is drafted (ngram) or we skip it (k0_skip.py).
-        zero_k_passes = 0 if spec.method in compat.MODEL_FREE_DRAFT_METHODS or p.skip_draft_at_k0 else 1
+        zero_k_passes = self._sr_zero_k_passes(p.skip_draft_at_k0)
         # cfg.max_k was aligned with the engine's above.
         self.planner = Planner.from_config(cfg, max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
                                            zero_k_passes=zero_k_passes)
@@ -116,12 +115,16 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_install(self.planner.lookup())
         return self.planner.rows()
 
+    def _sr_zero_k_passes(self, skip: bool) -> int:
+        """Draft passes a K=0 step costs: none for model-free drafting (ngram) or with the skip
+        of engine/k0_skip.py, else one (vLLM keeps the draft's KV cache in sync)."""
+        return 0 if skip or self.vllm_config.speculative_config.method in compat.MODEL_FREE_DRAFT_METHODS else 1
+
     def set_skip_draft_at_k0(self, flag: bool) -> None:
         """Tell the planner what a K=0 step costs after the drafter's skip was switched
-        (k0_skip.set_enabled inside the worker): no draft pass when skipping."""
-        if self.planner is not None and self.planner.zero_k_passes != (0 if flag else 1):
-            model_free = self.vllm_config.speculative_config.method in compat.MODEL_FREE_DRAFT_METHODS
-            self.planner.zero_k_passes = 0 if (flag or model_free) else 1
+        (k0_skip.set_enabled inside the worker)."""
+        if self.planner is not None:
+            self.planner.zero_k_passes = self._sr_zero_k_passes(flag)
 
     def set_verify_budget(self, budget) -> None:
         """None (off) | int (cap of draft tokens verified per step) | "auto" (see module doc)."""
