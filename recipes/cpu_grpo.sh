@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two GRPO steps of real veRL 0.9.1 on a CPU-only host, rollout by vLLM-CPU (testing platform).
-# Same job as `python -m verl_specrollout.e2e.grpo_cpu --steps 2 --out $OUT`.
+# Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT`.
 # Usage: bash recipes/cpu_grpo.sh [extra hydra overrides...]
 set -xeuo pipefail
 
@@ -9,9 +9,9 @@ STEPS=${STEPS:-2}
 OUT=${OUT:-$HOME/specrollout_runs/cpu_grpo}
 # Tiny model + task: the package testbed unless MODEL_PATH / DATA_DIR are given.
 if [[ -z "${MODEL_PATH:-}" || -z "${DATA_DIR:-}" ]]; then
-    eval "$(python3 -c 'from verl_specrollout.testbed import build_testbed; tb = build_testbed("tiny"); print(f"MODEL_PATH={tb.target_dir}; DATA_DIR={tb.data_dir}")')"
+    eval "$(python3 -c 'from verl_specrollout.testing.testbed import build_testbed; tb = build_testbed("tiny"); print(f"MODEL_PATH={tb.target_dir}; DATA_DIR={tb.data_dir}")')"
 fi
-REWARD_FN=${REWARD_FN:-$(python3 -c 'import verl_specrollout.testbed.reward as r; print(r.__file__)')}
+REWARD_FN=${REWARD_FN:-$(python3 -c 'import verl_specrollout.testing.testbed.reward as r; print(r.__file__)')}
 
 # ---- GRPO shape ---------------------------------------------------------------------------
 TRAIN_BATCH=${TRAIN_BATCH:-4}        # prompts per step
@@ -21,10 +21,10 @@ MAX_RESPONSE=${MAX_RESPONSE:-128}
 MICRO=$((TRAIN_BATCH * N_SAMPLES))
 
 # ---- the CPU testing platform -------------------------------------------------------------
-# SPECROLLOUT_PLATFORM=cpu turns on verl_specrollout.platforms.cpu (veRL `cpu` platform, gloo,
+# SPECROLLOUT_PLATFORM=cpu turns on verl_specrollout.testing.cpu_platform (veRL `cpu` platform, gloo,
 # vLLM-CPU fixes); every process that imports veRL installs it (Ray workers inherit the env).
 export SPECROLLOUT_PLATFORM=cpu
-export VERL_USE_EXTERNAL_MODULES=verl_specrollout.platforms.cpu.verl_activate
+export VERL_USE_EXTERNAL_MODULES=verl_specrollout.testing.cpu_platform.verl_activate
 export VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl   # veRL `file` logger: one JSON line per step
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"; rm -f "$VERL_FILE_LOGGER_PATH"

@@ -14,4 +14,4 @@ set -xeuo pipefail
 cd "$(dirname "$0")/.."
 export SPECROLLOUT_PLATFORM=${SPECROLLOUT_PLATFORM:-cpu}   # the CPU testing platform (never on GPUs)
 bash tools/setup_cpu.sh
-.venv/bin/python -m verl_specrollout.quickstart "$@"
+.venv/bin/python -m verl_specrollout.testing.quickstart "$@"

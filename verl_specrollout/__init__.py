@@ -6,11 +6,22 @@ Nothing heavy is imported at module import time.
 """
 
 import logging
+import os
 
 __version__ = "0.1.0"
 logger = logging.getLogger("verl_specrollout")
 
 _registered = False
+
+# Environment switches that select the CPU test platform (verl_specrollout/testing/cpu_platform).
+# Ray workers and vLLM worker processes inherit them from the driver.
+CPU_PLATFORM_ENVS = ("SPECROLLOUT_PLATFORM", "VERL_PLATFORM")
+
+
+def cpu_platform_requested() -> bool:
+    """True when the user asked for the CPU test platform; the product never imports
+    ``verl_specrollout.testing`` otherwise."""
+    return any(os.environ.get(name, "").strip().lower() == "cpu" for name in CPU_PLATFORM_ENVS)
 
 
 def register() -> None:
@@ -19,7 +30,7 @@ def register() -> None:
     if _registered:
         return
     try:
-        from verl_specrollout.engine.verl_hooks import install
+        from verl_specrollout.verl_adapter.registration import install
 
         install()
         _registered = True

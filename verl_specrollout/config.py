@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional
 METHODS = ("eagle3", "draft_model", "ngram")
 MODES = ("adaptive", "static", "off")
 PLACEMENTS = ("cpu", "gpu", "shared_gpu")
+# Key under vLLM's `additional_config` that carries this config into the engine processes.
+ADDITIONAL_CONFIG_KEY = "specrollout"
 
 
 class SpecRolloutConfigError(ValueError):
@@ -57,7 +59,7 @@ class PlannerConfig:
     stats_path: Optional[str] = None
     control_path: Optional[str] = None
     # Model drafters (eagle, eagle3, draft_model): at K=0 skip the draft forward vLLM still runs
-    # to keep the draft's KV cache in sync (engine/k0_skip.py). Makes "speculation off" as cheap
+    # to keep the draft's KV cache in sync (vllm_adapter/k0_skip.py). Makes "speculation off" as cheap
     # as plain decoding; the draft then misses KV for positions decoded at K=0, which lowers
     # acceptance when K rises again. Sampling stays exact either way.
     skip_draft_at_k0: bool = False

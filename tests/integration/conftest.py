@@ -33,7 +33,7 @@ def spec_overrides(eagle3_dir: str, learner_name: str) -> list[str]:
 def _grpo(out_dir, extra: list[str]) -> dict:
     pytest.importorskip("verl")
     pytest.importorskip("vllm")
-    from verl_specrollout.e2e.grpo_cpu import run
+    from verl_specrollout.testing.e2e.grpo_cpu import run
 
     out_dir = str(out_dir)
     res = run(steps=GRPO_STEPS, out=out_dir, extra=SEED_OVERRIDES + extra, timeout=GRPO_TIMEOUT_S,
@@ -51,7 +51,7 @@ def grpo_plain_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def grpo_spec_run(tmp_path_factory):
-    from verl_specrollout.testbed import build_testbed
+    from verl_specrollout.testing.testbed import build_testbed
 
     out = tmp_path_factory.mktemp("grpo_spec")
     tb = build_testbed("tiny")

@@ -19,7 +19,7 @@ def ray_local():
 def toy(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
-    from verl_specrollout.learner.toy import TOY_AUX, build_toy_target, capture_samples, greedy_rollouts, toy_prompts
+    from verl_specrollout.testing.testbed.toy import TOY_AUX, build_toy_target, capture_samples, greedy_rollouts, toy_prompts
 
     root = tmp_path_factory.mktemp("learner")
     target = build_toy_target(str(root / "target"))
@@ -30,7 +30,7 @@ def toy(tmp_path_factory):
 
 def test_actor_crash_resumes_from_saved_state(ray_local, toy):
     from verl_specrollout.capture.shipper import SampleShipper
-    from verl_specrollout.engine.draft_reload import read_latest
+    from verl_specrollout.vllm_adapter.draft_reload import read_latest
     from verl_specrollout.learner.actor import get_or_create_learner
 
     ray = ray_local
@@ -98,7 +98,7 @@ def test_mirror_to_nodes(ray_local, toy, tmp_path):
 
 def _toy_engine(target, draft_dir):
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine.local import make_llm
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
     spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": draft_dir, "max_k": 3,
                                         "planner": {"mode": "static"}})
@@ -108,8 +108,8 @@ def _toy_engine(target, draft_dir):
 def _toy_acceptance(llm):
     from vllm import SamplingParams, TokensPrompt
 
-    from verl_specrollout.engine.spec_stats import read_counters
-    from verl_specrollout.learner.toy import toy_prompts
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+    from verl_specrollout.testing.testbed.toy import toy_prompts
 
     c0 = read_counters(llm)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in toy_prompts(8, seed=99)],
@@ -125,9 +125,9 @@ def test_learner_crash_rollouts_keep_last_good_draft_then_resume(ray_local, tmp_
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint, save_vllm_checkpoint
-    from verl_specrollout.engine.draft_reload import DraftReloader, read_latest
+    from verl_specrollout.vllm_adapter.draft_reload import DraftReloader, read_latest
     from verl_specrollout.learner.actor import get_or_create_learner
-    from verl_specrollout.learner.toy import TOY_AUX, capture_samples, get_toy, greedy_rollouts, toy_prompts
+    from verl_specrollout.testing.testbed.toy import TOY_AUX, capture_samples, get_toy, greedy_rollouts, toy_prompts
 
     ray = ray_local
     torch.set_num_threads(2)

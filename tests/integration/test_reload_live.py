@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def toy(tmp_path_factory):
     from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint
     from verl_specrollout.learner.publisher import Publisher
-    from verl_specrollout.learner.toy import get_toy
+    from verl_specrollout.testing.testbed.toy import get_toy
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("toy")
@@ -33,7 +33,7 @@ def toy(tmp_path_factory):
 
 def _engine(target, draft_dir):
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine.local import make_llm
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
     spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": draft_dir, "max_k": 3,
                                         "planner": {"mode": "static"}})
@@ -43,8 +43,8 @@ def _engine(target, draft_dir):
 def _acceptance(llm, n=8, tokens=32):
     from vllm import SamplingParams, TokensPrompt
 
-    from verl_specrollout.engine.spec_stats import read_counters
-    from verl_specrollout.learner.toy import toy_prompts
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+    from verl_specrollout.testing.testbed.toy import toy_prompts
 
     c0 = read_counters(llm)
     llm.generate([TokensPrompt(prompt_token_ids=p) for p in toy_prompts(n, seed=99)],
@@ -53,7 +53,7 @@ def _acceptance(llm, n=8, tokens=32):
 
 
 def test_fresh_engine_loads_published_format_and_live_reload(toy, caplog):
-    from verl_specrollout.engine.draft_reload import DraftReloader
+    from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
 
     pub = toy["pub"]
     llm = _engine(toy["target"], os.path.join(pub, "v000001"))  # checkpoint format loads in a fresh engine

@@ -49,7 +49,7 @@ def engine(tmp_path_factory):
     from vllm import LLM
 
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine import compat
+    from verl_specrollout import compat
 
     model_dir = _tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")))
     cfg = SpecRolloutConfig(enable=True, method="ngram", max_k=MAX_K, prompt_lookup_min=1, prompt_lookup_max=3)
@@ -66,7 +66,7 @@ def engine(tmp_path_factory):
         kv_cache_memory_bytes=64 * 1024 * 1024,
         disable_log_stats=False,
         seed=0,
-        scheduler_cls="verl_specrollout.engine.scheduler.SpecRolloutScheduler",
+        scheduler_cls="verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler",
         speculative_config={
             "method": "ngram",
             "num_speculative_tokens": MAX_K,
@@ -108,8 +108,8 @@ def _generate(llm, staggered=False):
 
 
 def test_scheduler_is_ours_and_table_installed(engine):
-    from verl_specrollout.engine import compat
-    from verl_specrollout.engine.scheduler import SpecRolloutScheduler
+    from verl_specrollout import compat
+    from verl_specrollout.vllm_adapter.scheduler import SpecRolloutScheduler
 
     llm, sched = engine
     assert isinstance(sched, SpecRolloutScheduler)
@@ -192,7 +192,7 @@ def test_adaptive_planner_observes_and_replans(engine):
     m = planner_metrics(st)
     assert m["specrollout/num_drafts"] > 0 and all(k.startswith("specrollout/") for k in m)
     # the installed lookup always is what the planner reports
-    from verl_specrollout.engine import compat
+    from verl_specrollout import compat
     from verl_specrollout.policy.planner import rows_to_dense
 
     assert compat.get_dynamic_lookup(sched) == rows_to_dense(p.rows(), 16, MAX_K)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def testbed():
-    from verl_specrollout.testbed import build_testbed
+    from verl_specrollout.testing.testbed import build_testbed
 
     return build_testbed("tiny")
 
@@ -22,7 +22,7 @@ def testbed():
 def prompts(testbed):
     from transformers import AutoTokenizer
 
-    from verl_specrollout.testbed.task import make_examples, prompt_messages
+    from verl_specrollout.testing.testbed.task import make_examples, prompt_messages
 
     tok = AutoTokenizer.from_pretrained(testbed.target_dir)
     return [tok.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False)
@@ -37,8 +37,8 @@ def test_eagle3_greedy_equals_plain_and_accepts(testbed, prompts):
     from vllm import SamplingParams
 
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine.local import make_llm
-    from verl_specrollout.engine.spec_stats import read_counters
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
 
     greedy = SamplingParams(temperature=0.0, max_tokens=96)
     sampled = SamplingParams(n=4, temperature=1.0, max_tokens=96)
@@ -77,15 +77,15 @@ def _count_draft_forwards(self):
 
 
 def test_skip_draft_at_k0_runs_no_draft_pass_and_stays_exact(testbed, prompts):
-    """planner.skip_draft_at_k0 (engine/k0_skip.py): a K=0 step runs no draft forward, and a
+    """planner.skip_draft_at_k0 (vllm_adapter/k0_skip.py): a K=0 step runs no draft forward, and a
     rollout that switches K=0 -> K=4 mid-way (drafts then read a KV cache with holes) is still
     exactly the target's greedy output."""
     from vllm import SamplingParams
 
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.engine import compat
-    from verl_specrollout.engine.local import make_llm
-    from verl_specrollout.engine.spec_stats import read_counters
+    from verl_specrollout import compat
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
 
     plain = make_llm(testbed.target_dir)
     # Lengths 16..128: the batch shrinks from 8 to 1 while it runs.

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def testbed():
-    from verl_specrollout.testbed import build_testbed
+    from verl_specrollout.testing.testbed import build_testbed
 
     return build_testbed("tiny")
 
@@ -30,7 +30,7 @@ def test_testbed_artifacts(testbed):
 
 @pytest.mark.parametrize("method", ["eagle3", "draft_model"])
 def test_acceptance_t0(testbed, method):
-    from verl_specrollout.testbed.measure import measure_acceptance
+    from verl_specrollout.testing.testbed.measure import measure_acceptance
 
     r = measure_acceptance(testbed, method, k=4, temperature=0.0, n_prompts=32)
     assert r["num_drafts"] > 0

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from verl_specrollout.config import SpecRolloutConfig, SpecRolloutConfigError
-from verl_specrollout.engine.speculative import build_engine_kwargs, initial_table
+from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, initial_table
 
 
 def _ckpt(tmp_path, name, vocab):

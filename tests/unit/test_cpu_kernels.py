@@ -1,10 +1,10 @@
-"""The vLLM-CPU expand_kernel replacement (verl_specrollout/platforms/cpu/expand_kernel.py)."""
+"""The vLLM-CPU expand_kernel replacement (verl_specrollout/testing/cpu_platform/expand_kernel.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from verl_specrollout.platforms.cpu.expand_kernel import make_expand_kernel_impl, torch_expand
+from verl_specrollout.testing.cpu_platform.expand_kernel import make_expand_kernel_impl, torch_expand
 
 GREEDY_TEMPERATURE = 0  # what the rejection sampler passes as replace_from for temperatures
 
@@ -98,7 +98,7 @@ def test_plugin_installs_and_vllm_routes_to_it(caplog):
     from vllm.triton_utils import dispatcher
     from vllm.utils import cpu_triton_utils as cpu_tl
 
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     assert vllm_plugin.install() is True
     assert getattr(cpu_tl._expand_kernel_impl, "_specrollout_fix", False)
@@ -117,7 +117,7 @@ def test_plugin_installs_and_vllm_routes_to_it(caplog):
 
 def test_plugin_warns_instead_of_crashing_on_unknown_vllm(monkeypatch, caplog):
     _vllm_original()
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     monkeypatch.setattr(vllm_plugin, "CPU_TRITON_UTILS_MODULE", "vllm.no_such_module_xyz")
     with caplog.at_level("WARNING", logger="vllm.specrollout_cpu"):
@@ -126,7 +126,7 @@ def test_plugin_warns_instead_of_crashing_on_unknown_vllm(monkeypatch, caplog):
 
 
 def test_plugin_env_switch_disables(monkeypatch):
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     monkeypatch.setenv("SPECROLLOUT_CPU_FIX", "0")
     assert not vllm_plugin._fix_enabled()
@@ -135,7 +135,7 @@ def test_plugin_env_switch_disables(monkeypatch):
 
 
 def test_plugin_is_noop_off_cpu(monkeypatch):
-    from verl_specrollout.platforms.cpu import vllm_plugin
+    from verl_specrollout.testing.cpu_platform import vllm_plugin
 
     called = []
     monkeypatch.setattr(vllm_plugin, "_state", {"done": False, "logged": False})
@@ -151,7 +151,7 @@ def test_tolerant_rebind_survives_objects_without_a_dict_namespace():
     import sys
     import types
 
-    from verl_specrollout.platforms.cpu.dispatcher_fix import tolerant_rebind_kernels
+    from verl_specrollout.testing.cpu_platform.dispatcher_fix import tolerant_rebind_kernels
 
     class AnswersEverything:  # like llvmlite's _lib_wrapper: no real __dict__, any name answers
         __slots__ = ()

@@ -63,9 +63,10 @@ def test_latest_written_atomically(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-LATEST")]
 
 
-def test_reader_matches_publisher(tmp_path):
-    from verl_specrollout.engine import draft_reload
-
+def test_malformed_latest_is_ignored_and_logged(tmp_path, caplog):
     Publisher(str(tmp_path)).publish(_draft(), 7)
-    assert draft_reload.read_latest(str(tmp_path)) == read_latest(str(tmp_path))
-    assert draft_reload.LATEST_NAME == pubmod.LATEST_NAME
+    assert read_latest(str(tmp_path)) == (7, os.path.join(str(tmp_path), "v000007"))
+    (tmp_path / pubmod.LATEST_NAME).write_text("garbage\n")
+    with caplog.at_level("WARNING"):
+        assert read_latest(str(tmp_path)) is None
+    assert "malformed" in caplog.text

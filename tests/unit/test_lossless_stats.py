@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from verl_specrollout.e2e.lossless import Block, perm_max_test, token_weighted_mean
+from verl_specrollout.testing.e2e.lossless import Block, perm_max_test, token_weighted_mean
 
 P, G = 8, 8  # prompts x samples per prompt and arm, as in the integration test
 

@@ -6,15 +6,15 @@ import os
 
 import pytest
 
-from verl_specrollout.testbed import task as task_mod
-from verl_specrollout.testbed.reward import compute_score, extract_answer
+from verl_specrollout.testing.testbed import task as task_mod
+from verl_specrollout.testing.testbed.reward import compute_score, extract_answer
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from verl_specrollout.testbed.tokenizer import build_tokenizer
+    from verl_specrollout.testing.testbed.tokenizer import build_tokenizer
 
     d = build_tokenizer(str(tmp_path_factory.mktemp("tok")))
     return AutoTokenizer.from_pretrained(d)
@@ -86,8 +86,8 @@ def test_write_parquet(tmp_path):
 
 
 def test_cache_key_tracks_recipe(monkeypatch, tmp_path):
-    from verl_specrollout.testbed import build as build_mod
-    from verl_specrollout.testbed import cache
+    from verl_specrollout.testing.testbed import build as build_mod
+    from verl_specrollout.testing.testbed import cache
 
     monkeypatch.setenv("SPECROLLOUT_CACHE", str(tmp_path))
     r = build_mod.get_recipe("tiny")
@@ -177,7 +177,7 @@ def test_eagle3_step1_is_causal():
 def test_build_testbed_caches_atomically(monkeypatch, tmp_path):
     """build_testbed builds once into a temp dir, renames it into place, then reuses it;
     a failed build leaves nothing behind."""
-    from verl_specrollout.testbed import cache
+    from verl_specrollout.testing.testbed import cache
 
     monkeypatch.setenv("SPECROLLOUT_CACHE", str(tmp_path))
     calls = []

@@ -1,10 +1,10 @@
 """The shifted testbed task used to drift the target (benchmarks/draft_drift.py)."""
 import pytest
 
-from verl_specrollout.testbed import task
-from verl_specrollout.testbed.drift import STYLES, make_shifted_examples, shift_solution
-from verl_specrollout.testbed.reward import compute_score
-from verl_specrollout.testbed.tokenizer import vocab_list
+from verl_specrollout.testing.testbed import task
+from verl_specrollout.testing.testbed.drift import STYLES, make_shifted_examples, shift_solution
+from verl_specrollout.testing.testbed.reward import compute_score
+from verl_specrollout.testing.testbed.tokenizer import vocab_list
 
 
 def test_shift_keeps_questions_and_answers_changes_format():

@@ -3,7 +3,7 @@
 import pytest
 
 from verl_specrollout.config import SpecRolloutConfigError
-from verl_specrollout.engine import compat
+from verl_specrollout import compat
 
 
 def test_installed_versions_are_supported():

@@ -14,13 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
-# HF module paths (Llama / Qwen2 / Qwen3 / Mistral families share them). Lead: compat.py candidates.
-HF_NAMES = {
-    "decoder": ("model",),            # CausalLM.model
-    "layers": "layers",
-    "embed": "embed_tokens",
-    "final_norm": "norm",
-}
+from verl_specrollout import compat
+
 
 
 def _unwrap(model):
@@ -33,11 +28,11 @@ def _unwrap(model):
 
 def find_decoder(model) -> torch.nn.Module:
     m = _unwrap(model)
-    for attr in HF_NAMES["decoder"]:
+    for attr in compat.HF_DECODER_ATTRS:
         inner = getattr(m, attr, None)
-        if inner is not None and hasattr(_unwrap(inner), HF_NAMES["layers"]):
+        if inner is not None and hasattr(_unwrap(inner), compat.HF_LAYERS_ATTR):
             return _unwrap(inner)
-    if hasattr(m, HF_NAMES["layers"]):
+    if hasattr(m, compat.HF_LAYERS_ATTR):
         return m
     raise ValueError(f"cannot find decoder layers in {type(m).__name__}; capture supports HF *ForCausalLM models")
 
@@ -54,7 +49,7 @@ class HiddenStateCapture:
         self.aux_layer_ids = [int(i) for i in aux_layer_ids]
         self.dtype = dtype
         dec = find_decoder(model)
-        layers = getattr(dec, HF_NAMES["layers"])
+        layers = getattr(dec, compat.HF_LAYERS_ATTR)
         n = len(layers)
         for L in self.aux_layer_ids:
             if not 0 <= L < n:
@@ -66,9 +61,9 @@ class HiddenStateCapture:
         self._aux: dict = {}
         self._final: Optional[torch.Tensor] = None
         for L in self.aux_layer_ids:
-            mod = getattr(dec, HF_NAMES["embed"]) if L == 0 else layers[L - 1]
+            mod = getattr(dec, compat.HF_EMBED_ATTR) if L == 0 else layers[L - 1]
             self._handles.append(mod.register_forward_hook(self._make_hook(L)))
-        self._handles.append(getattr(dec, HF_NAMES["final_norm"]).register_forward_hook(self._final_hook))
+        self._handles.append(getattr(dec, compat.HF_FINAL_NORM_ATTR).register_forward_hook(self._final_hook))
 
     def _keep(self, out) -> torch.Tensor:
         h = out[0] if isinstance(out, (tuple, list)) else out

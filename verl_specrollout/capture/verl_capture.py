@@ -21,10 +21,13 @@ Refused with a clear error (never captures misaligned data):
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from verl_specrollout import compat
 
 from .hooks import HiddenStateCapture
 from .samples import build_samples, gather_index, response_windows
@@ -45,18 +48,18 @@ def _get(td, key, default=None):
 
 def response_info(micro_batch) -> tuple:
     """(cu_seqlens list, response lengths, response masks) from a veRL no-padding micro-batch."""
-    ids = micro_batch["input_ids"]
+    ids = micro_batch[compat.VERL_BATCH_INPUT_IDS]
     if not getattr(ids, "is_nested", False):
         raise CaptureUnsupported("capture needs veRL's no-padding (nested input_ids) layout")
     cu = ids.offsets().tolist()
-    rmask = _get(micro_batch, "response_mask")
+    rmask = _get(micro_batch, compat.VERL_BATCH_RESPONSE_MASK)
     if rmask is None:
         raise CaptureUnsupported("micro-batch has no response_mask")
     if getattr(rmask, "is_nested", False):
         rows = list(rmask.unbind())
         lens = [int(r.numel()) for r in rows]
     else:
-        am = _get(micro_batch, "attention_mask")
+        am = _get(micro_batch, compat.VERL_BATCH_ATTENTION_MASK)
         R = rmask.shape[1]
         if am is not None and not getattr(am, "is_nested", False):
             lens = am[:, -R:].sum(-1).tolist()
@@ -68,7 +71,7 @@ def response_info(micro_batch) -> tuple:
 
 
 def check_supported(engine) -> None:
-    sp = getattr(engine, "ulysses_sequence_parallel_size", 1) or 1
+    sp = getattr(engine, compat.VERL_ENGINE_SP_SIZE_ATTR, 1) or 1
     if sp > 1:
         raise CaptureUnsupported(
             "verl-specrollout capture does not support Ulysses sequence parallelism "
@@ -94,12 +97,11 @@ def padded_index(packed_index: torch.Tensor, cu_seqlens) -> tuple:
 def uses_remove_padding(engine, micro_batch) -> bool:
     """The layout the engine's ``prepare_model_inputs`` will use for this micro-batch."""
     try:
-        from verl.utils import tensordict_utils as tu
-
-        return bool(tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding",
-                                           default=getattr(engine, "use_remove_padding", True)))
+        tu = importlib.import_module(compat.VERL_TENSORDICT_UTILS)
+        return bool(tu.get_non_tensor_data(data=micro_batch, key=compat.VERL_ENGINE_REMOVE_PADDING,
+                                           default=getattr(engine, compat.VERL_ENGINE_REMOVE_PADDING, True)))
     except Exception:
-        return bool(getattr(engine, "use_remove_padding", True))
+        return bool(getattr(engine, compat.VERL_ENGINE_REMOVE_PADDING, True))
 
 
 class EngineCapture:
@@ -112,18 +114,18 @@ class EngineCapture:
         self.sink = sink
         self.policy_step = policy_step
         self.context = context
-        self.capture = HiddenStateCapture(engine.module, aux_layer_ids)
+        self.capture = HiddenStateCapture(getattr(engine, compat.VERL_ENGINE_MODULE_ATTR), aux_layer_ids)
         self.enabled = True
         self.n_samples = 0
         self.errors = 0
-        orig = engine.forward_step
+        orig = getattr(engine, compat.VERL_ENGINE_FORWARD_STEP)
 
         @functools.wraps(orig)
         def forward_step(micro_batch, loss_function, forward_only):
             if not (self.enabled and forward_only):
                 return orig(micro_batch, loss_function, forward_only)
             try:
-                pos = micro_batch["position_ids"]
+                pos = micro_batch[compat.VERL_BATCH_POSITION_IDS]
                 if pos.dim() == 3 or (getattr(pos, "is_nested", False) and pos.values().dim() > 1):
                     raise CaptureUnsupported("capture does not support 3-D (mrope) position_ids")
                 cu, lens, rows = response_info(micro_batch)
@@ -145,24 +147,24 @@ class EngineCapture:
                 aux, final = self.capture.collect()
             finally:
                 self.capture.disarm()
-            ids = micro_batch["input_ids"].values()
+            ids = micro_batch[compat.VERL_BATCH_INPUT_IDS].values()
             samples = build_samples(ids, windows, aux, final, rows, gathered=True,
                                     policy_step=self.policy_step())
             self.n_samples += len(samples)
             self.sink(samples, self.policy_step())
             return out
 
-        engine.forward_step = forward_step
+        setattr(engine, compat.VERL_ENGINE_FORWARD_STEP, forward_step)
         self._orig = orig
 
     def remove(self) -> None:
         self.capture.remove()
-        self.engine.forward_step = self._orig
+        setattr(self.engine, compat.VERL_ENGINE_FORWARD_STEP, self._orig)
 
 
 def install_capture(engine, learner, aux_layer_ids: Sequence[int], policy_step: Callable[[], Optional[int]],
                     max_in_flight: int = 4, context: int = 1) -> EngineCapture:
-    """One call for the lead's wiring: hooks on ``engine.module`` + async shipping to ``learner``
+    """Hooks on ``engine.module`` + async shipping to ``learner``
     (the handle from ``learner.actor.get_or_create_learner`` / ``ray.get_actor(name, namespace)``)."""
     from .shipper import SampleShipper
 

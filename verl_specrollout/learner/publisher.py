@@ -16,6 +16,7 @@ mirroring.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +24,9 @@ from typing import Optional
 
 from verl_specrollout.draft.eagle3 import save_vllm_checkpoint
 
-LATEST_NAME = "LATEST"  # the reader (engine/draft_reload.py) uses the same name
+logger = logging.getLogger(__name__)
+
+LATEST_NAME = "LATEST"  # read by read_latest below (rollout servers and the learner)
 META_NAME = "specrollout_draft.json"
 
 
@@ -47,13 +50,16 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 
 def read_latest(publish_dir: str) -> Optional[tuple]:
-    """(version, path) named by LATEST, or None."""
+    """``(version, path)`` named by ``<publish_dir>/LATEST``, or None (nothing published yet,
+    or a malformed pointer, which is logged)."""
+    path = os.path.join(publish_dir, LATEST_NAME)
     try:
-        with open(os.path.join(publish_dir, LATEST_NAME)) as f:
+        with open(path) as f:
             name = f.read().strip()
     except FileNotFoundError:
         return None
     if not (name.startswith("v") and name[1:].isdigit()):
+        logger.warning("specrollout: malformed %s: %r", path, name)
         return None
     return int(name[1:]), os.path.join(publish_dir, name)
 

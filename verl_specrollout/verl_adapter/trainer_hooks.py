@@ -1,0 +1,133 @@
+"""veRL trainer hooks (``RayPPOTrainer``, legacy/v0 trainer), without editing veRL.
+
+Installed through verl_adapter/import_hook.py by verl_adapter/registration.py:
+
+* ``__init__``: resolves ``specrollout.learner.publish_dir`` (default
+  ``<trainer.default_local_dir>/specrollout_drafts``, else a temp dir) into the config, so the
+  actor workers and rollout servers built later agree on it;
+* ``init_workers``: remembers the trainer (its rollout server handles feed the metrics);
+* ``compute_spec_decode_metrics`` (module function that ``fit`` calls once per step with the
+  batch): veRL's result plus ours (metrics.step_metrics) from the rollout servers and the learner.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import weakref
+from typing import Dict, Optional
+
+from verl_specrollout import compat
+from verl_specrollout.verl_adapter.actor_hooks import PATCHED_ATTR, learning_enabled, spec_config
+
+logger = logging.getLogger("verl_specrollout.trainer_hooks")
+
+_trainer_ref: Optional[weakref.ref] = None
+
+
+def default_publish_dir(default_local_dir: Optional[str]) -> str:
+    if default_local_dir:
+        return os.path.join(str(default_local_dir), "specrollout_drafts")
+    return tempfile.mkdtemp(prefix="specrollout_drafts_")
+
+
+# ----------------------------------------------------------------------------- trainer side
+def _resolve_publish_dir(config) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    rollout = config.actor_rollout_ref.rollout
+    if not learning_enabled(rollout):
+        return
+    cfg = spec_config(rollout)
+    if cfg.learner.publish_dir:
+        return
+    path = default_publish_dir(config.trainer.get("default_local_dir"))
+    with open_dict(config):
+        OmegaConf.update(config, "actor_rollout_ref.rollout.custom.specrollout.learner.publish_dir", path,
+                         force_add=True)
+    logger.warning("verl-specrollout: learner.publish_dir = %s", path)
+
+
+def collect_step_metrics(trainer) -> Dict[str, float]:
+    import ray
+
+    from verl_specrollout.metrics import step_metrics
+
+    rollout = trainer.config.actor_rollout_ref.rollout
+    cfg = spec_config(rollout)
+    if not cfg.enable:
+        return {}
+    mgr = getattr(trainer, compat.VERL_TRAINER_SERVER_MANAGER_ATTR, None)
+    handles = list(getattr(mgr, compat.VERL_SERVER_MANAGER_HANDLES_ATTR, None) or [])
+    results = []
+    if handles:
+        try:
+            results = ray.get([h.specrollout_step_metrics.remote() for h in handles], timeout=60)
+        except Exception as exc:
+            logger.warning("verl-specrollout: rollout server metrics unavailable: %r", exc)
+    learner = None
+    if cfg.learner.enable:
+        try:
+            h = ray.get_actor(cfg.learner.actor_name, namespace=cfg.learner.actor_namespace)
+            learner = ray.get(h.metrics.remote(getattr(trainer, compat.VERL_TRAINER_GLOBAL_STEPS_ATTR, None)),
+                              timeout=60)
+        except Exception as exc:
+            logger.warning("verl-specrollout: learner metrics unavailable: %r", exc)
+    out = step_metrics(results, learner)
+    if cfg.learner.enable:
+        from verl_specrollout.metrics import DRAFT_VERSION_LIVE, DraftStallDetector
+
+        det = getattr(trainer, "_sr_stall", None)
+        if det is None:
+            det = trainer._sr_stall = DraftStallDetector()
+        live = out.get(DRAFT_VERSION_LIVE)
+        out.update(det.update(int(live) if live is not None else None, learner is not None))
+    return out
+
+
+def patch_trainer(module) -> None:
+    cls = getattr(module, compat.VERL_TRAINER_CLASS)
+    init = cls.__init__
+    if getattr(init, PATCHED_ATTR, False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        try:
+            _resolve_publish_dir(self.config)
+        except Exception:
+            logger.exception("verl-specrollout: cannot resolve learner.publish_dir")
+            raise
+
+    setattr(__init__, PATCHED_ATTR, True)
+    cls.__init__ = __init__
+
+    orig_init_workers = getattr(cls, compat.VERL_TRAINER_INIT_WORKERS)
+
+    @functools.wraps(orig_init_workers)
+    def init_workers(self, *args, **kwargs):
+        global _trainer_ref
+        out = orig_init_workers(self, *args, **kwargs)
+        if spec_config(self.config.actor_rollout_ref.rollout).enable:
+            _trainer_ref = weakref.ref(self)
+        return out
+
+    setattr(cls, compat.VERL_TRAINER_INIT_WORKERS, init_workers)
+
+    orig_fn = getattr(module, compat.VERL_TRAINER_SPEC_METRICS_FN)
+
+    @functools.wraps(orig_fn)
+    def compute_spec_decode_metrics(*args, **kwargs):
+        out = orig_fn(*args, **kwargs)
+        trainer = _trainer_ref() if _trainer_ref is not None else None
+        if trainer is not None:
+            try:
+                out = {**out, **collect_step_metrics(trainer)}
+            except Exception:  # metrics must never stop training
+                logger.exception("verl-specrollout: step metrics failed")
+        return out
+
+    setattr(module, compat.VERL_TRAINER_SPEC_METRICS_FN, compute_spec_decode_metrics)

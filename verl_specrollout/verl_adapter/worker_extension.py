@@ -1,0 +1,24 @@
+"""vLLM worker extension for veRL's rollout servers with the online learner on.
+
+vLLM's multiprocess executor serialises ``collective_rpc`` arguments with msgspec and refuses a
+callable (unless VLLM_ALLOW_INSECURE_SERIALIZATION=1, i.e. pickle over the IPC sockets). So the
+reload runs by *method name* instead: the server (verl_adapter/server.py) asks vLLM for this
+class as ``worker_extension_cls``; it is veRL's own colocate extension plus two methods.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from verl_specrollout import compat
+from verl_specrollout.vllm_adapter.draft_reload import draft_version_in_worker, reload_draft_in_worker
+
+_Base = compat.resolve(compat.VERL_VLLM_WORKER_EXTENSION)
+
+
+class SpecRolloutWorkerExtension(_Base):
+    def specrollout_reload_draft(self, ckpt_dir: str, version: int) -> dict:
+        return reload_draft_in_worker(self, ckpt_dir, version)
+
+    def specrollout_draft_version(self) -> Optional[int]:
+        return draft_version_in_worker(self)

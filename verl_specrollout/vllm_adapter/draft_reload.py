@@ -1,0 +1,276 @@
+"""Live reload of a published EAGLE-3 draft into a *running* vLLM engine, in place.
+
+The rollout side calls :class:`DraftReloader.maybe_reload` after each policy weight sync.
+It reads ``<publish_dir>/LATEST`` (written by :mod:`verl_specrollout.learner.publisher`) and,
+when a newer version is there, runs :func:`reload_draft_in_worker` inside every vLLM worker
+(``collective_rpc`` with a callable: the worker object comes in as ``self``).  The worker
+reaches the drafter through ``model_runner.get_draft_model()`` (vLLM 0.28+; older runners:
+``model_runner.drafter.model``) and calls the draft model's own ``load_weights``.
+
+Safety rules enforced here, not assumed:
+
+* Modules the draft shares with the target (``embed_tokens``, ``lm_head`` when the draft
+  checkpoint has none) are never written: checkpoint tensors under those names are skipped
+  (writing them would overwrite the *policy's* embedding / head inside vLLM) and a fingerprint
+  of the target's embedding and head is asserted unchanged after the load.
+* A version that fails to load (missing file, wrong shapes, NaN, any exception) leaves the last
+  good draft in place (parameters are snapshotted and restored) and is logged at WARNING; the
+  reload returns the version that is actually live.
+* CPU only: vLLM-CPU repacks linear weights for oneDNN / sgl kernels at load time and replaces
+  ``layer.weight`` by an empty Parameter (``dispatch_cpu_unquantized_gemm(remove_weight=True)``),
+  so ``load_weights`` would have nowhere to write.  For the draft's linears only, we give such a
+  layer a fresh full-size weight Parameter carrying its ``weight_loader``, load into it, then
+  call the layer's ``quant_method.process_weights_after_loading`` to repack (which empties it
+  again).  On failure the old packed kernel closure and empty weight are put back, so the last
+  good draft keeps running.  If the CPU plain-weight plugin
+  (``testing/cpu_platform/verl_vllm_plugin.py``) is active, weights are already plain and this path is
+  simply not taken.  GPU builds never take it (weights are never emptied there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import torch
+
+from verl_specrollout import compat
+from verl_specrollout.learner.publisher import read_latest
+
+logger = logging.getLogger(__name__)
+
+WORKER_VERSION_ATTR = "_specrollout_draft_version"
+
+
+# ----------------------------------------------------------------------------- worker side
+
+def _get_draft_model(worker) -> torch.nn.Module:
+    runner = getattr(worker, compat.VLLM_WORKER_MODEL_RUNNER, worker)
+    fn = getattr(runner, compat.VLLM_RUNNER_GET_DRAFT_MODEL, None)
+    model = fn() if callable(fn) else None
+    if model is None:
+        for attr in compat.VLLM_RUNNER_DRAFTER_ATTRS:
+            d = getattr(runner, attr, None)
+            model = getattr(d, "model", None) if d is not None else None
+            if model is not None:
+                break
+    if model is None:
+        raise RuntimeError("no draft model found in this vLLM worker (is speculative decoding on?)")
+    if hasattr(model, "unwrap"):
+        model = model.unwrap()
+    return model
+
+
+def _get_target_model(worker) -> Optional[torch.nn.Module]:
+    runner = getattr(worker, compat.VLLM_WORKER_MODEL_RUNNER, worker)
+    fn = getattr(runner, compat.VLLM_RUNNER_GET_MODEL, None)
+    try:
+        return fn() if callable(fn) else None
+    except Exception:
+        return None
+
+
+def _fingerprint(module: Optional[torch.nn.Module]) -> dict:
+    if module is None:
+        return {}
+    out = {}
+    for name, p in module.named_parameters():
+        if any(s in name for s in compat.VLLM_DRAFT_SHARED_MODULES) and p.numel() > 0:
+            out[name] = (p.data_ptr(), float(p.detach().float().sum()), float(p.detach().float().abs().sum()))
+    return out
+
+
+def _shared_names(draft: torch.nn.Module) -> set:
+    """Checkpoint names that must not be loaded: modules vLLM shares with the target."""
+    embed, lm_head = compat.VLLM_DRAFT_SHARED_MODULES
+    skip = set()
+    if not getattr(draft, compat.VLLM_DRAFT_OWN_LM_HEAD_FLAG, False):
+        skip.add(lm_head)
+    if not getattr(draft, compat.VLLM_DRAFT_OWN_EMBED_FLAG, False):
+        skip.add(embed)
+    return skip
+
+
+def _read_checkpoint(ckpt_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(f for f in os.listdir(ckpt_dir) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {ckpt_dir}")
+    sd = {}
+    for f in files:
+        sd.update(load_file(os.path.join(ckpt_dir, f), device="cpu"))
+    for k, v in sd.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"non-finite values in {k}")
+    return sd
+
+
+def _cpu_packed_linears(draft: torch.nn.Module) -> list:
+    """Draft linear layers whose weight vLLM-CPU emptied after repacking (CPU only)."""
+    attr = compat.VLLM_CPU_LINEAR_ATTR
+    out = []
+    for name, mod in draft.named_modules():
+        w = getattr(mod, "weight", None)
+        if (isinstance(w, torch.nn.Parameter) and w.numel() == 0 and hasattr(mod, attr)
+                and hasattr(mod, "output_partition_sizes") and hasattr(mod, "quant_method")):
+            out.append((name, mod))
+    return out
+
+
+def _rematerialize_linear_weight(mod) -> None:
+    """CPU only: re-create an emptied linear weight exactly as vLLM built it at load time
+    (same Parameter class and weight_loader), so ``load_weights`` can write into it."""
+    v2_ok = type(mod.quant_method).__name__ in _weight_loader_v2_supported()
+    use_v2 = v2_ok and type(mod).__name__ not in compat.VLLM_LINEAR_V1_LOADER_CLASSES and hasattr(mod, "weight_loader_v2")
+    loader = mod.weight_loader_v2 if use_v2 else mod.weight_loader
+    dtype = getattr(mod, "params_dtype", None) or mod.weight.dtype
+    del mod._parameters["weight"]
+    mod.quant_method.create_weights(
+        mod, getattr(mod, "input_size_per_partition", mod.input_size), list(mod.output_partition_sizes),
+        mod.input_size, mod.output_size, dtype, weight_loader=loader)
+
+
+def _weight_loader_v2_supported() -> list:
+    try:
+        return list(compat.resolve(f"{compat.VLLM_LINEAR_MODULE}:{compat.VLLM_LINEAR_V2_LIST}"))
+    except Exception:
+        return []
+
+
+def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
+    """Run inside a vLLM worker (``llm.collective_rpc(reload_draft_in_worker, args=(dir, v))``).
+
+    Returns ``{"version": live_version, "ok": bool, "error": str|None, "loaded": n, "skipped": [...]}``.
+    """
+    prev = getattr(self, WORKER_VERSION_ATTR, None)
+    try:
+        draft = _get_draft_model(self)
+    except Exception as exc:  # no drafter: nothing to keep
+        logger.warning("specrollout draft reload v%s: %s", version, exc)
+        return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": []}
+    target = _get_target_model(self)
+    fp_before = _fingerprint(target)
+    skip = _shared_names(draft)
+    packed = _cpu_packed_linears(draft)
+    saved_packed = []
+    snapshot = {n: p.detach().clone() for n, p in draft.named_parameters()
+                if p.numel() > 0 and not any(s in n for s in skip)}
+    try:
+        sd = _read_checkpoint(ckpt_dir)
+        weights, skipped = [], []
+        for name, t in sd.items():
+            if any(s in name for s in skip):
+                skipped.append(name)
+                continue
+            weights.append((name, t))
+        if not weights:
+            raise ValueError("checkpoint has no draft weights")
+        # CPU only: give repacked linears a full-size weight to load into (see module doc).
+        if packed:
+            for name, mod in packed:
+                saved_packed.append((mod, mod.weight, getattr(mod, compat.VLLM_CPU_LINEAR_ATTR)))
+                _rematerialize_linear_weight(mod)
+        with torch.no_grad():
+            draft.load_weights(iter(weights))
+        if packed:
+            for _, mod in packed:
+                mod.quant_method.process_weights_after_loading(mod)
+        fp_after = _fingerprint(target)
+        assert fp_after == fp_before, "draft reload wrote into a module shared with the target"
+        setattr(self, WORKER_VERSION_ATTR, version)
+        return {"version": version, "ok": True, "error": None, "loaded": len(weights), "skipped": skipped}
+    except Exception as exc:
+        with torch.no_grad():
+            for mod, w, lin in saved_packed:
+                mod._parameters.pop("weight", None)
+                mod.weight = w
+                setattr(mod, compat.VLLM_CPU_LINEAR_ATTR, lin)
+            params = dict(draft.named_parameters())
+            for n, t in snapshot.items():
+                if n in params and params[n].shape == t.shape:
+                    params[n].data.copy_(t)
+        logger.warning("specrollout draft reload of v%s from %s failed, keeping v%s: %r",
+                       version, ckpt_dir, prev, exc)
+        return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": []}
+
+
+def draft_version_in_worker(self) -> Optional[int]:
+    return getattr(self, WORKER_VERSION_ATTR, None)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+class DraftReloader:
+    """Driver-side handle: ``rpc`` is ``llm.collective_rpc`` (in-process engine) or veRL's
+    server-side ``engine.collective_rpc``; both take a callable and ``args``."""
+
+    def __init__(self, rpc: Callable[..., list], publish_dir: Optional[str] = None,
+                 initial_version: Optional[int] = None, method: Any = None):
+        """``method``: what ``rpc`` runs in the workers -- default the function
+        :func:`reload_draft_in_worker` (in-process / pickling executors); a worker-extension method
+        name (e.g. ``compat.WORKER_RELOAD_METHOD``) where the executor refuses callables."""
+        self._rpc = rpc
+        self._method = method or reload_draft_in_worker
+        self.publish_dir = publish_dir
+        self.current_draft_version: Optional[int] = initial_version
+        self.last_result: Optional[dict] = None
+        self.failures = 0
+        self.bad_versions: set = set()  # not retried by maybe_reload (a newer version is)
+
+    @classmethod
+    def for_llm(cls, llm: Any, publish_dir: Optional[str] = None, **kw) -> "DraftReloader":
+        return cls(llm.collective_rpc, publish_dir, **kw)
+
+    def load(self, ckpt_dir: str, version: int) -> Optional[int]:
+        """Load ``ckpt_dir`` as ``version`` into every worker; returns the live version."""
+        results = self._rpc(self._method, args=(ckpt_dir, int(version)))
+        return self._finish(results, version)
+
+    def _finish(self, results, version: int) -> Optional[int]:
+        results = list(results or [])
+        self.last_result = results[0] if results else None
+        ok = bool(results) and all(r.get("ok") for r in results)
+        if ok:
+            self.current_draft_version = int(version)
+        else:
+            self.failures += 1
+            self.bad_versions.add(int(version))
+            logger.warning("specrollout: draft v%s not loaded (%s); live draft stays v%s", version,
+                           [r.get("error") for r in results], self.current_draft_version)
+        return self.current_draft_version
+
+    def maybe_reload(self) -> Optional[int]:
+        """Load the newest published version if it is newer than the live one."""
+        if not self.publish_dir:
+            return self.current_draft_version
+        latest = read_latest(self.publish_dir)
+        if latest is None:
+            return self.current_draft_version
+        version, path = latest
+        if self.current_draft_version is not None and version <= self.current_draft_version:
+            return self.current_draft_version
+        if version in self.bad_versions:
+            return self.current_draft_version
+        return self.load(path, version)
+
+
+class AsyncDraftReloader(DraftReloader):
+    """For veRL's ``vLLMHttpServer`` (AsyncLLM): ``rpc`` is ``self.engine.collective_rpc`` (a
+    coroutine).  Note veRL's own ``vLLMHttpServer.collective_rpc`` drops the results, so call the
+    engine's directly."""
+
+    async def aload(self, ckpt_dir: str, version: int) -> Optional[int]:
+        results = await self._rpc(self._method, args=(ckpt_dir, int(version)))
+        return self._finish(results, version)
+
+    async def amaybe_reload(self) -> Optional[int]:
+        if not self.publish_dir:
+            return self.current_draft_version
+        latest = read_latest(self.publish_dir)
+        if latest is None or (self.current_draft_version is not None and latest[0] <= self.current_draft_version):
+            return self.current_draft_version
+        if latest[0] in self.bad_versions:
+            return self.current_draft_version
+        return await self.aload(latest[1], latest[0])

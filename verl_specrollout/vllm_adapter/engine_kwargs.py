@@ -1,0 +1,85 @@
+"""Turn a SpecRolloutConfig into the vLLM engine arguments that switch speculation on.
+
+This is the one place that decides what vLLM sees; veRL's server subclass
+(verl_server.py), the quickstart and the benchmarks all go through it, so the
+tested path and the production path are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, SpecRolloutConfigError, validate_table
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_CLS = "verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler"
+
+
+def initial_table(cfg: SpecRolloutConfig) -> list:
+    """The batch-size -> K table the engine starts with (vLLM's [min_bs, max_bs, K] rows).
+
+    adaptive: start at max_k everywhere; the planner rewrites it live from measurements.
+    static: the user's table, else max_k everywhere. off: K=0 everywhere (drafts nothing).
+    """
+    p = cfg.planner
+    if p.table is not None:
+        return [list(r) for r in validate_table(p.table, cfg.max_k)]
+    k = 0 if p.mode == "off" else cfg.max_k
+    return [[1, p.max_batch, k]]
+
+
+def build_engine_kwargs(
+    cfg: SpecRolloutConfig,
+    target_path: Optional[str] = None,
+    existing: Optional[dict] = None,
+    draft_load_config_supported: Optional[bool] = None,
+) -> dict:
+    """Engine kwargs to merge into vLLM's (veRL's `engine_kwargs.vllm` or `vllm.LLM(**kw)`).
+
+    `existing` are the kwargs the user already passes; a hand-written speculative_config
+    there conflicts with ours and is rejected rather than silently overridden.
+    """
+    if not cfg.enable:
+        return {}
+    cfg.validate(target_path)
+    existing = existing or {}
+    if existing.get("speculative_config"):
+        raise SpecRolloutConfigError(
+            "rollout.engine_kwargs.vllm.speculative_config is set and specrollout.enable=true; "
+            "configure speculation in one place (the specrollout block)"
+        )
+    spec: dict[str, Any] = {"method": cfg.method, "num_speculative_tokens": cfg.max_k}
+    if cfg.method == "ngram":
+        spec["prompt_lookup_min"] = cfg.prompt_lookup_min
+        spec["prompt_lookup_max"] = cfg.prompt_lookup_max
+    else:
+        spec["model"] = cfg.draft_path
+        if draft_load_config_supported is None:
+            from verl_specrollout import compat
+
+            draft_load_config_supported = compat.vllm_has_draft_load_config()
+        if draft_load_config_supported:
+            # veRL loads the target with load_format=dummy and syncs weights later; the draft is
+            # never synced by veRL, so it must be read from disk for real.
+            spec["draft_load_config"] = {"load_format": "auto"}
+    # The per-batch-size table turns on vLLM's dynamic K path, which our scheduler rewrites live.
+    spec["num_speculative_tokens_per_batch_size"] = initial_table(cfg)
+
+    kwargs: dict[str, Any] = {"speculative_config": spec}
+    if not cfg.method == "ngram" and draft_load_config_supported is False:
+        # Older vLLM (no draft_load_config): the whole engine must load real weights,
+        # otherwise the draft stays random. Costs one extra read of the target from disk.
+        kwargs["load_format"] = "auto"
+    if cfg.planner.mode == "adaptive" or cfg.learner.enable:
+        if existing.get("scheduler_cls"):
+            raise SpecRolloutConfigError(
+                "rollout.engine_kwargs.vllm.scheduler_cls is set; specrollout's adaptive planner needs its own "
+                "scheduler. Use specrollout.planner.mode=static to keep yours."
+            )
+        kwargs["scheduler_cls"] = SCHEDULER_CLS
+    additional = dict(existing.get("additional_config") or {})
+    additional[ADDITIONAL_CONFIG_KEY] = cfg.to_dict()
+    kwargs["additional_config"] = additional
+    return kwargs

@@ -1,0 +1,38 @@
+"""vLLM's ``vllm.general_plugins`` entry point: vLLM calls :func:`register` in every process that
+runs engine code (front end, engine core, each worker), before models load.
+
+On every platform it installs the K=0 draft skip (k0_skip.py; a pass-through unless an engine's
+config turns it on). Only when vLLM runs on a CPU does it import the CPU test platform
+(``verl_specrollout.testing.cpu_platform``): the vLLM-CPU kernel fix that makes speculative
+sampling lossless at T > 0, and the plain-weight patch veRL's weight sync needs there. A GPU
+process never imports the test rig.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("vllm.specrollout")
+
+
+def _vllm_runs_on_cpu() -> bool:
+    from vllm.platforms import current_platform  # already imported by vLLM when it calls us
+
+    return bool(current_platform.is_cpu())
+
+
+def register() -> None:
+    """Idempotent; never raises (a plugin error must not stop vLLM from starting)."""
+    from verl_specrollout.vllm_adapter import k0_skip
+
+    k0_skip.install()
+    try:
+        on_cpu = _vllm_runs_on_cpu()
+    except Exception as exc:
+        logger.warning("verl-specrollout: cannot tell vLLM's platform (%r); CPU fixes not installed", exc)
+        return
+    if on_cpu:
+        from verl_specrollout.testing.cpu_platform import verl_vllm_plugin, vllm_plugin
+
+        vllm_plugin.register()
+        verl_vllm_plugin.register()

