@@ -16,7 +16,7 @@ import time
 from benchmarks.common import load_prompts, make_engines, median, run_policy, set_k0_skip, write_json
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", default="medium")
@@ -29,71 +29,91 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--warmup-steps", type=int, default=96, help="adaptive warm-up engine steps per B")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from vllm import SamplingParams
 
-    from verl_specrollout.testing.testbed import build_testbed
+class Sweep:
+    """Engines, prompts and policies of one sweep; ``measure(b)`` times every policy at concurrency b."""
 
-    batches = [int(b) for b in args.batches.split(",")]
-    ks = [int(k) for k in args.ks.split(",")]
-    tb = build_testbed(args.size)
-    prompts_all = load_prompts(tb, max(batches))
-    plain, spec, sched = make_engines(tb, args.method, max(ks), max(batches))
+    def __init__(self, args):
+        from verl_specrollout.testing.testbed import build_testbed
 
-    def params_for(b):
-        n = min(256, max(args.tokens, args.min_run_tokens // b))
-        return SamplingParams(temperature=args.temperature, max_tokens=n, ignore_eos=True)
+        self.args = args
+        self.batches = [int(b) for b in args.batches.split(",")]
+        self.ks = [int(k) for k in args.ks.split(",")]
+        tb = build_testbed(args.size)
+        self.prompts = load_prompts(tb, max(self.batches))
+        self.plain, self.spec, self.sched = make_engines(tb, args.method, max(self.ks), max(self.batches))
+        # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
+        # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, vllm_adapter/k0_skip.py).
+        self.policies = ["plain", "static-0"] + [f"static-{k}" for k in self.ks] + ["adaptive", "adaptive-skip0"]
+        self.chosen_k, self.chosen_k_skip0 = {}, {}
 
-    # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
-    # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, vllm_adapter/k0_skip.py).
-    policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["adaptive", "adaptive-skip0"]
-    results, chosen_k, chosen_k_skip0 = [], {}, {}
-    t_start = time.perf_counter()
-    for b in batches:
-        prompts = prompts_all[:b]
-        params = params_for(b)
-        # Adaptive learns online: give it steps at this concurrency before timing.
-        warm = max(1, args.warmup_steps // params.max_tokens)
+    def params_for(self, b):
+        from vllm import SamplingParams
+
+        n = min(256, max(self.args.tokens, self.args.min_run_tokens // b))
+        return SamplingParams(temperature=self.args.temperature, max_tokens=n, ignore_eos=True)
+
+    def run(self, policy, b, params):
+        return run_policy(policy, self.plain, self.spec, self.sched, self.prompts[:b], params, max(self.batches))
+
+    def measure(self, b) -> dict:
+        """Median tokens/s per policy at concurrency b (policies interleaved over the repeats)."""
+        params = self.params_for(b)
+        warm = max(1, self.args.warmup_steps // params.max_tokens)  # adaptive learns online: warm it at b
         for p in ("adaptive", "adaptive-skip0"):
             for _ in range(warm):
-                run_policy(p, plain, spec, sched, prompts, params, max(batches))
-        times = {p: [] for p in policies}
-        tokens = {}
-        for _ in range(args.repeats):
-            for p in policies:
-                sec, n = run_policy(p, plain, spec, sched, prompts, params, max(batches))
+                self.run(p, b, params)
+        times, tokens = {p: [] for p in self.policies}, {}
+        for _ in range(self.args.repeats):
+            for p in self.policies:
+                sec, tokens[p] = self.run(p, b, params)
                 times[p].append(sec)
-                tokens[p] = n
         for flag in (True, False):  # K the planner picks at this B with and without the K=0 skip
-            set_k0_skip(spec, sched, flag)
-            sched.set_policy("adaptive")
-            (chosen_k_skip0 if flag else chosen_k)[b] = sched.planner.k_for(b)
-        row = {}
-        for p in policies:
-            sec = median(times[p])
-            row[p] = tokens[p] / sec
-            results.append({"policy": "static-K" if p.startswith("static") else p,
-                            "k": int(p.split("-")[1]) if p.startswith("static") else None,
-                            "concurrency": b, "tokens_per_s": round(row[p], 2), "seconds": round(sec, 4)})
-        best_k = max(ks, key=lambda k: row[f"static-{k}"])
-        best = row[f"static-{best_k}"]
-        print(f"B={b:4d} plain {row['plain']:8.1f} tok/s | K=0 {row['static-0']:8.1f} | best static K={best_k} "
-              f"{best:8.1f} | adaptive {row['adaptive']:8.1f} (K={chosen_k[b]}) | adaptive-skip0 "
-              f"{row['adaptive-skip0']:8.1f} | adaptive/best-static {row['adaptive'] / best:.3f} "
-              f"| adaptive/plain {row['adaptive'] / row['plain']:.3f} | adaptive-skip0/best-static "
-              f"{row['adaptive-skip0'] / best:.3f} | adaptive-skip0/plain {row['adaptive-skip0'] / row['plain']:.3f}",
-              flush=True)
+            set_k0_skip(self.spec, self.sched, flag)
+            self.sched.set_policy("adaptive")
+            (self.chosen_k_skip0 if flag else self.chosen_k)[b] = self.sched.planner.k_for(b)
+        return {p: (tokens[p], median(times[p])) for p in self.policies}
+
+
+def result_rows(b, measured) -> list:
+    return [{"policy": "static-K" if p.startswith("static") else p,
+             "k": int(p.split("-")[1]) if p.startswith("static") else None,
+             "concurrency": b, "tokens_per_s": round(n / sec, 2), "seconds": round(sec, 4)}
+            for p, (n, sec) in measured.items()]
+
+
+def print_row(b, measured, ks, chosen_k) -> None:
+    row = {p: n / sec for p, (n, sec) in measured.items()}
+    best_k = max(ks, key=lambda k: row[f"static-{k}"])
+    best = row[f"static-{best_k}"]
+    print(f"B={b:4d} plain {row['plain']:8.1f} tok/s | K=0 {row['static-0']:8.1f} | best static K={best_k} "
+          f"{best:8.1f} | adaptive {row['adaptive']:8.1f} (K={chosen_k}) | adaptive-skip0 "
+          f"{row['adaptive-skip0']:8.1f} | adaptive/best-static {row['adaptive'] / best:.3f} "
+          f"| adaptive/plain {row['adaptive'] / row['plain']:.3f} | adaptive-skip0/best-static "
+          f"{row['adaptive-skip0'] / best:.3f} | adaptive-skip0/plain {row['adaptive-skip0'] / row['plain']:.3f}",
+          flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sweep = Sweep(args)
+    results, t_start = [], time.perf_counter()
+    for b in sweep.batches:
+        measured = sweep.measure(b)
+        results += result_rows(b, measured)
+        print_row(b, measured, sweep.ks, sweep.chosen_k[b])
         write_json(args.out, {"benchmark": "concurrency_sweep", "partial": True, "results": results})
 
-    summary = _ratios(results, batches)
-    stats = sched.specrollout_stats()
+    summary = _ratios(results, sweep.batches)
     payload = {"benchmark": "concurrency_sweep", "size": args.size, "method": args.method,
-               "tokens_per_request": {b: params_for(b).max_tokens for b in batches}, "temperature": args.temperature,
-               "seconds_total": round(time.perf_counter() - t_start, 1),
-               "chosen_k": chosen_k, "chosen_k_skip0": chosen_k_skip0, "summary": summary, "planner": _jsonable(stats), "results": results}
+               "tokens_per_request": {b: sweep.params_for(b).max_tokens for b in sweep.batches},
+               "temperature": args.temperature, "seconds_total": round(time.perf_counter() - t_start, 1),
+               "chosen_k": sweep.chosen_k, "chosen_k_skip0": sweep.chosen_k_skip0, "summary": summary,
+               "planner": _jsonable(sweep.sched.specrollout_stats()), "results": results}
     write_json(args.out, payload)
-    _plot(args.out.rsplit(".", 1)[0] + ".png", results, batches, ks, chosen_k, chosen_k_skip0)
+    _plot(args.out.rsplit(".", 1)[0] + ".png", results, sweep.batches, sweep.ks, sweep.chosen_k, sweep.chosen_k_skip0)
     for key in ("adaptive_over_best_static", "adaptive_over_plain", "adaptive_skip0_over_best_static",
                 "adaptive_skip0_over_plain"):
         print("min %s over B: %.3f" % (key, min(s[key] for s in summary)))

