@@ -1,4 +1,4 @@
-"""Lossless in training, not only in generation (issue 5, item 3).
+"""Lossless in training, not only in generation.
 
 Two real veRL 0.9.1 GRPO runs on CPU with the same seeds (``conftest.py``: ``grpo_plain_run``
 with veRL's vLLM rollout, ``grpo_spec_run`` with our EAGLE-3 speculative rollout and the online

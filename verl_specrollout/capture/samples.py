@@ -113,7 +113,3 @@ def build_samples(input_ids: torch.Tensor, windows: Sequence[Optional[tuple]],
     return out
 
 
-def response_lengths_from_masks(attention_mask: torch.Tensor, max_response_len: int) -> list:
-    """veRL left/right-padded layout: valid response length per row = attention_mask over the
-    trailing ``max_response_len`` columns."""
-    return attention_mask[:, -max_response_len:].sum(-1).tolist()

@@ -280,9 +280,6 @@ class SpecLearner:
             self.data_policy_step = int(blob["data_policy_step"])
         return self.version
 
-    def ping(self) -> bool:
-        return True
-
 
 def placement_options(cfg: Any) -> dict:
     cfg = _as_config(cfg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import random
 import threading
-from typing import Optional
 
 from verl_specrollout.capture.samples import sample_nbytes
 

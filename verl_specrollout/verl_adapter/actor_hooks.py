@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 from verl_specrollout import compat
 

@@ -8,10 +8,8 @@ class as ``worker_extension_cls``; it is veRL's own colocate extension plus two 
 
 from __future__ import annotations
 
-from typing import Optional
-
 from verl_specrollout import compat
-from verl_specrollout.vllm_adapter.draft_reload import draft_version_in_worker, reload_draft_in_worker
+from verl_specrollout.vllm_adapter.draft_reload import reload_draft_in_worker
 
 _Base = compat.resolve(compat.VERL_VLLM_WORKER_EXTENSION)
 
@@ -19,6 +17,3 @@ _Base = compat.resolve(compat.VERL_VLLM_WORKER_EXTENSION)
 class SpecRolloutWorkerExtension(_Base):
     def specrollout_reload_draft(self, ckpt_dir: str, version: int) -> dict:
         return reload_draft_in_worker(self, ckpt_dir, version)
-
-    def specrollout_draft_version(self) -> Optional[int]:
-        return draft_version_in_worker(self)

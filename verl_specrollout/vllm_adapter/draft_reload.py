@@ -196,10 +196,6 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
         return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": []}
 
 
-def draft_version_in_worker(self) -> Optional[int]:
-    return getattr(self, WORKER_VERSION_ATTR, None)
-
-
 # ----------------------------------------------------------------------------- driver side
 
 class DraftReloader:

@@ -13,7 +13,6 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
 
 from . import task as task_mod
 from .tokenizer import build_tokenizer
