@@ -94,7 +94,8 @@ def vllm_version() -> Optional[str]:
 
 
 def check_versions() -> None:
-    """Raise one clear error if the installed veRL or vLLM is outside the supported range."""
+    """Raise one clear error at start-up if the installed veRL or vLLM is outside the supported
+    range, or if this vLLM lacks the per-batch-size draft length the planner drives."""
     for name, got, (lo, hi) in (
         ("veRL", verl_version(), SUPPORTED_VERL),
         ("vLLM", vllm_version(), SUPPORTED_VLLM),
@@ -106,6 +107,13 @@ def check_versions() -> None:
                 f"{name} {got} is not supported by verl-specrollout "
                 f"(supported: {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]})"
             )
+    if not vllm_has_dynamic_sd():
+        raise SpecRolloutConfigError(
+            f"vLLM {vllm_version()} has no per-batch-size draft length "
+            f"(speculative_config.num_speculative_tokens_per_batch_size, {VLLM_DYNAMIC_SD_BUILD}); "
+            f"verl-specrollout's planner needs it: install vLLM {SUPPORTED_VLLM[0][0]}.{SUPPORTED_VLLM[0][1]} "
+            f"to {SUPPORTED_VLLM[1][0]}.{SUPPORTED_VLLM[1][1]} (docs/supported-versions.md)"
+        )
 
 
 def resolve(qualname: str):

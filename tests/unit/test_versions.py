@@ -25,3 +25,15 @@ def test_missing_package(monkeypatch):
 
 def test_cpu_build_version_parses():
     assert compat._major_minor("0.31.0+cpu") == (0, 31)
+
+
+def test_engine_without_dynamic_k_is_refused_at_start_up(monkeypatch):
+    # A vLLM inside the version range whose build lacks num_speculative_tokens_per_batch_size:
+    # one clear error at start-up, not a planner that silently never changes K.
+    monkeypatch.setattr(compat, "vllm_has_dynamic_sd", lambda: False)
+    with pytest.raises(SpecRolloutConfigError, match="num_speculative_tokens_per_batch_size"):
+        compat.check_versions()
+
+
+def test_installed_vllm_has_dynamic_k():
+    assert compat.vllm_has_dynamic_sd()
