@@ -42,25 +42,49 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Any, List, Optional
 
 from verl_specrollout import compat
 from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, validate_table
 from verl_specrollout.policy.acceptance import PerRequestAcceptance
 from verl_specrollout.policy.planner import Planner, allocate_verification_budget, resize_dense
+from verl_specrollout.vllm_adapter.step_timer import StepTimer
 
 logger = logging.getLogger("verl_specrollout.scheduler")
 
 Scheduler = compat.resolve(compat.VLLM_BASE_SCHEDULER)
+try:
+    AsyncScheduler = compat.resolve(compat.VLLM_ASYNC_SCHEDULER)
+except (ImportError, AttributeError):  # a vLLM without asynchronous scheduling
+    AsyncScheduler = None
+
+
+def _async_scheduling(vllm_config) -> bool:
+    return bool(getattr(getattr(vllm_config, "scheduler_config", None), "async_scheduling", False))
 
 
 class SpecRolloutScheduler(Scheduler):
+    """The planner's scheduler on vLLM's synchronous base, or on its AsyncScheduler base when the
+    engine runs asynchronous scheduling.
+
+    vLLM instantiates ``scheduler_cls`` whatever the mode: with a class built on the synchronous
+    ``Scheduler`` an asynchronous engine would step without the in-flight output placeholders
+    ``AsyncScheduler`` keeps. ``__new__`` therefore returns an ``AsyncSpecRolloutScheduler`` when
+    ``vllm_config.scheduler_config.async_scheduling`` is on (the vLLM 0.31+ default for EAGLE and
+    draft-model speculation on GPUs; the CPU platform always turns it off).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is SpecRolloutScheduler and _async_scheduling(kwargs.get("vllm_config")):
+            if AsyncScheduler is None:
+                raise RuntimeError("async scheduling is on but this vLLM has no AsyncScheduler")
+            cls = AsyncSpecRolloutScheduler
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.planner: Optional[Planner] = None
-        self._sr_t0: Optional[float] = None
-        self._sr_prev: Optional[tuple] = None  # last pure-decode step, timed when the next starts
+        self._sr_timer = StepTimer()
         self._sr_pairs: List[tuple] = []
         self._sr_req_acc = PerRequestAcceptance()
         vcfg = self.vllm_config
@@ -97,8 +121,8 @@ class SpecRolloutScheduler(Scheduler):
             )
         self._sr_install(self.planner.lookup())
         logger.info(
-            "SpecRolloutScheduler: mode=%s max_k=%d max_num_seqs=%d table=%s",
-            p.mode, max_k, self._sr_max_bs, self.planner.rows(),
+            "%s: mode=%s max_k=%d max_num_seqs=%d async_scheduling=%s table=%s",
+            type(self).__name__, p.mode, max_k, self._sr_max_bs, _async_scheduling(vcfg), self.planner.rows(),
         )
 
     # ------------------------------------------------------------- public
@@ -136,18 +160,6 @@ class SpecRolloutScheduler(Scheduler):
         return self.planner.stats() if self.planner is not None else {}
 
     # -------------------------------------------------------------- hooks
-    def schedule(self, *args: Any, **kwargs: Any):
-        # A step's cost is its full cycle, schedule() to the next schedule(): model forward,
-        # drafting, output processing and whatever the engine loop does per step. Timing only
-        # schedule()..update_from_output() misses the per-step work outside it, which makes
-        # long drafts (fewer steps per token) look worse than they are.
-        now = time.perf_counter()
-        prev, self._sr_prev = self._sr_prev, None
-        if prev is not None and self.planner is not None:
-            self.planner.observe_time(prev[0], prev[1], prev[2], now - prev[3])
-        self._sr_t0 = now
-        return super().schedule(*args, **kwargs)
-
     def make_spec_decoding_stats(
         self,
         spec_decoding_stats,
@@ -199,6 +211,10 @@ class SpecRolloutScheduler(Scheduler):
 
     # ----------------------------------------------------------- internals
     def _sr_after_step(self, so) -> None:
+        # A step's cost is its full cycle (model forward, drafting, output processing and the
+        # engine loop's own work), measured between consecutive updates: see step_timer.py for
+        # why this, and not schedule() to schedule(), is right under async scheduling too.
+        seconds = self._sr_timer.on_update(busy_after=bool(self.running) or len(self.waiting) > 0)
         n_req = len(so.num_scheduled_tokens)
         if n_req == 0:
             return
@@ -208,9 +224,8 @@ class SpecRolloutScheduler(Scheduler):
         planner = self.planner
         k = compat.scheduled_k(so)
         planner.observe_step(n_req, total, k, None)
-        # Timed at the next schedule(), unless the engine drains first (an idle gap follows).
-        if pure_decode and self._sr_t0 is not None and (self.running or len(self.waiting) > 0):
-            self._sr_prev = (n_req, total, k, self._sr_t0)
+        if pure_decode and seconds is not None:
+            planner.observe_time(n_req, total, k, seconds)
         planner.observe_drafts(self._sr_pairs)
         self._sr_pairs = []
         new = planner.tick()
@@ -257,3 +272,8 @@ class SpecRolloutScheduler(Scheduler):
             logger.info("SpecRolloutScheduler: control file -> mode=%s table=%s", ctl.get("mode"), rows)
         except Exception:
             logger.exception("SpecRolloutScheduler: bad control file %s", self._sr_control_path)
+
+
+if AsyncScheduler is not None:
+    class AsyncSpecRolloutScheduler(SpecRolloutScheduler, AsyncScheduler):
+        """MRO: our hooks, then vLLM's AsyncScheduler (placeholders), then its Scheduler."""
