@@ -1,6 +1,8 @@
 """Config validation: every bad input gets one clear error naming the key."""
 
+import importlib.util
 import json
+import os
 
 import pytest
 
@@ -33,13 +35,19 @@ def test_disabled_config_is_inert():
     [
         ({"method": "medusa"}, "method='medusa' is not supported"),
         ({"draft_path": None}, "draft_path is required"),
-        ({"max_k": 0}, "max_k must be an integer >= 1"),
-        ({"max_k": 99}, "above the supported maximum"),
+        ({"max_k": 0}, r"max_k must be an integer in \[1, 16\], got 0"),
+        ({"max_k": 99}, r"max_k must be an integer in \[1, 16\], got 99"),  # 16 is the supported maximum
         ({"planner": {"mode": "sometimes"}}, "planner.mode='sometimes'"),
-        ({"planner": {"replan_interval": 0}}, "replan_interval must be >= 1"),
+        ({"planner": {"replan_interval": 0}}, "planner.replan_interval must be an integer >= 1"),
         ({"planner": {"table": [[2, 8, 2]]}}, "contiguous from batch 1"),
         ({"planner": {"table": [[1, 8, 9]]}}, "K must be in 0..max_k"),
         ({"learner": {"enable": True, "placement": "moon"}}, "placement='moon'"),
+        ({"learner": {"enable": True}, "method": "draft_model"}, "learner.enable=true needs method=eagle3"),
+        ({"learner": {"feature_loss_weight": 0, "soft_ce_loss_weight": 0.0}}, "loss weights must be >= 0 and not both 0"),
+        ({"method": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "prompt_lookup_min must be >= 1 and <="),
+        ({"learner": {"aux_layer_ids": [3, -1]}}, "learner.aux_layer_ids must be a non-empty list of layer indices"),
+        ({"learner": {"aux_layer_ids": [True]}}, "learner.aux_layer_ids must be a non-empty list of layer indices"),
+        ({"planner": {"verify_budget": "always"}}, "planner.verify_budget must be 'auto', an integer >= 0, or null"),
     ],
 )
 def test_bad_values_raise_one_clear_error(tmp_path, kw, match):
@@ -108,3 +116,81 @@ def test_from_rollout_config_reads_omegaconf():
     rollout = OmegaConf.create({"name": "vllm", "custom": {"specrollout": {"enable": True, "method": "ngram"}}})
     assert SpecRolloutConfig.from_rollout_config(rollout).method == "ngram"
     assert not SpecRolloutConfig.from_rollout_config(OmegaConf.create({"custom": None})).enable
+
+
+def test_string_false_does_not_switch_speculation_on():
+    # A quoted "false" is a non-empty string; reading it as truthy once switched speculation on.
+    with pytest.raises(SpecRolloutConfigError, match=r"specrollout.enable must be true or false, got 'false'.*unquoted"):
+        SpecRolloutConfig.from_dict({"enable": "false"})
+    with pytest.raises(SpecRolloutConfigError, match="specrollout.learner.enable must be true or false"):
+        SpecRolloutConfig.from_dict({"learner": {"enable": "true"}})
+
+
+def test_null_section_means_defaults_other_non_mappings_are_errors():
+    cfg = SpecRolloutConfig.from_dict({"planner": None, "learner": None})
+    assert cfg.planner == SpecRolloutConfig().planner and cfg.learner == SpecRolloutConfig().learner
+    for bad in ([], [{"mode": "static"}], "static", 0, False):
+        with pytest.raises(SpecRolloutConfigError, match="specrollout.learner must be a mapping"):
+            SpecRolloutConfig.from_dict({"learner": bad})
+    with pytest.raises(SpecRolloutConfigError, match="specrollout must be a mapping"):
+        SpecRolloutConfig.from_dict([])
+
+
+def test_types_are_checked_with_speculation_off():
+    with pytest.raises(SpecRolloutConfigError, match="specrollout.planner.replan_interval must be an integer"):
+        SpecRolloutConfig.from_dict({"enable": False, "planner": {"replan_interval": "16"}})
+    cfg = SpecRolloutConfig()
+    cfg.max_k = "4"  # set in Python after construction: validate() still catches it
+    with pytest.raises(SpecRolloutConfigError, match="specrollout.max_k must be an integer"):
+        cfg.validate()
+    # ...but the draft checkpoint is only looked at when speculation is on.
+    SpecRolloutConfig.from_dict({"enable": False, "draft_path": "/does/not/exist"}).validate()
+
+
+def test_unknown_key_suggests_the_close_one():
+    match = "under specrollout.planner: replan_intervl .*did you mean replan_interval"
+    with pytest.raises(SpecRolloutConfigError, match=match):
+        SpecRolloutConfig.from_dict({"planner": {"replan_intervl": 8}})
+
+
+def test_int_for_float_key_becomes_float_and_round_trips():
+    cfg = SpecRolloutConfig.from_dict({"learner": {"lr": 1, "gpu_fraction": 1}, "planner": {"table": ((1, 1024, 2),)}})
+    assert cfg.learner.lr == 1.0 and isinstance(cfg.learner.lr, float)
+    assert cfg.planner.table == [[1, 1024, 2]]
+    assert SpecRolloutConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_omegaconf_values_are_checked_like_plain_ones():
+    from omegaconf import OmegaConf
+
+    ok = OmegaConf.create({"custom": {"specrollout": {"enable": True, "method": "ngram",
+                                                      "planner": {"table": [[1, 1024, 3]]}}}})
+    assert SpecRolloutConfig.from_rollout_config(ok).planner.table == [[1, 1024, 3]]
+    bad = OmegaConf.create({"custom": {"specrollout": {"enable": "false"}}})
+    with pytest.raises(SpecRolloutConfigError, match="specrollout.enable must be true or false"):
+        SpecRolloutConfig.from_rollout_config(bad)
+
+
+def _doc_tool():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("gen_config_docs", os.path.join(root, "tools", "gen_config_docs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_configuration_doc_matches_the_declarations():
+    tool = _doc_tool()
+    with open(tool.DOC) as f:
+        current = f.read()
+    assert tool.render(current) == current, "docs/configuration.md is stale: run python tools/gen_config_docs.py"
+
+
+def test_configuration_doc_lists_every_key():
+    from verl_specrollout.config import iter_keys
+
+    with open(_doc_tool().DOC) as f:
+        text = f.read()
+    for key, _, _ in iter_keys():
+        section, name = key.rsplit(".", 1)
+        assert f"## `{section}`" in text and f"| `{name}` |" in text, key
