@@ -39,10 +39,9 @@ def spec_config(rollout_config: Any):
 
 
 def learning_enabled(rollout_config: Any) -> bool:
-    try:
-        cfg = spec_config(rollout_config)
-    except Exception:
-        return False
+    # A bad config raises SpecRolloutConfigError here with its one clear message: hiding it would
+    # silently turn learning off.
+    cfg = spec_config(rollout_config)
     return bool(cfg.enable and cfg.learner.enable)
 
 
