@@ -95,6 +95,7 @@ DRAFT_VERSION = PREFIX + "draft_version"  # draft version the step's rollout ran
 DRAFT_VERSION_LIVE = PREFIX + "draft_version_live"  # version loaded after this step's weight sync
 DRAFT_RELOADS = PREFIX + "draft_reloads"  # cumulative successful reloads (summed over servers)
 DRAFT_RELOAD_FAILURES = PREFIX + "draft_reload_failures"
+DRAFT_RESTORES = PREFIX + "draft_restores_after_sleep"  # cumulative reloads of a draft sleep discarded
 LEARNER = PREFIX + "learner/{name}"  # loss, lag, version, buffer_samples, train_seconds, train/*
 
 
@@ -108,7 +109,7 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
     per_pos: list = []
     k_hist: Dict[int, Dict[int, int]] = {}
     planner: dict = {}
-    versions, live, reloads, failures = [], [], 0, 0
+    versions, live, reloads, failures, restores = [], [], 0, 0, 0
     for r in server_results or []:
         if not r:
             continue
@@ -116,6 +117,7 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
         live.append(int(r.get("draft_version_live", 0)))
         reloads += int(r.get("draft_reloads", 0))
         failures += int(r.get("draft_reload_failures", 0))
+        restores += int(r.get("draft_restores_after_sleep", 0))
         v = r.get("vllm")
         if v:
             nd += int(v["num_drafts"])
@@ -144,6 +146,7 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
         out[DRAFT_VERSION_LIVE] = float(min(live))
         out[DRAFT_RELOADS] = float(reloads)
         out[DRAFT_RELOAD_FAILURES] = float(failures)
+        out[DRAFT_RESTORES] = float(restores)
     for k, v in (learner or {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue

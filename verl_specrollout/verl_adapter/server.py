@@ -9,8 +9,9 @@ With speculation on, the server also:
 * forces vLLM's stats on (veRL defaults `rollout.disable_log_stats=True`, which turns vLLM's
   spec-decode counters off) and points the scheduler's `planner.stats_path` at a per-server file;
 * with the learner on, reloads the newest published draft right after each weight sync
-  (`set_global_steps`, which veRL calls after update_weights + clear_kv_cache) and, when sleep
-  mode may have discarded weights, after `wake_up`;
+  (`set_global_steps`, which veRL calls after update_weights + clear_kv_cache);
+* with sleep mode on, reloads the draft after every sleep that may have discarded it (see
+  `_sr_weights_may_be_discarded`), learner on or off;
 * answers `specrollout_step_metrics()` (called by the trainer once per step, see
   verl_adapter/actor_hooks.py): per-step deltas of vLLM's spec-decode counters, of the planner's
   K histogram, and the draft version the rollout used.
@@ -18,6 +19,7 @@ With speculation on, the server also:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -28,13 +30,16 @@ import ray
 
 from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
-from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.config import METHODS, SpecRolloutConfig
 from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs
 
 logger = logging.getLogger(__name__)
 
 vLLMHttpServer = compat.resolve(compat.VERL_VLLM_SERVER)
 vLLMReplica = compat.resolve(compat.VERL_VLLM_REPLICA)
+
+# Methods whose draft is a model with weights (which sleep can discard and a reload restores).
+MODEL_DRAFT_METHODS = tuple(m for m in METHODS if m not in compat.MODEL_FREE_DRAFT_METHODS)
 
 
 def _k_hist_delta(new: dict, old: dict) -> dict:
@@ -74,40 +79,50 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         extra = build_engine_kwargs(spec_cfg, target_path=self.model_config.local_path, existing=engine_kwargs)
         # vLLM's spec-decode counters exist only with log stats on (veRL defaults them off).
         extra["disable_log_stats"] = False
+        # Per-request stats feed veRL's own rollout/spec_accept_* metrics (see generate).
+        if compat.vllm_has_per_request_spec_metrics():
+            extra.setdefault(compat.VLLM_ARG_PER_REQUEST_SPEC_METRICS,
+                             engine_kwargs.get(compat.VLLM_ARG_PER_REQUEST_SPEC_METRICS) or "summary")
         engine_kwargs.update(extra)
         logger.info("verl-specrollout: speculative engine kwargs %s", extra)
 
     def _get_worker_extension_cls(self) -> str:
         cfg = self._sr_cfg()
-        if cfg.enable and cfg.learner.enable:
+        if cfg.enable and cfg.method in MODEL_DRAFT_METHODS:
             return compat.SPECROLLOUT_WORKER_EXTENSION  # adds the reload method (by name)
         return super()._get_worker_extension_cls()
 
     # ------------------------------------------------------------------ draft reload
     def _sr_reloader(self):
+        """The engine's draft loader: newest published version (learner on), else draft_path."""
         rl = getattr(self, "_sr_reloader_obj", None)
         if rl is None:
             cfg = self._sr_cfg()
-            if not (cfg.enable and cfg.learner.enable and cfg.learner.publish_dir):
+            if not (cfg.enable and cfg.method in MODEL_DRAFT_METHODS):
                 return None
             from verl_specrollout.vllm_adapter.draft_reload import AsyncDraftReloader
 
-            rl = AsyncDraftReloader(self.engine.collective_rpc, cfg.learner.publish_dir,
-                                    method=compat.WORKER_RELOAD_METHOD)
+            publish_dir = cfg.learner.publish_dir if cfg.learner.enable else None
+            rl = AsyncDraftReloader(self.engine.collective_rpc, publish_dir, method=compat.WORKER_RELOAD_METHOD,
+                                    bootstrap_dir=cfg.draft_path)
             self._sr_reloader_obj = rl
+            self._sr_restore_lock = asyncio.Lock()
         return rl
 
-    async def _sr_reload(self, force: bool = False) -> Optional[int]:
+    async def _sr_reload(self) -> Optional[int]:
+        """After a weight sync: the newest published draft, if newer than the live one."""
         if getattr(self, "node_rank", 0) != 0:
             return None
         rl = self._sr_reloader()
-        if rl is None:
+        if rl is None or not rl.publish_dir:
             return None
-        if force:
-            rl.current_draft_version = None  # reload the newest published draft even if "live"
+        return await self._sr_guarded(rl.amaybe_reload)
+
+    async def _sr_guarded(self, load) -> Optional[int]:
+        rl = self._sr_reloader()
         before = rl.current_draft_version
         try:
-            v = await rl.amaybe_reload()
+            v = await load()
         except Exception:  # a reload must never take the rollout down; the old draft stays
             logger.exception("verl-specrollout: draft reload failed; keeping the live draft")
             return rl.current_draft_version
@@ -116,32 +131,103 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             logger.info("verl-specrollout: draft v%s live (was v%s)", v, before)
         return v
 
+    # Sleep level 2 (veRL's HYBRID default, _resolve_sleep_level) discards every weight in vLLM's
+    # "weights" pool, the draft's included; veRL's weight sync restores only the target. So after
+    # any sleep or release that may discard weights, the draft is reloaded from disk (the newest
+    # published version, else draft_path) once weights are back -- at wake-up, at resume after a
+    # weight sync, and as a last guard before the next generate. Reloading costs one read of the
+    # draft checkpoint (an EAGLE-3 head is a few hundred MB at 7B); keeping level 1 instead would
+    # pin a host copy of the whole target (~15 GB per 7B replica) to keep a small draft alive.
+    def _sr_weights_may_be_discarded(self) -> bool:
+        return bool(self.config.enable_sleep_mode) and self._sr_reloader() is not None \
+            and getattr(self, "node_rank", 0) == 0
+
+    async def _sr_restore_if_discarded(self) -> None:
+        if not getattr(self, "_sr_draft_discarded", False):
+            return
+        async with self._sr_restore_lock:
+            if not self._sr_draft_discarded:
+                return
+            self._sr_draft_discarded = False
+            rl = self._sr_reloader()
+            await self._sr_guarded(rl.arestore)
+            self._sr_restores = getattr(self, "_sr_restores", 0) + 1
+
+    async def sleep(self, *args, **kwargs):
+        if self._sr_weights_may_be_discarded():
+            self._sr_draft_discarded = True
+        return await super().sleep(*args, **kwargs)
+
+    async def release_kv_cache(self, *args, **kwargs):
+        # veRL releases memory for a weight sync by sleeping at the same level and waking weights.
+        if self._sr_weights_may_be_discarded():
+            self._sr_draft_discarded = True
+        return await super().release_kv_cache(*args, **kwargs)
+
+    async def wake_up(self, tags: Optional[list] = None, *args, **kwargs):
+        out = await super().wake_up(tags, *args, **kwargs)
+        if tags is None or "weights" in tags:
+            await self._sr_restore_if_discarded()
+        return out
+
+    async def resume_kv_cache(self, *args, **kwargs):
+        out = await super().resume_kv_cache(*args, **kwargs)
+        await self._sr_restore_if_discarded()
+        return out
+
     async def set_global_steps(self, global_steps: int):
         await super().set_global_steps(global_steps)
+        await self._sr_restore_if_discarded()
         await self._sr_reload()
-
-    async def wake_up(self, *args, **kwargs):
-        out = await super().wake_up(*args, **kwargs)
-        if self.config.enable_sleep_mode and self._sr_reloader() is not None \
-                and self._sr_reloader().current_draft_version is not None:
-            await self._sr_reload(force=True)  # sleep may have discarded the draft's weights
-        return out
 
     def _sr_live_version(self) -> int:
         rl = getattr(self, "_sr_reloader_obj", None)
         v = rl.current_draft_version if rl is not None else None
         return int(v) if v is not None else 0  # 0 = the draft_path checkpoint
 
-    async def generate(self, *args, **kwargs):
+    async def generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
+        await self._sr_restore_if_discarded()  # never generate with a discarded draft
         self._sr_rollout_version = self._sr_live_version()
-        return await super().generate(*args, **kwargs)
+        self._sr_track_request_spec()
+        out = await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        fields = self._sr_request_spec.pop(request_id, None)
+        extra = getattr(out, "extra_fields", None)
+        if fields and isinstance(extra, dict):
+            for key, value in fields.items():  # veRL's own MTP path may have filled them
+                extra.setdefault(key, value)
+        return out
+
+    def _sr_track_request_spec(self) -> None:
+        """veRL 0.9 fills spec_num_* per rollout only for MTP, from a RequestOutput field vLLM does
+        not have; so its rollout/spec_accept_* metrics stay empty with our rollout. We keep each
+        finished request's per-request stats (vLLM's per_request_spec_decode_metrics) by request id
+        as veRL's server iterates the engine's stream, and add them to the rollout's extra_fields."""
+        if getattr(self, "_sr_request_spec", None) is not None:
+            return
+        from verl_specrollout.vllm_adapter.spec_counters import request_spec_fields
+
+        table: dict = {}
+        engine_generate = self.engine.generate
+
+        async def generate(*args, **kwargs):
+            request_id = kwargs.get("request_id")
+            async for output in engine_generate(*args, **kwargs):
+                if output.finished and request_id is not None and output.outputs:
+                    fields = request_spec_fields(output.outputs[0])
+                    if fields:
+                        table[request_id] = fields
+                yield output
+
+        self.engine.generate = generate
+        self._sr_request_spec = table
 
     # ------------------------------------------------------------------ metrics
     async def specrollout_step_metrics(self) -> dict:
         """Raw per-step numbers since the previous call (summed by the trainer over servers)."""
         out: dict = {"draft_version": getattr(self, "_sr_rollout_version", self._sr_live_version()),
                      "draft_version_live": self._sr_live_version(),
-                     "draft_reloads": getattr(self, "_sr_reloads", 0)}
+                     "draft_reloads": getattr(self, "_sr_reloads", 0),
+                     "draft_restores_after_sleep": getattr(self, "_sr_restores", 0)}
         rl = getattr(self, "_sr_reloader_obj", None)
         if rl is not None:
             out["draft_reload_failures"] = rl.failures

@@ -81,14 +81,24 @@ def _fingerprint(module: Optional[torch.nn.Module]) -> dict:
     return out
 
 
-def _shared_names(draft: torch.nn.Module) -> set:
-    """Checkpoint names that must not be loaded: modules vLLM shares with the target."""
-    embed, lm_head = compat.VLLM_DRAFT_SHARED_MODULES
+def _shared_names(draft: torch.nn.Module, target: Optional[torch.nn.Module]) -> set:
+    """Checkpoint names that must not be loaded: modules vLLM shares with the target.
+
+    A module is shared when the draft's parameters under that name ARE the target's (vLLM assigns
+    the target's embed_tokens / lm_head to an EAGLE draft that has none of its own); a small draft
+    LM (method draft_model) owns both. Without a target to compare with, the EAGLE model's own
+    has_own_* flags decide."""
+    target_params = {id(p) for p in target.parameters()} if target is not None else None
     skip = set()
-    if not getattr(draft, compat.VLLM_DRAFT_OWN_LM_HEAD_FLAG, False):
-        skip.add(lm_head)
-    if not getattr(draft, compat.VLLM_DRAFT_OWN_EMBED_FLAG, False):
-        skip.add(embed)
+    for short, own_flag in zip(compat.VLLM_DRAFT_SHARED_MODULES,
+                               (compat.VLLM_DRAFT_OWN_EMBED_FLAG, compat.VLLM_DRAFT_OWN_LM_HEAD_FLAG)):
+        if target_params is None:
+            if not getattr(draft, own_flag, False):
+                skip.add(short)
+            continue
+        params = [p for n, p in draft.named_parameters(remove_duplicate=False) if short in n]
+        if params and all(id(p) in target_params for p in params):
+            skip.add(short)
     return skip
 
 
@@ -152,7 +162,7 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
         return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": []}
     target = _get_target_model(self)
     fp_before = _fingerprint(target)
-    skip = _shared_names(draft)
+    skip = _shared_names(draft, target)
     packed = _cpu_packed_linears(draft)
     saved_packed = []
     snapshot = {n: p.detach().clone() for n, p in draft.named_parameters()
@@ -203,13 +213,14 @@ class DraftReloader:
     server-side ``engine.collective_rpc``; both take a callable and ``args``."""
 
     def __init__(self, rpc: Callable[..., list], publish_dir: Optional[str] = None,
-                 initial_version: Optional[int] = None, method: Any = None):
+                 initial_version: Optional[int] = None, method: Any = None, bootstrap_dir: Optional[str] = None):
         """``method``: what ``rpc`` runs in the workers -- default the function
         :func:`reload_draft_in_worker` (in-process / pickling executors); a worker-extension method
         name (e.g. ``compat.WORKER_RELOAD_METHOD``) where the executor refuses callables."""
         self._rpc = rpc
         self._method = method or reload_draft_in_worker
         self.publish_dir = publish_dir
+        self.bootstrap_dir = bootstrap_dir  # the draft_path checkpoint: version 0
         self.current_draft_version: Optional[int] = initial_version
         self.last_result: Optional[dict] = None
         self.failures = 0
@@ -252,6 +263,22 @@ class DraftReloader:
         return self.load(path, version)
 
 
+    def restore_target(self) -> Optional[tuple]:
+        """``(version, path)`` to load when the engine's draft weights were discarded (sleep
+        level 2): the newest good published version, else the bootstrap checkpoint (v0)."""
+        latest = read_latest(self.publish_dir) if self.publish_dir else None
+        if latest is not None and latest[0] not in self.bad_versions:
+            return latest
+        return (0, self.bootstrap_dir) if self.bootstrap_dir else None
+
+    def restore(self) -> Optional[int]:
+        target = self.restore_target()
+        if target is None:
+            logger.warning("specrollout: draft weights were discarded and there is no checkpoint to restore")
+            return self.current_draft_version
+        return self.load(target[1], target[0])
+
+
 class AsyncDraftReloader(DraftReloader):
     """For veRL's ``vLLMHttpServer`` (AsyncLLM): ``rpc`` is ``self.engine.collective_rpc`` (a
     coroutine).  Note veRL's own ``vLLMHttpServer.collective_rpc`` drops the results, so call the
@@ -270,3 +297,10 @@ class AsyncDraftReloader(DraftReloader):
         if latest[0] in self.bad_versions:
             return self.current_draft_version
         return await self.aload(latest[1], latest[0])
+
+    async def arestore(self) -> Optional[int]:
+        target = self.restore_target()
+        if target is None:
+            logger.warning("specrollout: draft weights were discarded and there is no checkpoint to restore")
+            return self.current_draft_version
+        return await self.aload(target[1], target[0])
