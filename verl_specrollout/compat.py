@@ -65,6 +65,18 @@ VLLM_METRIC_NUM_DRAFTS = "vllm:spec_decode_num_drafts"
 VLLM_METRIC_NUM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 VLLM_METRIC_NUM_ACCEPTED_TOKENS = "vllm:spec_decode_num_accepted_tokens"
 VLLM_METRIC_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+# Per-request spec-decode stats (vLLM 0.31+): engine arg, CompletionOutput field, and the fields of
+# vllm.v1.metrics.stats.RequestSpecDecodeMetrics (histogram[j] = verify steps that accepted j).
+VLLM_ARG_PER_REQUEST_SPEC_METRICS = "per_request_spec_decode_metrics"  # "none" | "summary" | "detailed"
+VLLM_ENGINE_ARGS = "vllm.engine.arg_utils:EngineArgs"
+VLLM_OUTPUT_SPEC_METRICS_ATTR = "spec_decode_metrics"
+VLLM_REQUEST_SPEC_HISTOGRAM_ATTR = "histogram"
+VLLM_REQUEST_SPEC_DRAFT_TOKENS_ATTR = "num_draft_tokens"
+# What veRL 0.9.x reads from each rollout's extra_fields (RayPPOTrainer -> compute_spec_decode_metrics
+# -> rollout/spec_accept_rate, rollout/spec_accept_length).
+VERL_SPEC_DRAFT_TOKENS_FIELD = "spec_num_draft_tokens"
+VERL_SPEC_ACCEPTED_TOKENS_FIELD = "spec_num_accepted_tokens"
+VERL_SPEC_VERIFY_STEPS_FIELD = "spec_num_verify_steps"
 
 
 def _dist_version(*names: str) -> Optional[str]:
@@ -159,6 +171,15 @@ VLLM_PROPOSE_ATTN_METADATA_POS = 5  # its index in *args after num_speculative_t
 # Speculative methods whose drafting runs no draft-model forward (K=0 really costs nothing).
 # Model drafters (eagle, eagle3, draft_model, mtp, ...) run one draft forward even at K=0.
 MODEL_FREE_DRAFT_METHODS = ("ngram", "suffix", "ngram_gpu")
+
+
+def vllm_has_per_request_spec_metrics() -> bool:
+    """EngineArgs.per_request_spec_decode_metrics exists (vLLM 0.31+)."""
+    try:
+        fields = getattr(resolve(VLLM_ENGINE_ARGS), "__dataclass_fields__", {})
+    except (ImportError, AttributeError):
+        return False
+    return VLLM_ARG_PER_REQUEST_SPEC_METRICS in fields
 
 
 def vllm_has_dynamic_sd() -> bool:

@@ -85,3 +85,18 @@ def counters_from_metrics(metrics) -> SpecCounters:
 def snapshot_counters() -> SpecCounters:
     """vLLM's spec-decode counters of *this* process (an AsyncLLM server with log stats on)."""
     return counters_from_metrics(compat.resolve(compat.VLLM_METRICS_SNAPSHOT)())
+
+
+def request_spec_fields(completion) -> dict:
+    """veRL's per-rollout spec-decode fields from one finished sequence (a vLLM CompletionOutput
+    whose engine ran with per_request_spec_decode_metrics on), or {} when it carries none.
+
+    verify steps = sum of the acceptance histogram (one entry per verification step that drafted);
+    accepted tokens = sum of j * histogram[j]."""
+    m = getattr(completion, compat.VLLM_OUTPUT_SPEC_METRICS_ATTR, None)
+    if m is None:
+        return {}
+    hist = list(getattr(m, compat.VLLM_REQUEST_SPEC_HISTOGRAM_ATTR, None) or [])
+    return {compat.VERL_SPEC_DRAFT_TOKENS_FIELD: int(getattr(m, compat.VLLM_REQUEST_SPEC_DRAFT_TOKENS_ATTR, 0)),
+            compat.VERL_SPEC_ACCEPTED_TOKENS_FIELD: int(sum(j * n for j, n in enumerate(hist))),
+            compat.VERL_SPEC_VERIFY_STEPS_FIELD: int(sum(hist))}
