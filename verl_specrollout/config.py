@@ -183,6 +183,11 @@ class LearnerConfig:
     capture_context: int = key(1, "Prompt positions shipped before each response (see capture/samples.py).", ge=1)
     heldout_every: int = key(
         10, "Every this many captured sequences, one goes to the held-out set instead of the buffer.", ge=2)
+    shared_refresh_every: int = key(
+        1, "Every this many policy steps, the actor sends the policy's current `lm_head` and input embedding "
+        "to the learner (its soft-CE target and the draft's shared modules follow the policy); 0 = never "
+        "(the copies loaded from the model path at start stay). Costs one gather + ship of both matrices, "
+        "logged as `specrollout/learner/shared_refresh_s` and `_mb`.", ge=0)
     node_local_dir: Optional[str] = key(
         None, "Reserved for multi-node runs: a node-local mirror of `publish_dir` read by rollout servers "
         "(not used yet: single-node runs read `publish_dir` directly).", nonempty=True)

@@ -25,6 +25,9 @@ def test_grpo_with_speculation_and_online_learner(grpo_spec_run):
         assert 0.0 <= s["specrollout/spec_off_fraction"] <= 1.0
         assert "specrollout/accepted_per_draft/pos1" in s
         assert s["specrollout/draft_reload_failures"] == 0, s
+        # veRL's own dashboard keys, filled from vLLM's per-request stats
+        assert 1.0 < s["rollout/spec_accept_length"] <= 5.0, s
+        assert 0.0 < s["rollout/spec_accept_rate"] <= 1.0, s
     versions = [s["specrollout/draft_version"] for s in steps]
     # Step 1 runs the draft_path checkpoint (v0); the learner publishes after each compute_log_prob
     # and the server must really load it (the version is the one the vLLM workers confirmed).
@@ -32,3 +35,6 @@ def test_grpo_with_speculation_and_online_learner(grpo_spec_run):
     assert all(b >= a for a, b in zip(versions, versions[1:])), versions
     assert steps[-1]["specrollout/draft_version_live"] >= 2, steps[-1]
     assert math.isfinite(steps[-1]["specrollout/learner/loss"])
+    # The learner's embedding / lm_head copies follow the policy (sent by the actor each step).
+    assert steps[-1]["specrollout/learner/shared_policy_step"] >= len(steps) - 1, steps[-1]
+    assert steps[-1]["specrollout/learner/shared_refresh_mb"] > 0, steps[-1]

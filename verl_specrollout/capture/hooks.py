@@ -18,7 +18,7 @@ from verl_specrollout import compat
 
 
 
-def _unwrap(model):
+def unwrap_model(model):
     # FSDP1 wraps in _fsdp_wrapped_module; DDP/compile use .module / ._orig_mod
     for attr in ("_fsdp_wrapped_module", "_orig_mod", "module"):
         while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
@@ -27,11 +27,11 @@ def _unwrap(model):
 
 
 def find_decoder(model) -> torch.nn.Module:
-    m = _unwrap(model)
+    m = unwrap_model(model)
     for attr in compat.HF_DECODER_ATTRS:
         inner = getattr(m, attr, None)
-        if inner is not None and hasattr(_unwrap(inner), compat.HF_LAYERS_ATTR):
-            return _unwrap(inner)
+        if inner is not None and hasattr(unwrap_model(inner), compat.HF_LAYERS_ATTR):
+            return unwrap_model(inner)
     if hasattr(m, compat.HF_LAYERS_ATTR):
         return m
     raise ValueError(f"cannot find decoder layers in {type(m).__name__}; capture supports HF *ForCausalLM models")

@@ -127,6 +127,8 @@ class SpecLearner:
         self._lock = threading.RLock()
         self._n_seen = 0
         self.resumed = False
+        self.shared_policy_step: Optional[int] = None  # policy step of the embedding / lm_head copies
+        self.shared_refresh_cost: dict = {}  # seconds and MB of the last refresh, measured by the sender
         if os.path.isfile(os.path.join(self.state_dir, STATE_NAME)):
             self.load_state(self.state_dir)
             self.resumed = True
@@ -207,7 +209,8 @@ class SpecLearner:
                    "draft_step": self.trainer.step, "buffer_samples": len(self.buffer),
                    "train_seconds": self.train_seconds,
                    "trained_up_to_policy_step": self.trained_up_to,
-                   "published_up_to_policy_step": self.published_up_to}
+                   "published_up_to_policy_step": self.published_up_to,
+                   "shared_policy_step": self.shared_policy_step, **self.shared_refresh_cost}
             for k, v in self.last_stats.items():
                 if isinstance(v, (int, float)) and k != "loss":
                     out[f"train/{k}"] = v
@@ -224,8 +227,16 @@ class SpecLearner:
     def refresh_shared(self, target_dir: str) -> None:
         """Reload the frozen embedding / lm_head copies from a newer policy checkpoint."""
         emb, head = load_shared_weights(target_dir)
+        self.set_shared_weights(emb, head)
+
+    def set_shared_weights(self, embed_weight, lm_head_weight, policy_step: Optional[int] = None,
+                           cost: Optional[dict] = None) -> None:
+        """The policy's current input embedding and lm_head (sent by the actor worker after a policy
+        update): the soft-CE target and the draft's shared modules follow the policy the rollout runs."""
         with self._lock:
-            self.trainer.set_shared_weights(emb, head)
+            self.trainer.set_shared_weights(embed_weight, lm_head_weight)
+            self.shared_policy_step = policy_step
+            self.shared_refresh_cost = dict(cost or {})
 
     def stats(self, evaluate: bool = True) -> dict:
         out = {"draft_step": self.trainer.step, "version": self.version,

@@ -75,11 +75,14 @@ class _ActorLearning:
         self.pending = None
         orig = getattr(actor, compat.VERL_TRAINING_WORKER_INFER)
 
+        self.module = getattr(engine, compat.VERL_ENGINE_MODULE_ATTR)
+
         @functools.wraps(orig)
         def infer_batch(*args, **kwargs):
             self.step += 1
             n0 = self.capture.n_samples
             out = orig(*args, **kwargs)
+            self._maybe_refresh_shared()
             if self.capture.n_samples > n0 and self.rank == 0:
                 self._train_and_publish()
             return out
@@ -87,6 +90,31 @@ class _ActorLearning:
         setattr(actor, compat.VERL_TRAINING_WORKER_INFER, infer_batch)
         logger.warning("verl-specrollout: online draft learning on (aux layers %s, publish_dir %s, rank %d)",
                        aux, lc.publish_dir, self.rank)
+
+    def _maybe_refresh_shared(self) -> None:
+        """Every ``shared_refresh_every`` policy steps, send the policy's embedding and lm_head to the
+        learner. Runs on every rank (gathering a sharded weight is a collective); rank 0 ships."""
+        every = self.cfg.shared_refresh_every
+        if not every or self.step % every:
+            return
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            weights = policy_shared_weights(self.module)
+        except Exception as exc:
+            if not getattr(self, "_warned_refresh", False):
+                logger.warning("verl-specrollout: cannot read the policy's embedding / lm_head (%r); the learner "
+                               "keeps its copies from the model path", exc)
+                self._warned_refresh = True
+            return
+        if self.rank == 0 and weights is not None:
+            import ray
+
+            embed, head = (ray.put(w) for w in weights)
+            cost = {"shared_refresh_s": time.perf_counter() - t0,  # gather + copy into the object store
+                    "shared_refresh_mb": sum(w.numel() * w.element_size() for w in weights) / 2**20}
+            self.learner.set_shared_weights.remote(embed, head, self.step, cost)
 
     def _train_and_publish(self) -> None:
         refs = list(self.capture.shipper._in_flight)
@@ -127,3 +155,25 @@ def patch_actor_worker(module) -> None:
 
     setattr(init_model, PATCHED_ATTR, True)
     setattr(cls, compat.VERL_WORKER_INIT_METHOD, init_model)
+
+
+def policy_shared_weights(module):
+    """(input embedding, lm_head) of the policy as full CPU tensors, or None.
+
+    FSDP2 shards each weight as a DTensor: ``full_tensor()`` all-gathers it (every rank calls
+    this). FSDP1 flattens parameters and only ``summon_full_params`` -- the whole model on every
+    rank -- recovers them, so it is refused with a clear error (use ``strategy=fsdp2`` or
+    ``learner.shared_refresh_every=0``)."""
+    from verl_specrollout.capture.hooks import unwrap_model
+
+    model = unwrap_model(module)
+    weights = []
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        layer = getattr(model, get)()
+        w = getattr(layer, "weight", None)
+        if w is None or (w.dim() != 2 and not hasattr(w, "full_tensor")):
+            raise RuntimeError(f"{get}() has no 2-D weight here (FSDP1 flat parameters?)")
+        if hasattr(w, "full_tensor"):
+            w = w.full_tensor()
+        weights.append(w.detach().to("cpu").clone())
+    return tuple(weights)
