@@ -390,3 +390,89 @@ def test_tried_cells_are_priced_by_their_measurements_not_a_misfit_model():
     # A batch size never run: the model's price (no measured cell).
     assert cm.measured(64 * 3, 64, 2) is None
     assert cm.predict_local(64 * 3, 64, 2) == cm.predict(64 * 3, 64, 2)
+
+
+# ------------------------------------------------------ numerics (numpy / scipy)
+def test_bounded_least_squares_meets_the_optimality_conditions():
+    """A coefficient the data push negative is held at 0, and the solution is the exact bounded
+    optimum: zero gradient on free coefficients, non-negative gradient on those at their bound."""
+    import numpy as np
+
+    from verl_specrollout.policy.cost_model import weighted_least_squares
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 100, size=(60, 3))
+    design = np.column_stack([np.ones(60), x, np.zeros(60)])  # last column identically zero
+    y = 2.0 + 0.5 * x[:, 0] - 0.3 * x[:, 1] + 0.1 * x[:, 2] + rng.normal(0, 0.5, 60)
+    weights = rng.uniform(0.5, 2.0, 60)
+    ridge = 1e-6
+    beta = weighted_least_squares(design, y, weights, ridge=ridge, nonneg=np.array([False, True, True, True, True]))
+    assert beta[2] == 0.0 and beta[4] == 0.0 and beta[1] > 0 and beta[3] > 0
+    scale = np.sqrt(weights @ design**2 / weights.sum())
+    penalty = 2 * ridge * weights.sum() * scale**2 * beta
+    penalty[0] = 0.0
+    gradient = -2 * design.T @ (weights * (y - design @ beta)) + penalty
+    size = np.abs(2 * design.T @ (weights * y))
+    free = [0, 1, 3]
+    assert np.all(np.abs(gradient[free]) <= 1e-8 * size[free]), gradient
+    assert gradient[2] > 0
+
+
+def test_bucket_medians_and_array_lookups_match_one_cell_at_a_time():
+    import statistics
+
+    import numpy as np
+
+    rnd = random.Random(5)
+    cm = StepCostModel()
+    cells = [(bsz * (1 + k), bsz, max(k, 1)) for bsz in (1, 3, 16, 17, 40, 300, 1000) for k in range(5)]
+    seconds = {c: [] for c in cells}
+    for c in cells:
+        for _ in range(rnd.randint(1, 9)):  # odd and even counts
+            t = 1e-3 * c[0] * rnd.uniform(0.5, 1.5)
+            seconds[c].append(t)
+            cm.observe(*c, t)
+    assert cm.fit()
+    for c in cells:
+        assert cm.measured(*c) == (pytest.approx(statistics.median(seconds[c])), len(seconds[c]))
+    unseen = [(5 * 3, 5, 2), (700 * 2, 700, 1)]
+    tokens, requests, passes = (np.array(v) for v in zip(*(cells + unseen)))
+    median, steps = cm.measured_many(tokens, requests, passes)
+    assert steps[-2:].tolist() == [0, 0] and cm.measured(*unseen[0]) is None
+    assert median[:-2].tolist() == [cm.measured(*c)[0] for c in cells]
+    for scalar, array in ((cm.predict, cm.predict(tokens, requests, passes)),
+                          (cm.predict_local, cm.predict_local(tokens, requests, passes))):
+        assert array.tolist() == pytest.approx([scalar(*c) for c in cells + unseen], rel=1e-12)
+
+
+def test_plan_equals_choose_k_at_every_grid_point():
+    from verl_specrollout.policy.planner import plan_grid
+
+    p = planner_with(knee_cost(), alpha=0.7, max_batch=256)
+    e = p.acceptance.expected_table()
+    fresh = p.plan()
+    current = [0] + [(b // 7) % 5 for b in range(1, 257)]
+    sticky = p.plan(current=current)
+    grid = plan_grid(256)
+    for lo, hi in zip(grid, grid[1:] + [257]):
+        assert set(fresh[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1)[0]}, lo
+        assert set(sticky[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1, current[lo], p.hysteresis)[0]}, lo
+
+
+def test_grouped_acceptance_counts_equal_request_by_request():
+    """Requests are tallied per distinct (drafted, accepted) outcome; the counts must be what
+    walking the requests one by one gives, including capping and requests that drafted nothing."""
+    rnd = random.Random(9)
+    est = AcceptanceEstimator(3, decay=1.0)
+    trials, acc = [0] * 3, [0] * 3
+    for _ in range(40):
+        pairs = [(rnd.randint(-1, 5), rnd.randint(-1, 5)) for _ in range(rnd.randint(0, 30))]
+        est.observe_requests(pairs)
+        for n, a in pairs:
+            n = min(n, 3)
+            a = max(0, min(a, n))
+            for i in range(max(0, min(a + 1, n))):
+                trials[i] += 1
+            for i in range(a):
+                acc[i] += 1
+    assert est.trials == trials and est.acc == acc

@@ -1,4 +1,4 @@
-"""Concurrency-aware draft-length planning (pure Python, no torch / vLLM imports)."""
+"""Concurrency-aware draft-length planning (numpy and scipy; no torch / vLLM imports)."""
 
 from verl_specrollout.policy.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
 from verl_specrollout.policy.cost_model import StepCostModel

@@ -1,4 +1,4 @@
-"""Wall-time model of one engine step, fitted from measured steps (stdlib only).
+"""Wall-time model of one engine step, fitted from measured steps.
 
 One engine step verifies `tokens` target tokens for `requests` running requests and then
 drafts `passes` draft forward passes over those requests (vLLM drafts the next step's K
@@ -11,183 +11,197 @@ The hinge term captures the memory-bound -> compute-bound knee of the target: be
 knot extra verified tokens are nearly free (small b), above it they cost b + e each. The
 knot is not a constant: it is picked from the observed token counts by the fit.
 
-Robustness: observations are grouped into buckets (geometric buckets of tokens, exact
-requests and passes); each bucket contributes its median time, weighted by sqrt(count), so
-single slow steps (GC, another process) do not move the fit. After a first weighted
+Robustness: observations are grouped into buckets (geometric buckets of tokens and of
+requests above 16, exact passes); each bucket contributes its median time, weighted by
+sqrt(count), so single slow steps (GC, another process) do not move the fit. After a first weighted
 least-squares fit, buckets whose relative residual is beyond 3.5 median absolute
 deviations are dropped and the fit is repeated. Coefficients other than the intercept are
-kept >= 0 with a small active-set loop (a negative per-token cost is always an artefact of
-noise or collinearity). A small ridge on standardised features keeps the solve defined
-when features are collinear (e.g. K never varied, so tokens == requests*(1+K)); the planner
-explores K to make the draft terms identifiable.
+kept >= 0 (a negative per-token cost is always an artefact of noise or collinearity) by
+solving the bounded problem exactly (scipy's BVLS). A small ridge on standardised features
+keeps the solve defined when features are collinear (e.g. K never varied, so
+tokens == requests*(1+K)); the planner explores K to make the draft terms identifiable.
 
-Nothing here is a hardware constant; everything comes from observations.
+Nothing here is a hardware constant; everything comes from observations. Numpy and scipy
+only: this module runs inside vLLM's scheduler and must not import torch or vLLM.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import lsq_linear
 
 FEATURES = ("intercept", "tokens", "requests", "hinge", "passes", "passes_x_requests")
+NONNEG_FEATURES = np.array([False, True, True, True, True, True])  # all but the intercept
 
-
-@dataclass(frozen=True)
-class StepObservation:
-    tokens: int  # target tokens processed in the step (scheduled tokens incl. drafts verified)
-    requests: int  # requests in the step
-    passes: int  # draft forward passes run in the step (0 for no drafting)
-    seconds: float  # measured wall time
-
-
-def _median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    if n == 0:
-        raise ValueError("median of empty sequence")
-    m = n // 2
-    return s[m] if n % 2 else 0.5 * (s[m - 1] + s[m])
-
-
-def _solve(a: List[List[float]], b: List[float]) -> Optional[List[float]]:
-    """Gaussian elimination with partial pivoting; None if singular."""
-    n = len(b)
-    m = [row[:] + [b[i]] for i, row in enumerate(a)]
-    for col in range(n):
-        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
-        if abs(m[piv][col]) < 1e-300:
-            return None
-        m[col], m[piv] = m[piv], m[col]
-        p = m[col][col]
-        for r in range(col + 1, n):
-            f = m[r][col] / p
-            if f:
-                for c in range(col, n + 1):
-                    m[r][c] -= f * m[col][c]
-    x = [0.0] * n
-    for r in range(n - 1, -1, -1):
-        s = m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))
-        x[r] = s / m[r][r]
-    return x
+# Batch sizes up to this many requests get a bucket each; above it, geometric buckets.
+EXACT_REQUESTS = 16
+# Bucket keys are packed into one int64: token bin, request bin, passes, 16 bits each.
+_KEY_BITS = 16
 
 
 def weighted_least_squares(
-    rows: Sequence[Sequence[float]],
-    y: Sequence[float],
-    w: Sequence[float],
+    design: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
     ridge: float = 1e-6,
-    nonneg: Sequence[int] = (),
-) -> List[float]:
-    """min sum w*(y - X beta)^2 + ridge*|scaled beta[1:]|^2, beta[j] >= 0 for j in nonneg.
+    nonneg: np.ndarray = NONNEG_FEATURES,
+) -> np.ndarray:
+    """min sum w*(y - X beta)^2 + ridge*sum(w)*|scaled beta[1:]|^2, beta[j] >= 0 where nonneg[j].
 
-    Column 0 must be the intercept. Columns are scaled by their RMS so the ridge is
-    dimensionless. Columns that are identically zero get coefficient 0.
+    Column 0 must be the intercept (never penalised). Columns are scaled by their weighted RMS,
+    so each scaled column has weighted sum of squares sum(w) and the ridge is dimensionless.
+    Columns that are identically zero (e.g. the hinge when there is no knot) get coefficient 0.
     """
-    p = len(rows[0])
-    scale = []
-    for j in range(p):
-        s = math.sqrt(sum(wi * r[j] * r[j] for r, wi in zip(rows, w)) / max(sum(w), 1e-300))
-        scale.append(s if s > 0 else 0.0)
-    active = [j for j in range(p) if scale[j] > 0]
-    for _ in range(p + 1):
-        k = len(active)
-        xtx = [[0.0] * k for _ in range(k)]
-        xty = [0.0] * k
-        for r, yi, wi in zip(rows, y, w):
-            z = [r[j] / scale[j] for j in active]
-            for i in range(k):
-                zi = wi * z[i]
-                xty[i] += zi * yi
-                row = xtx[i]
-                for c in range(k):
-                    row[c] += zi * z[c]
-        tr = sum(xtx[i][i] for i in range(k)) / max(k, 1)
-        for i, j in enumerate(active):
-            if j != 0:
-                xtx[i][i] += ridge * tr
-        sol = _solve(xtx, xty)
-        if sol is None:
-            sol = [0.0] * k
-        beta = [0.0] * p
-        for i, j in enumerate(active):
-            beta[j] = sol[i] / scale[j]
-        neg = [j for j in active if j in nonneg and beta[j] < 0]
-        if not neg:
-            return beta
-        worst = min(neg, key=lambda j: beta[j] * scale[j])
-        active.remove(worst)
+    design = np.asarray(design, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    total_weight = max(float(weights.sum()), 1e-300)
+    scale = np.sqrt(weights @ design**2 / total_weight)
+    used = scale > 0
+    scaled = design[:, used] / scale[used]
+    # Weighted rows, then one ridge row per penalised column: an ordinary bounded least squares.
+    root_w = np.sqrt(weights)
+    penalised = np.flatnonzero(used) != 0
+    ridge_rows = math.sqrt(ridge * total_weight) * np.eye(scaled.shape[1])[penalised]
+    lhs = np.vstack([scaled * root_w[:, None], ridge_rows])
+    rhs = np.concatenate([y * root_w, np.zeros(len(ridge_rows))])
+    bounded = nonneg[used]
+    solution = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    if (solution[bounded] < 0).any():  # a bound binds: solve the bounded problem exactly (BVLS)
+        solution = lsq_linear(lhs, rhs, bounds=(np.where(bounded, 0.0, -np.inf), np.inf), method="bvls").x
+    beta = np.zeros(design.shape[1])
+    beta[used] = solution / scale[used]
     return beta
+
+
+def design_matrix(tokens, requests, passes, knot: float) -> np.ndarray:
+    """One row of FEATURES per step (or bucket); knot = inf leaves the hinge column at zero."""
+    tokens, requests, passes = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (tokens, requests, passes)))
+    return np.stack([np.ones_like(tokens), tokens, requests, np.maximum(0.0, tokens - knot),
+                     passes, passes * requests], axis=-1)
+
+
+@dataclass
+class Buckets:
+    """Observations grouped by (token bin, request bin, passes): one row per bucket."""
+
+    keys: np.ndarray  # packed bucket keys, sorted
+    tokens: np.ndarray  # mean tokens
+    requests: np.ndarray  # mean requests
+    passes: np.ndarray
+    seconds: np.ndarray  # median wall time
+    counts: np.ndarray  # steps in the bucket
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls) -> "Buckets":
+        return cls(np.zeros(0, dtype=np.int64), *(np.zeros(0) for _ in range(4)), np.zeros(0, dtype=np.int64))
 
 
 class StepCostModel:
     """Online, robust step-time model. `observe()` every step, `fit()` when re-planning."""
 
     def __init__(self, window: int = 4096, min_buckets: int = 3, bucket_ratio: float = 1.08):
-        self._obs: deque = deque(maxlen=window)
+        # Ring buffer of (tokens, requests, passes, seconds): the newest `window` steps.
+        self._window = np.zeros((window, 4))
+        self._next = 0
+        self._filled = 0
         self.min_buckets = min_buckets
         self._log_ratio = math.log(bucket_ratio)
         self.coef: Optional[List[float]] = None  # FEATURES order
         self.knot: float = 0.0
         self.n_fits = 0
         self.last_rejected = 0
-        self._measured: dict = {}  # bucket key -> (median seconds, count), refreshed by fit()
+        # The window's buckets as of the last fit, for pricing cells by their measurements.
+        self._measured = Buckets.empty()
+        self._measured_by_key: dict = {}
 
     # ------------------------------------------------------------------ data
     def observe(self, tokens: int, requests: int, passes: int, seconds: float) -> None:
         if tokens <= 0 or requests <= 0 or not (seconds > 0) or math.isinf(seconds):
             return
-        self._obs.append(StepObservation(int(tokens), int(requests), int(max(passes, 0)), float(seconds)))
+        self._window[self._next] = (int(tokens), int(requests), int(max(passes, 0)), float(seconds))
+        self._next = (self._next + 1) % len(self._window)
+        self._filled = min(self._filled + 1, len(self._window))
 
     def observe_many(self, obs: Iterable[Tuple[int, int, int, float]]) -> None:
         for o in obs:
             self.observe(*o)
 
     def __len__(self) -> int:
-        return len(self._obs)
+        return self._filled
 
-    def _key(self, tokens: float, requests: float, passes: float) -> tuple:
-        # Geometric buckets of tokens, and of requests above 16 (exact below): a GRPO rollout
-        # visits every batch size, and one bucket per exact size would make fits slow.
-        r = int(requests) if requests <= 16 else 1000 + int(round(math.log(requests) / self._log_ratio))
-        return (int(round(math.log(tokens) / self._log_ratio)), r, int(passes))
+    # Geometric buckets of tokens, and of requests above EXACT_REQUESTS (exact below): a GRPO
+    # rollout visits every batch size, and one bucket per exact size would make fits slow.
+    # _key prices one cell per engine step in plain Python (numpy's per-call overhead would be
+    # ten times the arithmetic); _keys is the same binning over arrays, for fits and plans.
+    def _key(self, tokens: float, requests: float, passes: float) -> int:
+        token_bin = int(round(math.log(tokens) / self._log_ratio))
+        request_bin = int(requests) if requests <= EXACT_REQUESTS else 1000 + int(round(math.log(requests) / self._log_ratio))
+        return (token_bin << 2 * _KEY_BITS) | (request_bin << _KEY_BITS) | int(passes)
 
-    def buckets(self) -> List[Tuple[float, float, float, float, int]]:
-        """(mean tokens, mean requests, passes, median seconds, count) per bucket."""
-        groups: dict = {}
-        for o in self._obs:
-            groups.setdefault(self._key(o.tokens, o.requests, o.passes), []).append(o)
-        out = []
-        self._measured = {}
-        for key, g in groups.items():
-            toks = sum(o.tokens for o in g) / len(g)
-            reqs = sum(o.requests for o in g) / len(g)
-            med = _median([o.seconds for o in g])
-            self._measured[key] = (med, len(g))
-            out.append((toks, reqs, float(g[0].passes), med, len(g)))
-        return out
+    def _keys(self, tokens, requests, passes) -> np.ndarray:
+        tokens, requests = np.asarray(tokens, dtype=np.float64), np.asarray(requests, dtype=np.float64)
+        token_bin = np.rint(np.log(tokens) / self._log_ratio).astype(np.int64)
+        geometric = 1000 + np.rint(np.log(np.maximum(requests, 1.0)) / self._log_ratio).astype(np.int64)
+        request_bin = np.where(requests <= EXACT_REQUESTS, np.trunc(requests).astype(np.int64), geometric)
+        passes_bin = np.trunc(np.asarray(passes, dtype=np.float64)).astype(np.int64)
+        return (token_bin << 2 * _KEY_BITS) | (request_bin << _KEY_BITS) | passes_bin
+
+    def _group(self, rows: np.ndarray) -> Buckets:
+        if not len(rows):
+            return Buckets.empty()
+        tokens, requests, passes, seconds = rows.T
+        keys, group, counts = np.unique(self._keys(tokens, requests, passes), return_inverse=True, return_counts=True)
+        group, bucket = group.reshape(-1), np.arange(len(keys))
+        return Buckets(
+            keys=keys,
+            tokens=ndimage.mean(tokens, group, bucket),
+            requests=ndimage.mean(requests, group, bucket),
+            passes=ndimage.mean(passes, group, bucket),  # one value per bucket
+            seconds=ndimage.median(seconds, group, bucket),
+            counts=counts,
+        )
+
+    def buckets(self) -> Buckets:
+        """The window grouped into buckets; also what `measured()` answers from until the next call."""
+        self._measured = self._group(self._window[: self._filled])
+        known = self._measured
+        self._measured_by_key = dict(zip(known.keys.tolist(), zip(known.seconds.tolist(), known.counts.tolist())))
+        return known
 
     def measured(self, tokens: float, requests: float, passes: float) -> Optional[Tuple[float, int]]:
         """(median seconds, steps) of the bucket as of the last fit, or None if never seen."""
-        return self._measured.get(self._key(tokens, requests, passes))
+        return self._measured_by_key.get(self._key(tokens, requests, passes)) if tokens > 0 else None
+
+    def measured_many(self, tokens, requests, passes) -> Tuple[np.ndarray, np.ndarray]:
+        """measured() over arrays: (median seconds, steps) per cell, both 0 where never seen."""
+        known = self._measured
+        keys = self._keys(tokens, requests, passes)
+        if not len(known):
+            return np.zeros(keys.shape), np.zeros(keys.shape, dtype=np.int64)
+        at = np.minimum(np.searchsorted(known.keys, keys), len(known) - 1)
+        seen = known.keys[at] == keys
+        return np.where(seen, known.seconds[at], 0.0), np.where(seen, known.counts[at], 0)
 
     # ------------------------------------------------------------------- fit
-    @staticmethod
-    def _row(tokens: float, requests: float, passes: float, knot: float) -> List[float]:
-        return [1.0, tokens, requests, max(0.0, tokens - knot), passes, passes * requests]
-
     def fit(self) -> bool:
         """Re-fit from the window. Returns True if a model is available afterwards."""
-        bk = self.buckets()
-        if len(bk) < self.min_buckets:
+        buckets = self.buckets()
+        if len(buckets) < self.min_buckets:
             return self.coef is not None
-        toks = sorted({b[0] for b in bk})
         best = None
 
         def consider(knot):
             nonlocal best
-            coef, rejected, loss = self._fit_with_knot(bk, knot)
+            coef, rejected, loss = self._fit_with_knot(buckets, knot)
             # Mild preference for the simpler model (no knot) unless the knee really helps.
             score = loss * (1.0 if knot == float("inf") else 1.02)
             if best is None or score < best[0]:
@@ -196,90 +210,98 @@ class StepCostModel:
         # Knots at observed token levels strictly inside the range: a coarse grid, then every
         # level between the best coarse knot's neighbours (no knot = hinge unused).
         consider(float("inf"))
-        inner = toks[1:-1] if len(toks) >= 4 else []
+        token_levels = np.unique(buckets.tokens)
+        inner = token_levels[1:-1].tolist() if len(token_levels) >= 4 else []
         if inner:
             step = max(1, len(inner) // 8)
-            coarse = list(range(0, len(inner), step))
-            for i in coarse:
+            for i in range(0, len(inner), step):
                 consider(inner[i])
             if math.isfinite(best[2]):
                 j = inner.index(best[2])
                 for i in range(max(0, j - step + 1), min(len(inner), j + step)):
                     if i != j:
                         consider(inner[i])
-        _, self.coef, self.knot, self.last_rejected = best
+        _, coef, self.knot, self.last_rejected = best
+        self.coef = coef.tolist()
         self.n_fits += 1
         return True
 
-    def _fit_with_knot(self, bk, knot):
-        kn = knot if math.isfinite(knot) else 1e300
-        rows = [self._row(t, r, p, kn) for t, r, p, _, _ in bk]
-        y = [s for _, _, _, s, _ in bk]
-        w = [math.sqrt(c) / max(s, 1e-12) ** 2 for _, _, _, s, c in bk]  # relative error
-        nonneg = (1, 2, 3, 4, 5)
-        keep = list(range(len(bk)))
-        rejected = 0
-        for _ in range(2):
-            beta = weighted_least_squares([rows[i] for i in keep], [y[i] for i in keep], [w[i] for i in keep], nonneg=nonneg)
-            rel = [(y[i] - _dot(beta, rows[i])) / y[i] for i in range(len(bk))]
-            med = _median([rel[i] for i in keep])
-            mad = _median([abs(rel[i] - med) for i in keep]) * 1.4826
-            if mad <= 0 or len(keep) <= len(FEATURES):
-                break
-            bad = sorted((i for i in keep if abs(rel[i] - med) > 3.5 * mad + 0.02), key=lambda i: -abs(rel[i] - med))
-            bad = bad[: len(bk) // 4]  # never drop more than a quarter: a misfit is not noise
-            if not bad or len(keep) - len(bad) < self.min_buckets:
-                break
-            rejected = len(bad)
-            keep = [i for i in keep if i not in set(bad)]
+    def _fit_with_knot(self, buckets: Buckets, knot: float) -> Tuple[np.ndarray, int, float]:
+        """(coefficients, buckets rejected as outliers, bounded loss on all buckets) for one knot."""
+        design = design_matrix(buckets.tokens, buckets.requests, buckets.passes, knot)
+        seconds = buckets.seconds
+        count_weight = np.sqrt(buckets.counts)
+        weights = count_weight / np.maximum(seconds, 1e-12) ** 2  # fit relative errors
+        coef = weighted_least_squares(design, seconds, weights)
+        outliers = self._outliers((seconds - design @ coef) / seconds)
+        if len(outliers):
+            keep = np.ones(len(buckets), dtype=bool)
+            keep[outliers] = False
+            coef = weighted_least_squares(design[keep], seconds[keep], weights[keep])
         # Score on ALL buckets with a bounded loss, so knots are compared on the same data.
-        rel = [abs(y[i] - _dot(beta, rows[i])) / y[i] for i in range(len(bk))]
-        cw = [math.sqrt(c) for _, _, _, _, c in bk]
-        loss = sum(wi * min(r, 0.5) for wi, r in zip(cw, rel)) / sum(cw)
-        return beta, rejected, loss
+        relative_error = np.abs(seconds - design @ coef) / seconds
+        loss = float((count_weight * np.minimum(relative_error, 0.5)).sum() / count_weight.sum())
+        return coef, len(outliers), loss
+
+    def _outliers(self, relative_residual: np.ndarray) -> np.ndarray:
+        """Indices of buckets beyond 3.5 median absolute deviations (+2 %), worst first; none when
+        there are too few buckets to tell, or dropping them would leave too few to fit."""
+        center = np.median(relative_residual)
+        deviation = np.abs(relative_residual - center)
+        spread = np.median(deviation) * 1.4826  # MAD scaled to a normal sd
+        if spread <= 0 or len(relative_residual) <= len(FEATURES):
+            return np.zeros(0, dtype=np.int64)
+        candidates = np.flatnonzero(deviation > 3.5 * spread + 0.02)
+        worst_first = candidates[np.argsort(-deviation[candidates], kind="stable")]
+        bad = worst_first[: len(relative_residual) // 4]  # never drop more than a quarter: a misfit is not noise
+        if len(relative_residual) - len(bad) < self.min_buckets:
+            return np.zeros(0, dtype=np.int64)
+        return bad
 
     # ------------------------------------------------------------- predict
+    # Scalars or arrays (broadcast together): the scheduler prices one cell per step, the
+    # planner a whole grid at once.
     @property
     def fitted(self) -> bool:
         return self.coef is not None
 
-    def target_time(self, tokens: float, requests: float) -> float:
-        """Target forward + per-step framework time for `tokens` over `requests` (no drafting)."""
-        c = self.coef
-        if c is None:
+    def _coef(self) -> List[float]:
+        if self.coef is None:
             raise RuntimeError("cost model not fitted")
-        kn = self.knot if math.isfinite(self.knot) else 1e300
-        return c[0] + c[1] * tokens + c[2] * requests + c[3] * max(0.0, tokens - kn)
+        return self.coef
 
-    def draft_time(self, passes: float, requests: float) -> float:
-        c = self.coef
-        if c is None:
-            raise RuntimeError("cost model not fitted")
+    def target_time(self, tokens, requests):
+        """Target forward + per-step framework time for `tokens` over `requests` (no drafting)."""
+        c = self._coef()
+        return c[0] + c[1] * tokens + c[2] * requests + c[3] * _at_least(tokens - self.knot, 0.0)
+
+    def draft_time(self, passes, requests):
+        c = self._coef()
         return passes * (c[4] + c[5] * requests)
 
-    def predict(self, tokens: float, requests: float, passes: float) -> float:
-        return max(self.target_time(tokens, requests) + self.draft_time(passes, requests), 1e-9)
+    def predict(self, tokens, requests, passes):
+        return _at_least(self.target_time(tokens, requests) + self.draft_time(passes, requests), 1e-9)
 
-    def predict_local(self, tokens: float, requests: float, passes: float, prior_steps: float = 16.0) -> float:
+    def predict_local(self, tokens, requests, passes, prior_steps: float = 16.0):
         """The fitted model, pulled toward the bucket's measured median by its step count n:
         model * (median/model)**(n / (n + prior_steps)). A cell the engine has run for many steps
         is priced by what it measured, so a misfit of the global model (the step-time surface is
         not really linear) cannot keep steering choices the engine has tried; a cell seen a few
-        times moves a little; unseen cells are priced by the model alone."""
-        t = self.predict(tokens, requests, passes)
-        m = self.measured(tokens, requests, passes)
-        if m is None or m[0] <= 0:
-            return t
-        w = m[1] / (m[1] + prior_steps)
-        return t * (m[0] / t) ** w
+        times moves a little; unseen cells (n = 0) are priced by the model alone."""
+        model = self.predict(tokens, requests, passes)
+        if isinstance(model, np.ndarray):
+            median, steps = self.measured_many(tokens, requests, passes)
+        else:
+            median, steps = self.measured(tokens, requests, passes) or (0.0, 0)
+        return model * (median / model) ** (steps / (steps + prior_steps))
 
     def describe(self) -> dict:
-        d = {"fitted": self.fitted, "observations": len(self._obs), "fits": self.n_fits, "rejected_buckets": self.last_rejected}
+        d = {"fitted": self.fitted, "observations": len(self), "fits": self.n_fits, "rejected_buckets": self.last_rejected}
         if self.coef is not None:
-            d.update({name: v for name, v in zip(FEATURES, self.coef)})
+            d.update(zip(FEATURES, self.coef))
             d["knot"] = self.knot if math.isfinite(self.knot) else None
         return d
 
 
-def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))
+def _at_least(x, floor: float):
+    return np.maximum(x, floor) if isinstance(x, np.ndarray) else max(x, floor)

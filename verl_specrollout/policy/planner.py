@@ -1,4 +1,4 @@
-"""Concurrency-aware choice of the draft length K (stdlib only).
+"""Concurrency-aware choice of the draft length K (numpy; no torch / vLLM imports).
 
 For every batch size B in 1..max_batch the planner picks K in 0..max_k maximising the
 expected committed tokens per second of a decode step::
@@ -39,10 +39,14 @@ import heapq
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from verl_specrollout.config import MODES
 from verl_specrollout.policy.acceptance import AcceptanceEstimator
 from verl_specrollout.policy.cost_model import StepCostModel
 
+# Batch sizes whose throughput-by-K rows stats() reports.
+REPORTED_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 # ---------------------------------------------------------------- table formats
@@ -103,29 +107,54 @@ def plan_grid(max_batch: int, exact_upto: int = 16, ratio: float = 1.05) -> List
 
 
 # ---------------------------------------------------------------- pure choices
-def throughput(b: int, k: int, e_table: Sequence[float], cost: StepCostModel, zero_k_passes: int) -> float:
-    passes = k if k > 0 else zero_k_passes
-    if k > 0 and zero_k_passes > 0:
-        passes = max(k, zero_k_passes)
-    t = cost.predict_local(b * (1 + k), b, passes)
-    return b * e_table[k] / t
+def draft_passes(k, zero_k_passes: int):
+    """Draft forward passes the engine runs to draft k tokens (an int or an array of them): k,
+    but never fewer than a K = 0 step's (a model drafter keeps its KV cache in sync with one pass
+    even at K = 0)."""
+    return np.maximum(k, zero_k_passes) if isinstance(k, np.ndarray) else max(k, zero_k_passes)
+
+
+def throughput(batch_size: int, k: int, expected: Sequence[float], cost: StepCostModel, zero_k_passes: int) -> float:
+    """Committed tokens per second of a decode step of batch_size requests drafting k."""
+    seconds = cost.predict_local(batch_size * (1 + k), batch_size, draft_passes(k, zero_k_passes))
+    return batch_size * expected[k] / seconds
+
+
+def throughput_table(
+    batch_sizes: Sequence[int], expected: Sequence[float], cost: StepCostModel, max_k: int, zero_k_passes: int
+) -> np.ndarray:
+    """throughput() for every batch size (rows) and K = 0..max_k (columns), in one model call."""
+    batch = np.asarray(batch_sizes, dtype=np.float64)[:, None]
+    k = np.arange(max_k + 1)[None, :]
+    seconds = cost.predict_local(batch * (1 + k), batch, draft_passes(k, zero_k_passes))
+    return batch * np.asarray(expected[: max_k + 1], dtype=np.float64) / seconds
+
+
+def best_k(tokens_per_second: np.ndarray, current: np.ndarray, hysteresis: float) -> np.ndarray:
+    """Per row, the K of highest throughput (the smaller K on exact ties), unless the row's
+    `current` K (-1: none) is within `hysteresis` of it: switching on noise churns the table."""
+    best = np.argmax(tokens_per_second, axis=1)  # first maximum: the smallest such K
+    rows = np.arange(len(best))
+    valid = (current >= 0) & (current < tokens_per_second.shape[1])
+    current_tps = tokens_per_second[rows, np.where(valid, current, 0)]
+    stay = valid & (tokens_per_second[rows, best] <= current_tps * (1.0 + hysteresis))
+    return np.where(stay, current, best)
 
 
 def choose_k(
-    b: int,
-    e_table: Sequence[float],
+    batch_size: int,
+    expected: Sequence[float],
     cost: StepCostModel,
     max_k: int,
     zero_k_passes: int = 0,
     current: Optional[int] = None,
     hysteresis: float = 0.0,
 ) -> Tuple[int, List[float]]:
-    """Best K for batch size b; keeps `current` unless another K is better by > hysteresis."""
-    tps = [throughput(b, k, e_table, cost, zero_k_passes) for k in range(max_k + 1)]
-    best = max(range(max_k + 1), key=lambda k: (tps[k], -k))
-    if current is not None and 0 <= current <= max_k and tps[best] <= tps[current] * (1.0 + hysteresis):
-        best = current
-    return best, tps
+    """Best K for one batch size; keeps `current` unless another K is better by > hysteresis.
+    Also returns the throughput of every K."""
+    tokens_per_second = throughput_table([batch_size], expected, cost, max_k, zero_k_passes)
+    k = best_k(tokens_per_second, np.array([-1 if current is None else current]), hysteresis)
+    return int(k[0]), tokens_per_second[0].tolist()
 
 
 def allocate_verification_budget(
@@ -202,7 +231,9 @@ class Planner:
         self.cost = StepCostModel(window=cost_window)
         # Re-planning runs on the engine's critical path (inside the scheduler): when one
         # re-plan took longer than `overhead_budget` of the time since the previous one, the
-        # next is postponed (on a fast engine with tiny batches a fit can cost several steps).
+        # next is postponed. A re-plan over a full window at max_batch 1024 costs ~25-60 ms on
+        # two busy CPU cores (python -m benchmarks.replan_cost; 0.25-0.47 s when the fit was pure
+        # Python): still several steps of a fast engine with tiny batches, so the budget stays.
         self.overhead_budget = overhead_budget
         self.clock = clock  # seconds; tests drive it with simulated step times
         self._last_replan_end: Optional[float] = None
@@ -266,9 +297,7 @@ class Planner:
 
     # -------------------------------------------------------------- observe
     def passes_for(self, k: int) -> int:
-        if k <= 0:
-            return self.zero_k_passes
-        return max(k, self.zero_k_passes)
+        return draft_passes(k, self.zero_k_passes)
 
     def observe_step(self, requests: int, tokens: int, drafted_k: int, seconds: Optional[float]) -> None:
         """One engine step: `requests` scheduled, `tokens` target tokens, drafting `drafted_k`
@@ -343,28 +372,28 @@ class Planner:
             self.cost.fit()
         if not self.cost.fitted:
             return [0] + [self.max_k] * self.max_batch
-        e = self.acceptance.expected_table()
-        out = [0] * (self.max_batch + 1)
-        self._last_tps = {}
-        grid = plan_grid(self.max_batch)
-        for i, b in enumerate(grid):
-            cur = current[b] if current is not None and b < len(current) else None
-            k, tps = choose_k(b, e, self.cost, self.max_k, self.zero_k_passes, cur, self.hysteresis)
-            hi = grid[i + 1] if i + 1 < len(grid) else self.max_batch + 1
-            out[b:hi] = [k] * (hi - b)
-            if b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
-                self._last_tps[b] = tps
-        return out
+        grid = np.array(plan_grid(self.max_batch))
+        tokens_per_second = throughput_table(
+            grid, self.acceptance.expected_table(), self.cost, self.max_k, self.zero_k_passes)
+        current_k = np.full(len(grid), -1)
+        if current is not None:
+            inside = grid < len(current)
+            current_k[inside] = np.asarray(current)[grid[inside]]
+        chosen = best_k(tokens_per_second, current_k, self.hysteresis)
+        # Sizes between grid points take the K of the grid point below (grid[0] is 1).
+        span = np.diff(np.append(grid, self.max_batch + 1))
+        self._last_tps = {int(b): row.tolist() for b, row in zip(grid, tokens_per_second) if b in REPORTED_BATCH_SIZES}
+        return [0] + np.repeat(chosen, span).tolist()
 
     def min_token_gain(self, b: int, k: int) -> float:
         """Expected tokens one extra verified draft token must bring to pay for itself at
         batch size b and draft length k: marginal step cost of a token x current throughput."""
         if not self.cost.fitted:
             return 0.0
-        toks = b * (1 + k)
-        m = self.cost.predict(toks + 1, b, self.passes_for(k)) - self.cost.predict(toks, b, self.passes_for(k))
-        tp = throughput(b, k, self.acceptance.expected_table(), self.cost, self.zero_k_passes)
-        return max(0.0, m * tp)
+        tokens, passes = b * (1 + k), self.passes_for(k)
+        seconds_per_token = self.cost.predict(tokens + 1, b, passes) - self.cost.predict(tokens, b, passes)
+        tokens_per_second = throughput(b, k, self.acceptance.expected_table(), self.cost, self.zero_k_passes)
+        return max(0.0, seconds_per_token * tokens_per_second)
 
     # -------------------------------------------------------------- metrics
     def stats(self) -> dict:

@@ -1,4 +1,4 @@
-"""Is a speculative GRPO run statistically the same as a plain one? (issue 5, item 3)
+"""Is a speculative GRPO run statistically the same as a plain one?
 
 Inputs are veRL's own rollout dumps (``trainer.rollout_data_dir``: ``<step>.jsonl``, one line per
 sample, with the per-sample log-probs of :mod:`verl_specrollout.testing.e2e.rollout_dump`) of two runs
@@ -111,6 +111,7 @@ def _block_null(block: Block, n_perm: int, rng: np.random.Generator):
 
 def perm_max_test(blocks: list[Block], n_perm: int = 20000, seed: int = 0) -> PermResult:
     """Stratified permutation test of "arm a and arm b sample the same", max-|z| over all quantities."""
+    # Not scipy.stats.permutation_test: it cannot keep permutations within strata, and max|z| needs each z_k scaled by its own permutation sd.
     rng = np.random.default_rng(seed)
     max_obs, max_perm, rows = 0.0, np.zeros(n_perm), []
     for b in blocks:
