@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU smoke run: target verification cost and EAGLE-3 draft cost vs tokens per step at
+# Qwen2.5-7B / Llama-3-8B / Qwen2.5-32B shapes (random weights, torch only, no vLLM/veRL,
+# no downloads). See tools/gpu_verify_cost.py for what is timed and the JSON schema.
+#
+# With the project's device tool (it runs the command in the repo root of a copy of the
+# working tree on the GPU machine, and brings back what is written under $OUT):
+#
+#     run(command="bash tools/gpu_smoke.sh", timeout_s=450)
+#
+# The full run is sized to ~4 minutes on an H200 (--budget-s 240 stops starting new points,
+# and the JSON is rewritten after every point), which leaves device time for one rerun.
+# Results: $OUT/gpu_verify_cost.json and $OUT/gpu_verify_cost.log when $OUT is set (the
+# device tool sets it), else results/. Extra arguments go to the Python script, e.g.
+#
+#     bash tools/gpu_smoke.sh --models qwen2.5-7b --budget-s 120   # a shorter rerun
+#     bash tools/gpu_smoke.sh --no-graphs                          # if CUDA graph capture fails
+#     bash tools/gpu_smoke.sh --device cpu --tiny                  # toy shapes on a CPU, seconds
+#
+# Exit status: non-zero when torch is missing, when no point could be measured, or when the
+# run exceeds SMOKE_TIMEOUT_S (default 400 s, under the device tool's timeout so the log still
+# comes back; the JSON then holds every finished point).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The project venv where there is one (this CPU machine); the GPU machine's own python3
+# otherwise (.venv is not part of the copied working tree).
+if [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
+  PY=.venv/bin/python
+else
+  PY=python3
+fi
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "[gpu-smoke] $PY cannot import torch" >&2
+  exit 3
+fi
+
+RESULTS=${OUT:-results}
+mkdir -p "$RESULTS"
+JSON="$RESULTS/gpu_verify_cost.json"
+LOG="$RESULTS/gpu_verify_cost.log"
+echo "[gpu-smoke] results -> $JSON (log $LOG)"
+"$PY" -c "import torch; print('[gpu-smoke] torch', torch.__version__, 'cuda', torch.version.cuda,
+      'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" | tee "$LOG"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm \
+  --format=csv,noheader 2>&1 | sed 's/^/[gpu-smoke] /' | tee -a "$LOG" || true
+
+set +e
+timeout --signal=TERM "${SMOKE_TIMEOUT_S:-400}" \
+  "$PY" -u tools/gpu_verify_cost.py --out "$JSON" "$@" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
+echo "[gpu-smoke] exit $rc; results in $JSON"
+exit "$rc"
