@@ -25,11 +25,9 @@ import os
 from typing import Any
 
 from verl_specrollout import compat
+from verl_specrollout.verl_adapter.import_hook import wrap_once
 
 logger = logging.getLogger("verl_specrollout.actor_hooks")
-
-PATCHED_ATTR = "__specrollout_patched__"
-
 
 # ----------------------------------------------------------------------------- config helpers
 def spec_config(rollout_config: Any):
@@ -142,19 +140,14 @@ def _after_init_model(worker) -> None:
 
 
 def patch_actor_worker(module) -> None:
-    cls = getattr(module, compat.VERL_ACTOR_WORKER_CLASS)
-    orig = getattr(cls, compat.VERL_WORKER_INIT_METHOD)
-    if getattr(orig, PATCHED_ATTR, False):
-        return
+    def make(init_model):
+        def wrapper(self, *args, **kwargs):
+            out = init_model(self, *args, **kwargs)
+            _after_init_model(self)
+            return out
+        return wrapper
 
-    @functools.wraps(orig)
-    def init_model(self, *args, **kwargs):
-        out = orig(self, *args, **kwargs)
-        _after_init_model(self)
-        return out
-
-    setattr(init_model, PATCHED_ATTR, True)
-    setattr(cls, compat.VERL_WORKER_INIT_METHOD, init_model)
+    wrap_once(getattr(module, compat.VERL_ACTOR_WORKER_CLASS), compat.VERL_WORKER_INIT_METHOD, make)
 
 
 def policy_shared_weights(module):

@@ -12,11 +12,12 @@ reload): each asks the others for the spec under a re-entrancy guard instead of 
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import logging
 import sys
 import threading
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 logger = logging.getLogger("verl_specrollout.import_hook")
 
@@ -85,3 +86,18 @@ def patch_on_import(module_name: str, patch: Patch) -> None:
         _apply(module_name, sys.modules[module_name], [patch])
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+
+
+WRAPPED_ATTR = "__specrollout_wrapped__"
+
+
+def wrap_once(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable]) -> bool:
+    """Replace ``owner.name`` by ``make_wrapper(original)`` unless it already is one of our wrappers
+    (a module imported twice, or a second install). Returns whether it wrapped."""
+    original = getattr(owner, name)
+    if getattr(original, WRAPPED_ATTR, False):
+        return False
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, WRAPPED_ATTR, True)
+    setattr(owner, name, wrapper)
+    return True

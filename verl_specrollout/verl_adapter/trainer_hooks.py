@@ -12,7 +12,6 @@ Installed through verl_adapter/import_hook.py by verl_adapter/registration.py:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import tempfile
@@ -20,7 +19,8 @@ import weakref
 from typing import Dict, Optional
 
 from verl_specrollout import compat
-from verl_specrollout.verl_adapter.actor_hooks import PATCHED_ATTR, learning_enabled, spec_config
+from verl_specrollout.verl_adapter.actor_hooks import learning_enabled, spec_config
+from verl_specrollout.verl_adapter.import_hook import wrap_once
 
 logger = logging.getLogger("verl_specrollout.trainer_hooks")
 
@@ -89,45 +89,38 @@ def collect_step_metrics(trainer) -> Dict[str, float]:
 
 def patch_trainer(module) -> None:
     cls = getattr(module, compat.VERL_TRAINER_CLASS)
-    init = cls.__init__
-    if getattr(init, PATCHED_ATTR, False):
-        return
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        try:
-            _resolve_publish_dir(self.config)
-        except Exception:
-            logger.exception("verl-specrollout: cannot resolve learner.publish_dir")
-            raise
-
-    setattr(__init__, PATCHED_ATTR, True)
-    cls.__init__ = __init__
-
-    orig_init_workers = getattr(cls, compat.VERL_TRAINER_INIT_WORKERS)
-
-    @functools.wraps(orig_init_workers)
-    def init_workers(self, *args, **kwargs):
-        global _trainer_ref
-        out = orig_init_workers(self, *args, **kwargs)
-        if spec_config(self.config.actor_rollout_ref.rollout).enable:
-            _trainer_ref = weakref.ref(self)
-        return out
-
-    setattr(cls, compat.VERL_TRAINER_INIT_WORKERS, init_workers)
-
-    orig_fn = getattr(module, compat.VERL_TRAINER_SPEC_METRICS_FN)
-
-    @functools.wraps(orig_fn)
-    def compute_spec_decode_metrics(*args, **kwargs):
-        out = orig_fn(*args, **kwargs)
-        trainer = _trainer_ref() if _trainer_ref is not None else None
-        if trainer is not None:
+    def make_init(init):
+        def __init__(self, *args, **kwargs):
+            init(self, *args, **kwargs)
             try:
-                out = {**out, **collect_step_metrics(trainer)}
-            except Exception:  # metrics must never stop training
-                logger.exception("verl-specrollout: step metrics failed")
-        return out
+                _resolve_publish_dir(self.config)
+            except Exception:
+                logger.exception("verl-specrollout: cannot resolve learner.publish_dir")
+                raise
+        return __init__
 
-    setattr(module, compat.VERL_TRAINER_SPEC_METRICS_FN, compute_spec_decode_metrics)
+    def make_init_workers(init_workers):
+        def wrapper(self, *args, **kwargs):
+            global _trainer_ref
+            out = init_workers(self, *args, **kwargs)
+            if spec_config(self.config.actor_rollout_ref.rollout).enable:
+                _trainer_ref = weakref.ref(self)
+            return out
+        return wrapper
+
+    def make_metrics(compute_spec_decode_metrics):
+        def wrapper(*args, **kwargs):
+            out = compute_spec_decode_metrics(*args, **kwargs)
+            trainer = _trainer_ref() if _trainer_ref is not None else None
+            if trainer is not None:
+                try:
+                    out = {**out, **collect_step_metrics(trainer)}
+                except Exception:  # metrics must never stop training
+                    logger.exception("verl-specrollout: step metrics failed")
+            return out
+        return wrapper
+
+    wrap_once(cls, "__init__", make_init)
+    wrap_once(cls, compat.VERL_TRAINER_INIT_WORKERS, make_init_workers)
+    wrap_once(module, compat.VERL_TRAINER_SPEC_METRICS_FN, make_metrics)

@@ -24,15 +24,13 @@ alone), and nothing happens unless ``trainer.rollout_data_dir`` is set. Used by
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from verl_specrollout import compat
-from verl_specrollout.verl_adapter.import_hook import patch_on_import
+from verl_specrollout.verl_adapter.import_hook import patch_on_import, wrap_once
 
 logger = logging.getLogger("verl_specrollout.rollout_dump")
 
-_PATCHED_ATTR = "__specrollout_dump_patched__"
 
 
 def per_sample_fields(batch) -> dict[str, list]:
@@ -58,22 +56,17 @@ def per_sample_fields(batch) -> dict[str, list]:
 
 
 def patch_trainer(module) -> None:
-    cls = getattr(module, compat.VERL_TRAINER_CLASS)
-    orig = getattr(cls, compat.VERL_TRAINER_LOG_ROLLOUT_DATA)
-    if getattr(orig, _PATCHED_ATTR, False):
-        return
+    def make(log_rollout_data):
+        def wrapper(self, batch, reward_extra_infos_dict, *args, **kwargs):
+            extra = reward_extra_infos_dict
+            try:
+                extra = {**(reward_extra_infos_dict or {}), **per_sample_fields(batch)}
+            except Exception:  # a dump must never stop training
+                logger.warning("verl-specrollout: per-sample log-probs not dumped", exc_info=True)
+            return log_rollout_data(self, batch, extra, *args, **kwargs)
+        return wrapper
 
-    @functools.wraps(orig)
-    def _log_rollout_data(self, batch, reward_extra_infos_dict, *args, **kwargs):
-        extra = reward_extra_infos_dict
-        try:
-            extra = {**(reward_extra_infos_dict or {}), **per_sample_fields(batch)}
-        except Exception:  # a dump must never stop training
-            logger.warning("verl-specrollout: per-sample log-probs not dumped", exc_info=True)
-        return orig(self, batch, extra, *args, **kwargs)
-
-    setattr(_log_rollout_data, _PATCHED_ATTR, True)
-    setattr(cls, compat.VERL_TRAINER_LOG_ROLLOUT_DATA, _log_rollout_data)
+    wrap_once(getattr(module, compat.VERL_TRAINER_CLASS), compat.VERL_TRAINER_LOG_ROLLOUT_DATA, make)
 
 
 def install() -> None:
