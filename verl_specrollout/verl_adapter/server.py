@@ -31,7 +31,7 @@ import ray
 from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
 from verl_specrollout.config import METHODS, SpecRolloutConfig
-from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs
+from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, pin_model_runner
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             spec_cfg.planner.stats_path = os.path.join(
                 d, f"replica{getattr(self, 'replica_rank', 0)}_node{getattr(self, 'node_rank', 0)}_{os.getpid()}.json")
         self._sr_stats_path = spec_cfg.planner.stats_path
+        pin_model_runner()  # before vLLM builds its config in this process
         extra = build_engine_kwargs(spec_cfg, target_path=self.model_config.local_path, existing=engine_kwargs)
         # vLLM's spec-decode counters exist only with log stats on (veRL defaults them off).
         extra["disable_log_stats"] = False

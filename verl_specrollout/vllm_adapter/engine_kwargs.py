@@ -8,7 +8,8 @@ tested path and the production path are the same.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import os
+from typing import Any, MutableMapping, Optional
 
 from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, SpecRolloutConfigError, validate_table
 
@@ -83,3 +84,33 @@ def build_engine_kwargs(
     additional[ADDITIONAL_CONFIG_KEY] = cfg.to_dict()
     kwargs["additional_config"] = additional
     return kwargs
+
+
+def pin_model_runner(env: Optional[MutableMapping[str, str]] = None, vllm_version: Optional[str] = None) -> Optional[str]:
+    """Keep vLLM on the model runner that drafts the K the planner scheduled.
+
+    vLLM 0.29-0.31 pick their V2 model runner by default on GPUs, and it drafts max K every step
+    whatever the scheduler asked for (compat.VLLM_ENV_USE_V2_MODEL_RUNNER). There we set
+    ``VLLM_USE_V2_MODEL_RUNNER=0`` in this process before the engine is built (engine processes
+    inherit it), unless the user chose a runner: then we only warn. Returns what was done, for
+    the log; None when nothing was needed."""
+    from verl_specrollout import compat
+
+    env = os.environ if env is None else env
+    version = vllm_version or compat.vllm_version()
+    if version is None or compat._major_minor(version) >= compat.VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K:
+        return None
+    name = compat.VLLM_ENV_USE_V2_MODEL_RUNNER
+    chosen = env.get(name)
+    if chosen is None or chosen == "":
+        env[name] = "0"
+        msg = (f"{name}=0: vLLM {version}'s V2 model runner drafts max K every step and ignores the "
+               "planner's per-step K; the V1 runner follows it")
+        logger.info("verl-specrollout: %s", msg)
+        return msg
+    if chosen.strip().lower() in ("1", "true"):
+        msg = (f"{name}={chosen} set by the user: on vLLM {version} the V2 model runner drafts max K every "
+               "step, so the planner chooses verification width but not draft cost")
+        logger.warning("verl-specrollout: %s", msg)
+        return msg
+    return None
