@@ -46,6 +46,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
+from verl_specrollout.draft.format import draft_target_vocab, read_draft_info
+
 METHODS = ("eagle3", "draft_model", "ngram")
 MODES = ("adaptive", "static", "off")
 PLACEMENTS = ("cpu", "gpu", "shared_gpu")
@@ -323,13 +325,10 @@ ENABLED_RULES = (_draft_path_given, _learner_needs_eagle3)
 
 # ----------------------------------------------------------------------------- public helpers
 def draft_aux_layer_ids(draft_path: Optional[str]) -> Optional[list]:
-    """EAGLE-3 aux layer ids from a vLLM-format draft's config.json (None if absent)."""
+    """EAGLE-3 aux layer ids named by a draft checkpoint (any format draft/format.py reads), or None."""
     if not draft_path:
         return None
-    cfg = _read_json(os.path.join(draft_path, "config.json")) or {}
-    ids = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or cfg.get(
-        "eagle_aux_hidden_state_layer_ids")
-    return [int(i) for i in ids] if ids else None
+    return read_draft_info(draft_path).aux_layer_ids
 
 
 def validate_table(table: Any, max_k: Optional[int]) -> list:
@@ -358,18 +357,24 @@ def validate_table(table: Any, max_k: Optional[int]) -> list:
 
 
 def check_vocab(target_path: str, draft_path: str) -> None:
-    """Target and draft must agree on the vocabulary the target verifies against."""
+    """Target and draft must agree on the vocabulary the target verifies against.
+
+    A draft's `vocab_size` is the target vocabulary its proposals are in; a smaller
+    `draft_vocab_size` (the head's own lm_head) is fine with a `d2t` map, which
+    read_draft_info checks in the weight file's header.
+    """
     tgt = _read_json(os.path.join(target_path, "config.json"))
-    drf = _read_json(os.path.join(draft_path, "config.json"))
-    if tgt is None or drf is None:
+    if tgt is None:
         return  # a hub id or a non-local target: vLLM will check at load time
     tv = _vocab_size(tgt)
-    dv = _vocab_size(drf)
+    # The vocabulary alone first: a mismatch is the likeliest mistake and needs nothing else.
+    dv = draft_target_vocab(draft_path)
     if tv is not None and dv is not None and tv != dv:
         raise SpecRolloutConfigError(
             f"draft vocabulary ({dv}, {draft_path}) does not match the target's ({tv}, {target_path}); "
             "a draft must be trained for this target's tokenizer"
         )
+    read_draft_info(draft_path)
 
 
 def iter_keys(cls: type = SpecRolloutConfig, prefix: str = ROOT):

@@ -15,7 +15,15 @@ norms, residual placement, RoPE), so the state dict saves as a checkpoint that v
 * ``midlayer.post_attention_layernorm``, ``midlayer.mlp.{gate,up,down}_proj``
 * ``norm.weight``               final RMSNorm before the (shared) lm_head
 * optional ``lm_head.weight`` / ``embed_tokens.weight`` (absent => vLLM shares the target's;
-  never write into those shared modules), optional ``d2t`` for a reduced draft vocabulary.
+  never write into those shared modules).
+* ``d2t`` (and ``t2d``) for a reduced draft vocabulary: the head's own lm_head has
+  ``draft_vocab_size`` rows and draft id ``i`` is target id ``i + d2t[i]`` (vLLM's
+  ``Eagle3LlamaForCausalLM.compute_logits``); ``t2d`` is the boolean mask of those target ids,
+  which vLLM skips and we write for other tools.
+
+:func:`load_vllm_checkpoint` also reads the EAGLE authors' ``pytorch_model.bin`` and the
+speculators library's layout (see draft/format.py); :func:`save_vllm_checkpoint` always writes
+vLLM's.
 
 Alignment (vLLM's EAGLE proposer): draft slot ``t`` takes the target's aux hidden states at
 position ``t`` and the embedding of token ``x[t+1]``, runs at position ``t`` and predicts
@@ -31,6 +39,7 @@ Aux layer id ``L`` (vLLM) = the residual stream after ``L`` decoder layers = HF
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -41,6 +50,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from verl_specrollout.config import SpecRolloutConfigError
+from verl_specrollout.draft.format import UNSUPPORTED_FLAGS, DraftInfo, read_draft_info
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,6 +78,8 @@ class Eagle3Config:
     hidden_act: str = "silu"
     own_embed_tokens: bool = False
     own_lm_head: bool = False
+    # vLLM's `norm_before_residual` (speculators heads): the residual is the *normed* fused feature.
+    norm_before_residual: bool = False
     torch_dtype: str = "float32"
 
     def __post_init__(self):
@@ -117,6 +133,7 @@ class Eagle3Config:
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": False,
+            "norm_before_residual": self.norm_before_residual,
             "attention_bias": False,
             "mlp_bias": False,
             "torch_dtype": self.torch_dtype,
@@ -222,10 +239,12 @@ class _MidLayer(nn.Module):
         self.self_attn = _Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = _MLP(cfg)
+        self.norm_before_residual = cfg.norm_before_residual
 
     def forward(self, embeds, hidden, positions, cache, key_mask=None):
-        residual = hidden
-        x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
+        normed = self.hidden_norm(hidden)
+        residual = normed if self.norm_before_residual else hidden
+        x = torch.cat([self.input_layernorm(embeds), normed], dim=-1)
         x = self.self_attn(x, positions, cache, key_mask)
         residual = x + residual
         x = self.mlp(self.post_attention_layernorm(residual))
@@ -245,6 +264,9 @@ class Eagle3Draft(nn.Module):
         self.midlayer = _MidLayer(config)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         dv = config.draft_vocab_size or config.vocab_size
+        if dv != config.vocab_size and not config.own_lm_head:
+            raise ValueError(f"draft_vocab_size={dv} != vocab_size={config.vocab_size} needs the head's own "
+                             "lm_head (own_lm_head=True): the target's has vocab_size rows")
         self.embed_tokens = (nn.Embedding(config.vocab_size, config.hidden_size)
                              if config.own_embed_tokens else None)
         self.lm_head = nn.Linear(config.hidden_size, dv, bias=False) if config.own_lm_head else None
@@ -252,6 +274,12 @@ class Eagle3Draft(nn.Module):
             self.register_buffer("d2t", torch.zeros(dv, dtype=torch.long))
         else:
             self.d2t = None
+
+    def target_ids(self) -> Optional[torch.Tensor]:
+        """Target id of each draft id ([draft_vocab_size] long), or None when the vocab is not reduced."""
+        if self.d2t is None:
+            return None
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
 
     def combine_hidden_states(self, aux_hidden_states):
         """aux: list of [B,T,Ht] (in ``aux_layer_ids`` order) or a concatenated [B,T,n*Ht]."""
@@ -303,17 +331,49 @@ class Eagle3Draft(nn.Module):
         return (logits, hiddens) if return_hidden else logits
 
 
+def soft_targets(target_logits: torch.Tensor, target_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """The distribution a draft is trained towards: softmax of the target's logits over the ids
+    the draft can propose.
+
+    With a reduced draft vocabulary that is the target's logits at ``target_ids`` (draft id order),
+    renormalised over them: what speculators trains against (``verifier_lm_head`` = the target's
+    lm_head rows selected by ``t2d``, then softmax; models/eagle3/core.py, model.py, losses/eager.py).
+    """
+    if target_ids is not None:
+        target_logits = target_logits.index_select(-1, target_ids)
+    return torch.softmax(target_logits.float(), -1)
+
+
+def top1_agrees(draft_logits: torch.Tensor, target_logits: torch.Tensor,
+                target_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Whether the draft's top token is the target's, both as target ids (what vLLM's greedy
+    verification compares), so a target top token outside the draft vocabulary counts as a miss."""
+    pred = draft_logits.argmax(-1)
+    if target_ids is not None:
+        pred = target_ids[pred]
+    return pred == target_logits.argmax(-1)
+
+
+def check_target_vocab(draft: Eagle3Draft, rows: int, what: str) -> None:
+    if rows != draft.config.vocab_size:
+        raise ValueError(f"{what} has {rows} vocabulary rows; the draft's target vocab_size is "
+                         f"{draft.config.vocab_size}")
+
+
 def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits, *,
                 embed_weight=None, lm_head_weight=None, loss_mask=None, num_steps=1,
                 step_decay=0.8):
     """Soft cross-entropy of each unroll step against the target's next-token distribution.
 
-    ``target_logits`` [B,T,V]: the target's logits at positions 0..T-1 (position p predicts
-    x[p+1]).  Step j slot t is scored against ``target_logits[:, t+j]``.  ``loss_mask`` [B,T]
+    ``target_logits`` [B,T,V]: the target's full-vocabulary logits at positions 0..T-1 (position
+    p predicts x[p+1]).  Step j slot t is scored against ``target_logits[:, t+j]``, restricted to
+    the draft vocabulary when it is reduced (see :func:`soft_targets`).  ``loss_mask`` [B,T]
     marks positions p whose prediction should count (e.g. response tokens).  Returns
     (loss, stats) with per-step top-1 agreement.
     """
     B, T, V = target_logits.shape
+    check_target_vocab(draft, V, "target_logits")
+    ids = draft.target_ids()
     logits = draft(aux_hidden_states, input_ids, embed_weight=embed_weight,
                    lm_head_weight=lm_head_weight, num_steps=num_steps,
                    attention_mask=None if loss_mask is None else (loss_mask > 0))
@@ -327,7 +387,7 @@ def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits,
         pred = lg[:, : T - j]
         tgt = target_logits[:, j:]
         m = loss_mask[:, j:]
-        p_t = torch.softmax(tgt.float(), -1)
+        p_t = soft_targets(tgt, ids)
         ce = -(p_t * torch.log_softmax(pred.float(), -1)).sum(-1)
         denom = m.sum().clamp_min(1.0)
         step_loss = (ce * m).sum() / denom
@@ -335,7 +395,7 @@ def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits,
         total = total + w * step_loss
         wsum += w
         with torch.no_grad():
-            acc = ((pred.argmax(-1) == tgt.argmax(-1)).float() * m).sum() / denom
+            acc = (top1_agrees(pred, tgt, ids).float() * m).sum() / denom
         stats[f"step{j}_loss"] = float(step_loss.detach())
         stats[f"step{j}_top1"] = float(acc)
     return total / max(wsum, 1e-9), stats
@@ -344,12 +404,20 @@ def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits,
 # ----------------------------------------------------------------------------- checkpoint I/O
 
 def vllm_state_dict(model: Eagle3Draft) -> dict:
-    """Tensors under vLLM's EAGLE-3 checkpoint names (contiguous CPU copies)."""
+    """Tensors under vLLM's EAGLE-3 checkpoint names (contiguous CPU copies).
+
+    A reduced-vocabulary head also gets ``t2d`` (vLLM skips it; the EAGLE authors' and
+    speculators' tools expect it next to ``d2t``)."""
     out = {}
     for name, t in model.state_dict().items():
         if name == "d2t" and model.d2t is None:
             continue
         out[name] = t.detach().to("cpu").contiguous().clone()
+    ids = model.target_ids()
+    if ids is not None:
+        t2d = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        t2d[ids.cpu()] = True
+        out["t2d"] = t2d
     return out
 
 
@@ -393,35 +461,140 @@ def save_vllm_checkpoint(model: Eagle3Draft, out_dir: str, target_config=None, *
     return out_dir
 
 
-def load_vllm_checkpoint(ckpt_dir: str, map_location="cpu") -> Eagle3Draft:
-    """Load a checkpoint written by :func:`save_vllm_checkpoint` (or any Llama EAGLE-3
-    checkpoint in vLLM's format with a 1-layer midlayer)."""
-    from safetensors.torch import load_file
+def load_vllm_checkpoint(ckpt_dir: str, map_location="cpu", aux_layer_ids: Optional[Sequence[int]] = None
+                         ) -> Eagle3Draft:
+    """Load an EAGLE-3 head with one decoder layer from any layout draft/format.py reads: ours
+    (:func:`save_vllm_checkpoint`), vLLM's / the EAGLE authors' (``model.safetensors`` or
+    ``pytorch_model.bin``) or the speculators library's (``layers.0.*``, nested config).
 
+    ``aux_layer_ids`` is used only when the checkpoint names none. Raises
+    SpecRolloutConfigError (a ValueError) naming what does not fit.
+    """
+    info = read_draft_info(ckpt_dir, eagle3=True)
+    sd = to_vllm_names(read_weights(ckpt_dir, info.weight_files, map_location))
     extra_path = os.path.join(ckpt_dir, EXTRA_NAME)
-    sd = load_file(os.path.join(ckpt_dir, WEIGHTS_NAME), device=str(map_location))
-    if os.path.exists(extra_path):
+    if info.format == "specrollout":
         with open(extra_path) as f:
             cfg = Eagle3Config(**json.load(f)["eagle3_config"])
     else:
-        with open(os.path.join(ckpt_dir, CONFIG_NAME)) as f:
-            c = json.load(f)
-        ids = (c.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-        n_aux = sd["fc.weight"].shape[1] // c.get("target_hidden_size", c["hidden_size"])
-        cfg = Eagle3Config(
-            hidden_size=c["hidden_size"], num_attention_heads=c["num_attention_heads"],
-            num_key_value_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
-            intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"],
-            aux_layer_ids=ids or list(range(n_aux)),
-            target_hidden_size=c.get("target_hidden_size"), head_dim=c.get("head_dim"),
-            draft_vocab_size=c.get("draft_vocab_size"), rms_norm_eps=c.get("rms_norm_eps", 1e-6),
-            rope_theta=c.get("rope_theta", 10000.0),
-            max_position_embeddings=c.get("max_position_embeddings", 2048),
-            own_embed_tokens="embed_tokens.weight" in sd, own_lm_head="lm_head.weight" in sd)
-    sd.pop("t2d", None)
+        cfg = config_from_info(info, sd, aux_layer_ids)
+    _fill_vocab_map(info, sd)
     model = Eagle3Draft(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not m.endswith("inv_freq")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint mismatch: missing={missing} unexpected={unexpected}")
+        raise SpecRolloutConfigError(
+            f"{ckpt_dir}: checkpoint does not fit an EAGLE-3 head with one decoder layer: "
+            f"missing={missing} unexpected={unexpected}")
     return model
+
+
+def read_weights(ckpt_dir: str, files: Sequence[str], map_location="cpu") -> dict:
+    """All tensors of the listed weight files (safetensors, or torch .bin read with weights_only)."""
+    from safetensors.torch import load_file
+
+    sd = {}
+    for name in files:
+        path = os.path.join(ckpt_dir, name)
+        if name.endswith(".safetensors"):
+            sd.update(load_file(path, device=str(map_location)))
+        else:
+            sd.update(torch.load(path, map_location=map_location, weights_only=True))
+    return sd
+
+
+def to_vllm_names(sd: dict) -> dict:
+    """speculators' ``layers.0.*`` -> ``midlayer.*``; ``t2d`` and speculators' frozen verifier
+    copies (``verifier_lm_head`` / ``verifier_norm``) dropped (d2t carries the vocabulary map)."""
+    out = {}
+    for name, t in sd.items():
+        if name == "t2d" or name.startswith("verifier_"):
+            continue
+        if name.startswith("layers."):
+            layer, _, rest = name[len("layers."):].partition(".")
+            if layer != "0":
+                raise SpecRolloutConfigError(
+                    f"checkpoint has decoder layer {layer} ({name}); only one-layer EAGLE-3 heads are supported")
+            name = "midlayer." + rest
+        out[name] = t
+    if "t2d" in sd and "d2t" not in sd:
+        out["d2t"] = d2t_from_t2d(sd["t2d"])
+    return out
+
+
+def d2t_from_t2d(t2d: torch.Tensor) -> torch.Tensor:
+    """Offsets with target id = draft id + d2t[draft id], draft ids in target-id order."""
+    ids = torch.nonzero(t2d.bool(), as_tuple=False).flatten()
+    return ids - torch.arange(ids.numel(), device=ids.device)
+
+
+def _fill_vocab_map(info: DraftInfo, sd: dict) -> None:
+    """Check the vocabulary map a reduced head needs (a .bin could not be checked before loading)."""
+    if not info.reduced_vocab:
+        sd.pop("d2t", None)  # identity map: our head (like vLLM's) has no d2t then
+        return
+    for name in ("d2t", "lm_head.weight"):
+        if name not in sd:
+            raise SpecRolloutConfigError(
+                f"{info.path}: draft_vocab_size={info.draft_vocab_size} < vocab_size={info.vocab_size} but the "
+                f"weights have no '{name}' (nor 't2d' to derive d2t from)")
+    d2t = sd["d2t"].long()
+    if d2t.numel() != info.draft_vocab_size:
+        raise SpecRolloutConfigError(f"{info.path}: d2t has {d2t.numel()} entries, draft_vocab_size is "
+                                     f"{info.draft_vocab_size}")
+    ids = torch.arange(d2t.numel()) + d2t.cpu()
+    if ids.min() < 0 or ids.max() >= info.vocab_size:
+        raise SpecRolloutConfigError(f"{info.path}: d2t maps draft ids outside the target vocabulary "
+                                     f"0..{info.vocab_size - 1}")
+    sd["d2t"] = d2t
+
+
+def config_from_info(info: DraftInfo, sd: dict, aux_layer_ids: Optional[Sequence[int]] = None) -> Eagle3Config:
+    """Our head's config from a foreign checkpoint's (flattened) config and its tensors."""
+    c = info.layer_config
+    _refuse_unsupported(info)
+    if "fc.weight" not in sd:
+        raise SpecRolloutConfigError(f"{info.path}: weights have no 'fc.weight' (not an EAGLE-3 head?)")
+    n_aux = sd["fc.weight"].shape[1] // info.target_hidden_size
+    ids = info.aux_layer_ids or (list(aux_layer_ids) if aux_layer_ids else None)
+    if ids is None:
+        # vLLM picks the target's default layers for such a head; a published copy would pin these.
+        ids = list(range(n_aux))
+        logger.warning("%s names no eagle_aux_hidden_state_layer_ids; using %s -- pass the target's layers "
+                       "(specrollout.learner.aux_layer_ids) so a published copy keeps vLLM's choice",
+                       info.path, ids)
+    if len(ids) != n_aux:
+        raise SpecRolloutConfigError(f"{info.path}: fc.weight takes {n_aux} target features but the aux layer "
+                                     f"ids are {ids}")
+    _warn_rope_scaling(info)
+    return Eagle3Config(
+        hidden_size=c["hidden_size"], num_attention_heads=c["num_attention_heads"],
+        num_key_value_heads=c["num_key_value_heads"], intermediate_size=c["intermediate_size"],
+        vocab_size=info.vocab_size, aux_layer_ids=ids, target_hidden_size=info.target_hidden_size,
+        head_dim=c["head_dim"], draft_vocab_size=info.draft_vocab_size if info.reduced_vocab else None,
+        rms_norm_eps=c["rms_norm_eps"], rope_theta=c["rope_theta"],
+        max_position_embeddings=c["max_position_embeddings"], hidden_act=c["hidden_act"],
+        own_embed_tokens="embed_tokens.weight" in sd, own_lm_head="lm_head.weight" in sd,
+        norm_before_residual=bool(c["norm_before_residual"]))
+
+
+def _refuse_unsupported(info: DraftInfo) -> None:
+    """Variants vLLM runs but this head does not compute: training them would train another model."""
+    c = info.layer_config
+    on = [k for k in UNSUPPORTED_FLAGS + ("attention_bias", "mlp_bias") if c.get(k)]
+    if c.get("num_hidden_layers", 1) != 1:
+        on.append(f"num_hidden_layers={c['num_hidden_layers']}")
+    if c.get("hidden_act", "silu") != "silu":
+        on.append(f"hidden_act={c['hidden_act']}")
+    if on:
+        raise SpecRolloutConfigError(f"{info.path}: the learner's EAGLE-3 head does not implement "
+                                     f"{', '.join(on)}; vLLM can still serve this head with learner.enable=false")
+
+
+def _warn_rope_scaling(info: DraftInfo) -> None:
+    c = info.layer_config
+    for key in ("rope_scaling", "rope_parameters"):
+        kind = (c.get(key) or {}).get("rope_type") or (c.get(key) or {}).get("type")
+        if kind and kind != "default":
+            logger.warning("%s uses %s rope_type=%s; the learner's head uses plain RoPE (theta=%s), so its "
+                           "training positions differ slightly from vLLM's", info.path, key, kind, c["rope_theta"])

@@ -10,6 +10,11 @@ is computed *here* with a frozen copy of the target's ``lm_head`` (full-vocab lo
 shipped).  The draft's post-norm feature is what vLLM feeds to the (shared) lm_head, so regressing
 it onto ``h_T`` is the EAGLE feature loss.  Only the draft's own parameters get gradients; the
 embedding / lm_head copies are frozen buffers and the policy is never touched.
+
+A head with a reduced draft vocabulary (``draft_vocab_size`` < the target's, with ``d2t``) has its
+own lm_head and is scored on its own vocabulary: the target's logits at the draft's target ids
+(``arange(draft_vocab) + d2t``), softmaxed over those ids, as speculators trains EAGLE-3 heads
+(see ``draft.eagle3.soft_targets``). Top-1 agreement compares target ids, as vLLM's verification does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from verl_specrollout.draft.eagle3 import Eagle3Draft
+from verl_specrollout.draft.eagle3 import Eagle3Draft, check_target_vocab, soft_targets, top1_agrees
 
 
 def collate(samples: list, device="cpu", dtype=torch.float32) -> dict:
@@ -50,6 +55,7 @@ class DraftTrainer:
                  weight_decay: float = 0.0, max_grad_norm: float = 1.0, device="cpu"):
         self.device = torch.device(device)
         self.draft = draft.to(self.device).train()
+        check_target_vocab(draft, lm_head_weight.shape[0], "the target's lm_head")
         # frozen copies: never parameters of anything that is optimised
         self.embed_weight = embed_weight.detach().to(self.device, torch.float32).clone()
         self.lm_head_weight = lm_head_weight.detach().to(self.device, torch.float32).clone()
@@ -75,6 +81,7 @@ class DraftTrainer:
                                      lm_head_weight=self.lm_head_weight, attention_mask=batch["attention_mask"],
                                      num_steps=num_steps, return_hidden=True)
         T = batch["input_ids"].shape[1]
+        ids = self.draft.target_ids()  # None unless the draft vocabulary is reduced
         total, wsum, stats = 0.0, 0.0, {}
         for j in range(1, num_steps + 1):
             if j >= T:
@@ -84,8 +91,8 @@ class DraftTrainer:
             m = batch["loss_mask"][:, j:]
             denom = m.sum().clamp_min(1.0)
             with torch.no_grad():
-                t_logits = F.linear(h_t, self.lm_head_weight)
-                p_t = torch.softmax(t_logits, -1)
+                t_logits = F.linear(h_t, self.lm_head_weight)  # full target vocabulary
+                p_t = soft_targets(t_logits, ids)
             ce = -(p_t * torch.log_softmax(pred, -1)).sum(-1)
             feat = self.draft.norm(hiddens[j - 1][:, : T - j]).float()
             fl = F.smooth_l1_loss(feat, h_t, reduction="none").mean(-1)
@@ -95,7 +102,7 @@ class DraftTrainer:
             w = self.step_decay ** (j - 1)
             total, wsum = total + w * step_loss, wsum + w
             with torch.no_grad():
-                agree = ((pred.argmax(-1) == t_logits.argmax(-1)).float() * m).sum()
+                agree = (top1_agrees(pred, t_logits, ids).float() * m).sum()
             stats[f"step{j}_top1"] = float(agree / denom)
             stats[f"step{j}_ce"] = float(ce_l.detach())
             stats[f"step{j}_feat"] = float(f_l.detach())
@@ -116,7 +123,7 @@ class DraftTrainer:
 
     @torch.no_grad()
     def evaluate(self, samples: list, num_steps: Optional[int] = None) -> dict:
-        """Top-1 agreement with the target (argmax of lm_head(h_T)) on held-out samples."""
+        """Top-1 agreement with the target (argmax of lm_head(h_T), in target ids) on held-out samples."""
         if not samples:
             return {}
         self.draft.eval()
