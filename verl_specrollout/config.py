@@ -46,6 +46,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
+from verl_specrollout.errors import SpecRolloutConfigError  # noqa: F401  (re-exported: users import it from here)
+
 from verl_specrollout.draft.format import draft_target_vocab, read_draft_info
 
 METHODS = ("eagle3", "draft_model", "ngram")
@@ -58,8 +60,6 @@ MAX_K_LIMIT = 16
 ROOT = "specrollout"
 
 
-class SpecRolloutConfigError(ValueError):
-    """A bad verl-specrollout setting. The message names the key and the fix."""
 
 
 # ----------------------------------------------------------------------------- declarations
@@ -217,7 +217,8 @@ class SpecRolloutConfig:
     prompt_lookup_min: int = key(2, "`ngram` only: shortest n-gram matched (<= `prompt_lookup_max`).", ge=1)
     prompt_lookup_max: int = key(4, "`ngram` only: longest n-gram matched.", ge=1)
     skip_vocab_check: bool = key(
-        False, "Skip the draft/target vocabulary-size check (only for drafts with a `d2t` map you trust).")
+        False, "Skip the draft/target vocabulary check (a draft whose config names another vocabulary "
+        "size but that you know matches the target's tokenizer).")
     planner: PlannerConfig = section(PlannerConfig, "How draft length follows live concurrency.")
     learner: LearnerConfig = section(LearnerConfig, "Online draft learning.")
 

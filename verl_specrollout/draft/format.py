@@ -1,7 +1,7 @@
 """What a draft checkpoint directory holds, read from JSON only (no torch, no vLLM).
 
 `verl_specrollout.config` validates user configs without importing torch and reads drafts through
-this module, so it must stay import-light: the standard library and SpecRolloutConfigError only.
+this module, so it must stay import-light: the standard library and verl_specrollout.errors only.
 
 Three layouts of an EAGLE-3 head are understood:
 
@@ -34,6 +34,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from verl_specrollout.errors import SpecRolloutConfigError
+
 CONFIG_NAME = "config.json"
 SPECROLLOUT_NAME = "specrollout_draft.json"
 # Looked for in this order; an index wins over a single file of the same kind (HF's own order).
@@ -48,9 +50,6 @@ UNSUPPORTED_FLAGS = ("norm_before_fc", "fc_norm", "norm_output")
 
 
 def _error(message: str) -> Exception:
-    # Imported here: config.py imports this module, so a top-level import would be circular.
-    from verl_specrollout.config import SpecRolloutConfigError
-
     return SpecRolloutConfigError(message)
 
 

@@ -100,7 +100,8 @@ class SpecLearner:
 
         self.target_config = AutoConfig.from_pretrained(target_dir)
         if bootstrap_dir:
-            draft = load_vllm_checkpoint(bootstrap_dir)
+            # A head from the EAGLE authors may name no aux layers: then the ones capture uses apply.
+            draft = load_vllm_checkpoint(bootstrap_dir, aux_layer_ids=aux_layer_ids)
         else:
             if not aux_layer_ids:
                 raise ValueError("aux_layer_ids are required to build a draft from scratch")

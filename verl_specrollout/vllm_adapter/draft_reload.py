@@ -103,14 +103,15 @@ def _shared_names(draft: torch.nn.Module, target: Optional[torch.nn.Module]) -> 
 
 
 def _read_checkpoint(ckpt_dir: str) -> dict:
-    from safetensors.torch import load_file
+    """Every tensor of a draft checkpoint in any format draft/format.py knows (safetensors or a
+    torch .bin read with weights_only, single file or sharded); refuses non-finite values."""
+    from verl_specrollout.draft.eagle3 import read_weights
+    from verl_specrollout.draft.format import find_weight_files
 
-    files = sorted(f for f in os.listdir(ckpt_dir) if f.endswith(".safetensors"))
+    files = find_weight_files(ckpt_dir)
     if not files:
-        raise FileNotFoundError(f"no *.safetensors in {ckpt_dir}")
-    sd = {}
-    for f in files:
-        sd.update(load_file(os.path.join(ckpt_dir, f), device="cpu"))
+        raise FileNotFoundError(f"no model.safetensors / pytorch_model.bin (or index) in {ckpt_dir}")
+    sd = read_weights(ckpt_dir, files)
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"non-finite values in {k}")
