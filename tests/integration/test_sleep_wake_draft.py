@@ -77,7 +77,7 @@ def _server(llm, spec: dict):
     server.engine = Level2SleepEngine(llm)
     server.node_rank, server.replica_rank, server.global_steps = 0, 0, 0
     server.rollout_mode = RolloutMode.HYBRID
-    server.lora_as_adapter = False
+    server.model_config = OmegaConf.create({"lora_rank": 0, "lora": {}})  # no LoRA: veRL picks level 2
     return server
 
 
