@@ -151,14 +151,6 @@ class AcceptanceEstimator:
         al = self.alphas()
         return [expected_tokens(al, k) for k in range(self.max_k + 1)]
 
-    def effective_samples(self) -> List[float]:
-        return list(self.trials)
-
-    def reset(self) -> None:
-        """Forget observations (e.g. after a draft or policy weight update); keep totals."""
-        self.acc = [0.0] * self.max_k
-        self.trials = [0.0] * self.max_k
-
 
 class PerRequestAcceptance:
     """Running acceptance rate per request (decayed), for the verification budget."""
