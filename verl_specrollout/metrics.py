@@ -97,6 +97,15 @@ DRAFT_RELOADS = PREFIX + "draft_reloads"  # cumulative successful reloads (summe
 DRAFT_RELOAD_FAILURES = PREFIX + "draft_reload_failures"
 DRAFT_RESTORES = PREFIX + "draft_restores_after_sleep"  # cumulative reloads of a draft sleep discarded
 LEARNER = PREFIX + "learner/{name}"  # loss, lag, version, buffer_samples, train_seconds, train/*
+# Seconds the trainer waited on the learner's metrics this step (after veRL's step timer, so it is
+# not in timing_s/step); near 0 unless the learner is unreachable or overloaded.
+LEARNER_WAIT_S = LEARNER.format(name="wait_s")
+LEARNER_METRICS_MISSES = LEARNER.format(name="metrics_misses")  # cumulative steps without learner metrics
+# Cumulative, from the actor worker (through the learner): rounds whose train call was skipped
+# because the previous one still ran, and train calls that failed.
+LEARNER_TRAIN_CALLS_SKIPPED = LEARNER.format(name="train_calls_skipped")
+LEARNER_TRAIN_CALL_ERRORS = LEARNER.format(name="train_call_errors")
+LEARNER_STATE_REFUSED = LEARNER.format(name="state_refused")  # 1: a saved state was refused, started fresh
 
 
 def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[str, float]:

@@ -67,6 +67,73 @@ def test_actor_crash_resumes_from_saved_state(ray_local, toy):
     ray.kill(b, no_restart=True)
 
 
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_one_learner_per_job_and_metrics_never_queue(ray_local, toy, tmp_path):
+    import time
+
+    from verl_specrollout.errors import SpecRolloutConfigError
+    from verl_specrollout.learner.actor import MAX_CONCURRENCY, get_or_create_learner
+
+    ray = ray_local
+    cfg_a = {"enable": True, "placement": "cpu", "publish_dir": str(tmp_path / "job_a"), "buffer_bytes": 8 << 20,
+             "actor_name": "shared_learner", "actor_namespace": "specrollout_test"}
+    a = get_or_create_learner(cfg_a, toy["target"], toy["aux"], batch_size=4, num_steps=1)
+    assert ray.get(a.identity.remote(), timeout=600)["publish_dir"] == cfg_a["publish_dir"]
+    # Every default-group thread waits on captured batches that do not come: metrics (control
+    # group, lock-free) still answers at once.
+    slow = ray.remote(num_cpus=0)(_sleep).remote(20)
+    busy = [a.train_and_publish.remote(1, [slow], 12) for _ in range(MAX_CONCURRENCY + 1)]
+    time.sleep(1)
+    t0 = time.perf_counter()
+    assert ray.get(a.metrics.remote(1), timeout=10)["version"] == 0
+    assert time.perf_counter() - t0 < 3
+    # A second job under the same explicit name is refused, naming both jobs' publish_dirs.
+    cfg_b = {**cfg_a, "publish_dir": str(tmp_path / "job_b")}
+    with pytest.raises(SpecRolloutConfigError) as e:
+        get_or_create_learner(cfg_b, toy["target"], toy["aux"], batch_size=4, num_steps=1)
+    assert cfg_a["publish_dir"] in str(e.value) and cfg_b["publish_dir"] in str(e.value)
+    assert get_or_create_learner(cfg_a, toy["target"], toy["aux"])._actor_id == a._actor_id  # same job: found
+    assert all(not r["published"] for r in ray.get(busy, timeout=120))  # nothing captured: nothing trained
+    ray.kill(a, no_restart=True)
+
+
+def test_learner_restarts_after_a_crash_and_resumes(ray_local, toy):
+    import time
+
+    from verl_specrollout.learner.actor import get_or_create_learner, learner_actor_name
+    from verl_specrollout.learner.publisher import read_latest
+
+    ray = ray_local
+    pub = str(toy["root"] / "pub_restart")
+    cfg = {"enable": True, "placement": "cpu", "publish_dir": pub, "lr": 1e-3, "buffer_bytes": 8 << 20,
+           "actor_namespace": "specrollout_test"}  # default actor_name: derived from the publish_dir
+    a = get_or_create_learner(cfg, toy["target"], toy["aux"], batch_size=4, num_steps=1)
+    assert ray.get_actor(learner_actor_name(cfg), namespace="specrollout_test")._actor_id == a._actor_id
+    ray.get(a.add_batch.remote(toy["samples"], 3), timeout=600)
+    assert ray.get(a.train.remote(2))["trained"] == 2
+    assert ray.get(a.publish.remote()) == 1
+    assert not ray.get(a.stats.remote(evaluate=False))["resumed"]
+
+    ray.kill(a, no_restart=False)  # a crash: Ray restarts the actor behind the same handle
+    deadline = time.monotonic() + 600
+    while True:  # calls sent before the kill lands still reach the old process
+        st = ray.get(a.stats.remote(evaluate=False), timeout=600)
+        if st["resumed"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert st["resumed"] and st["version"] == 1 and st["draft_step"] == 2
+    assert st["published_up_to_policy_step"] == 3 and st["state_error"] is None
+    ray.get(a.add_batch.remote(toy["samples"], 4))
+    assert ray.get(a.train.remote(1))["trained"] == 1
+    assert ray.get(a.publish.remote()) == 2 and read_latest(pub)[0] == 2  # the counter goes on
+    ray.kill(a, no_restart=True)
+
+
 def test_state_roundtrip_includes_optimizer(toy, tmp_path):
     from verl_specrollout.learner.actor import SpecLearner
 

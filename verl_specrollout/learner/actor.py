@@ -1,12 +1,28 @@
 """The learner sidecar: a named, detached Ray actor that keeps the EAGLE-3 draft matched to the
-moving policy.  Capture (actor side) calls ``add_batch``; the trainer loop calls ``train`` and
-``publish`` once per rollout step; rollout servers reload ``<publish_dir>/LATEST``.
+moving policy.  Capture (actor side) calls ``add_batch``; the actor worker calls
+``train_and_publish`` once per rollout step (at most one call in flight, see :class:`TrainCalls`);
+rollout servers reload ``<publish_dir>/LATEST``; the trainer reads ``metrics`` once per step.
 
 ``SpecLearner`` is a plain class (unit-testable without Ray); :func:`get_or_create_learner`
-starts it as ``ray.remote(SpecLearner)`` with ``name``/``namespace``/``lifetime="detached"``/
-``get_if_exists=True`` and the placement from ``LearnerConfig`` (cpu -> num_cpus=1, gpu ->
-num_gpus=1, shared_gpu -> num_gpus=gpu_fraction).  It is a threaded actor (max_concurrency=4):
-``add_batch`` is accepted while a ``train`` call runs.
+starts it as ``ray.remote(SpecLearner)`` with ``name``/``namespace``/``lifetime="detached"``
+and the placement from ``LearnerConfig`` (cpu -> num_cpus=1, gpu -> num_gpus=1, shared_gpu ->
+num_gpus=gpu_fraction).
+
+* One learner per job: the actor's name is derived from the publish_dir unless
+  ``actor_name`` is set (:func:`learner_actor_name`); an existing actor of that name is used only
+  when its identity (target, publish_dir, aux layers) is this job's, else a
+  SpecRolloutConfigError names both jobs' publish_dirs.
+* Never stalls the trainer: it is a threaded actor (``add_batch`` is accepted while ``train``
+  runs) and the cheap methods (``metrics``, ``identity``, ``lag``, ...) run in their own
+  concurrency group without taking the training lock: ``metrics`` reads an immutable snapshot
+  that ``train`` / ``publish`` swap in when they finish.
+* Survives crashes: Ray restarts it (``max_restarts``) and ``__init__`` resumes from the saved
+  state; the version counter starts above every version already on disk.
+* State (``<state_dir>/learner_state.safetensors``): draft weights and optimizer state tensors,
+  with the counters, the draft config and the optimizer's hyper-parameters as JSON in the
+  safetensors header.  Nothing is ever unpickled: a file that is not this format (or an older
+  ``learner_state.pt`` that ``torch.load(weights_only=True)`` refuses) is rejected with one
+  clear error and the learner starts fresh.
 
 Lag (reported by :meth:`SpecLearner.lag`): ``policy_step - trained_up_to_policy_step`` of the
 published draft, where the latter is the newest policy step whose captured data was in the buffer
@@ -17,6 +33,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -28,6 +46,7 @@ import torch
 
 from verl_specrollout.config import LearnerConfig
 from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint
+from verl_specrollout.errors import SpecRolloutConfigError
 
 from .buffer import ReplayBuffer
 from .publisher import Publisher
@@ -35,15 +54,34 @@ from .trainer import DraftTrainer
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "learner_state.pt"
-DEFAULT_NAME = "specrollout_learner"
+STATE_NAME = "learner_state.safetensors"
+LEGACY_STATE_NAME = "learner_state.pt"  # written by older versions; read with weights_only=True only
+STATE_META_KEY = "specrollout_learner_state"
+STATE_FORMAT = 1
+DEFAULT_NAME = "specrollout_learner"  # LearnerConfig.actor_name's default: means "derive from publish_dir"
 DEFAULT_NAMESPACE = "specrollout"
+CONTROL_GROUP = "control"  # metrics / identity / lag: never queued behind add_batch or train calls
+MAX_CONCURRENCY = 4  # default group: add_batch calls run while a train call holds the lock
+MAX_RESTARTS = 3  # a crash restarts the learner from its saved state; a crash loop ends after this many
+MAX_TASK_RETRIES = 1  # every method is safe to run again on the restarted learner
+IDENTITY_TIMEOUT_S = 600.0  # an existing learner may still be loading the target's weights
+
+
+class LearnerStateError(ValueError):
+    """A learner state file this code will not load (not its format, or not safe to read)."""
+
+
+def _control(method):
+    """Put a cheap, lock-free method in the control concurrency group (when Ray is installed)."""
+    try:
+        import ray
+    except ImportError:
+        return method
+    return ray.method(concurrency_group=CONTROL_GROUP)(method)
 
 
 def load_shared_weights(target_dir: str) -> tuple:
     """(embed_tokens.weight, lm_head.weight) read from the target's safetensors only."""
-    import json
-
     from safetensors import safe_open
 
     files = sorted(f for f in os.listdir(target_dir) if f.endswith(".safetensors"))
@@ -74,6 +112,124 @@ def _as_config(cfg: Any) -> LearnerConfig:
     return LearnerConfig(**{k: v for k, v in dict(cfg).items() if k in names})
 
 
+def _as_dict(cfg: Any) -> dict:
+    if isinstance(cfg, LearnerConfig):
+        return dataclasses.asdict(cfg)
+    return dict(cfg or {})
+
+
+# ----------------------------------------------------------------------------- state file
+
+def state_file(state_dir: str) -> Optional[str]:
+    """The state file to resume from: ours, else an older version's ``.pt``, else None."""
+    for name in (STATE_NAME, LEGACY_STATE_NAME):
+        path = os.path.join(state_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _plain_tensors(named: dict) -> dict:
+    """CPU, contiguous, no two sharing storage: what safetensors accepts."""
+    out, seen = {}, set()
+    for k, t in named.items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        out[k] = t
+    return out
+
+
+def state_tensors_and_meta(trainer: DraftTrainer, counters: dict) -> tuple:
+    """Split the trainer's state into tensors (draft weights, optimizer state) and JSON."""
+    opt = trainer.opt.state_dict()
+    tensors = {f"draft.{k}": v for k, v in trainer.draft.state_dict().items()}
+    scalars: dict = {}
+    for idx, st in opt["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{key}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[key] = v
+    meta = {"format": STATE_FORMAT, "eagle3_config": dataclasses.asdict(trainer.draft.config),
+            "draft_step": trainer.step, "opt_param_groups": opt["param_groups"], "opt_state_scalars": scalars,
+            **counters}
+    return _plain_tensors(tensors), meta
+
+
+def trainer_state(tensors: dict, meta: dict) -> dict:
+    """The inverse of :func:`state_tensors_and_meta`: a ``DraftTrainer.load_state_dict`` input."""
+    draft = {k[len("draft."):]: v for k, v in tensors.items() if k.startswith("draft.")}
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, key = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[key] = v
+    for idx, st in meta["opt_state_scalars"].items():
+        opt_state.setdefault(int(idx), {}).update(st)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["opt_param_groups"]]
+    return {"draft": draft, "opt": {"state": opt_state, "param_groups": groups}, "step": int(meta["draft_step"])}
+
+
+def write_state_file(path: str, tensors: dict, meta: dict) -> None:
+    """One file, replaced atomically (temp file + os.replace): a crash keeps the previous state."""
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-state-", suffix=".safetensors", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={STATE_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_state_file(path: str) -> tuple:
+    """(tensors on CPU, meta); raises LearnerStateError for anything that is not a learner state."""
+    if path.endswith(".pt"):
+        return _read_legacy_state(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(STATE_META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(raw) if raw else None
+    except Exception as exc:
+        raise LearnerStateError(f"{path} is not a safetensors learner state file ({exc!r})") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise LearnerStateError(f"{path} has no learner state header of format {STATE_FORMAT} "
+                                f"(safetensors metadata key {STATE_META_KEY!r})")
+    return tensors, meta
+
+
+def _read_legacy_state(path: str) -> tuple:
+    """An older version's ``torch.save`` blob, read with torch's restricted unpickler only (it
+    runs no code from the file); anything it refuses is refused here."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        sd = blob["trainer"]
+        tensors = {f"draft.{k}": v for k, v in sd["draft"].items()}
+        meta = {"format": STATE_FORMAT, "eagle3_config": blob["eagle3_config"], "draft_step": int(sd["step"]),
+                "opt_param_groups": sd["opt"]["param_groups"], "opt_state_scalars": {},
+                **{k: blob[k] for k in ("version", "trained_up_to", "published_up_to", "data_policy_step")}}
+        for idx, st in sd["opt"]["state"].items():
+            for key, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"opt.{idx}.{key}"] = v
+                else:
+                    meta["opt_state_scalars"].setdefault(str(idx), {})[key] = v
+    except Exception as exc:
+        raise LearnerStateError(f"{path} is not a learner state torch.load(weights_only=True) reads "
+                                f"({type(exc).__name__}); pickled objects are never loaded") from None
+    return tensors, meta
+
+
+# ----------------------------------------------------------------------------- the learner
+
 class SpecLearner:
     def __init__(self, cfg: Any, target_dir: str, aux_layer_ids: Optional[Sequence[int]] = None, *,
                  bootstrap_dir: Optional[str] = None, state_dir: Optional[str] = None, keep: Optional[int] = None,
@@ -91,6 +247,7 @@ class SpecLearner:
         num_steps = self.cfg.num_unroll_steps if num_steps is None else num_steps
         heldout_every = self.cfg.heldout_every if heldout_every is None else heldout_every
         aux_layer_ids = aux_layer_ids or self.cfg.aux_layer_ids
+        self.requested_aux_layer_ids = [int(i) for i in aux_layer_ids or []]
         torch.manual_seed(seed)
         self.target_dir = target_dir
         if device is None:
@@ -128,15 +285,52 @@ class SpecLearner:
         self._lock = threading.RLock()
         self._n_seen = 0
         self.resumed = False
+        self.state_error: Optional[str] = None  # why a state file present at start was refused
         self.shared_policy_step: Optional[int] = None  # policy step of the embedding / lm_head copies
         self.shared_refresh_cost: dict = {}  # seconds and MB of the last refresh, measured by the sender
-        if os.path.isfile(os.path.join(self.state_dir, STATE_NAME)):
-            self.load_state(self.state_dir)
-            self.resumed = True
-        else:
-            latest = self.publisher.latest_version()
-            if latest is not None:  # never reuse a version number already on disk
-                self.version = latest
+        self._caller_stats: dict = {}  # the actor worker's train-call counters (see TrainCalls)
+        self._resume()
+        self._refresh_snapshot()
+
+    def _resume(self) -> None:
+        """Resume from the saved state when there is one.  A file that is not a learner state (or
+        not safe to read) is refused, logged, and left in place; the learner then starts fresh
+        (the next save replaces it).  Either way the version counter starts above every version on
+        disk: a publish cut short before its state was saved must not have its number reused."""
+        if state_file(self.state_dir) is not None:
+            try:
+                self.load_state(self.state_dir)
+                self.resumed = True
+            except LearnerStateError as exc:
+                self.state_error = str(exc)
+                logger.error("specrollout learner: refusing to resume: %s. Starting fresh from the initial draft "
+                             "(draft_path, or a new head); delete the file or point learner.state_dir "
+                             "elsewhere to silence this.", exc)
+        on_disk = self.publisher.newest_version()
+        if on_disk is not None and on_disk > self.version:
+            self.version = on_disk
+
+    def _refresh_snapshot(self) -> None:
+        """Build the dict ``metrics`` returns and swap it in whole: readers never take the lock
+        and never see a half-updated one."""
+        snap = {"version": self.version, "loss": self.last_stats.get("loss"),
+                "draft_step": self.trainer.step, "train_seconds": self.train_seconds,
+                "trained_up_to_policy_step": self.trained_up_to,
+                "published_up_to_policy_step": self.published_up_to,
+                "shared_policy_step": self.shared_policy_step,
+                # 1 when a state file was refused at start (the learner log says why)
+                "state_refused": float(self.state_error is not None), **self.shared_refresh_cost}
+        for k, v in self.last_stats.items():
+            if isinstance(v, (int, float)) and k != "loss":
+                snap[f"train/{k}"] = v
+        self._snapshot = snap
+
+    # ------------------------------------------------------------------ identity
+    @_control
+    def identity(self) -> dict:
+        """What makes this learner one job's: checked before a second caller reuses it by name."""
+        return {"target_dir": os.path.abspath(self.target_dir), "publish_dir": self.publisher.publish_dir,
+                "aux_layer_ids": list(self.requested_aux_layer_ids)}
 
     # ------------------------------------------------------------------ data
     def add_batch(self, samples: Any, policy_step: Optional[int] = None) -> int:
@@ -172,6 +366,7 @@ class SpecLearner:
             self.trained_up_to = max(self.trained_up_to, up_to)
             dt = time.perf_counter() - t0
             self.train_seconds += dt
+            self._refresh_snapshot()
         return {**self.last_stats, "trained": steps, "train_seconds": dt}
 
     def publish(self) -> int:
@@ -181,6 +376,7 @@ class SpecLearner:
                                    {"trained_up_to_policy_step": self.trained_up_to,
                                     "draft_step": self.trainer.step})
             self.published_up_to = self.trained_up_to
+            self._refresh_snapshot()
             if self.save_state_on_publish:
                 self.save_state(self.state_dir)
             return self.version
@@ -203,25 +399,26 @@ class SpecLearner:
         version = self.publish()
         return {**out, "version": version, "published": True}
 
+    @_control
     def metrics(self, policy_step: Optional[int] = None) -> dict:
-        """Cheap scalars for the trainer's logger (no held-out evaluation)."""
-        with self._lock:
-            out = {"version": self.version, "loss": self.last_stats.get("loss"),
-                   "draft_step": self.trainer.step, "buffer_samples": len(self.buffer),
-                   "train_seconds": self.train_seconds,
-                   "trained_up_to_policy_step": self.trained_up_to,
-                   "published_up_to_policy_step": self.published_up_to,
-                   "shared_policy_step": self.shared_policy_step, **self.shared_refresh_cost}
-            for k, v in self.last_stats.items():
-                if isinstance(v, (int, float)) and k != "loss":
-                    out[f"train/{k}"] = v
+        """Cheap scalars for the trainer's logger (no held-out evaluation).  Lock-free: it returns
+        at once while a train / publish call runs, with the values of the last finished one."""
+        snap = self._snapshot
+        out = {**snap, **self._caller_stats, "buffer_samples": len(self.buffer)}
         if policy_step is not None:
-            out["lag"] = self.lag(policy_step)
+            out["lag"] = int(policy_step) - snap["published_up_to_policy_step"]
         return out
 
+    @_control
+    def report_calls(self, stats: dict) -> None:
+        """The actor worker's train-call counters (skipped / failed calls), shown by ``metrics``."""
+        self._caller_stats = {k: float(v) for k, v in dict(stats).items()}
+
+    @_control
     def latest_version(self) -> Optional[int]:
         return self.publisher.latest_version()
 
+    @_control
     def lag(self, policy_step: int) -> int:
         return int(policy_step) - self.published_up_to
 
@@ -238,6 +435,7 @@ class SpecLearner:
             self.trainer.set_shared_weights(embed_weight, lm_head_weight)
             self.shared_policy_step = policy_step
             self.shared_refresh_cost = dict(cost or {})
+            self._refresh_snapshot()
 
     def stats(self, evaluate: bool = True) -> dict:
         out = {"draft_step": self.trainer.step, "version": self.version,
@@ -245,7 +443,8 @@ class SpecLearner:
                "published_up_to_policy_step": self.published_up_to,
                "data_policy_step": self.data_policy_step, "batches": self.n_batches,
                "heldout_samples": len(self.heldout), "train_seconds": self.train_seconds,
-               "loss": self.last_stats.get("loss"), "resumed": self.resumed, **self.buffer.stats()}
+               "loss": self.last_stats.get("loss"), "resumed": self.resumed, "state_error": self.state_error,
+               **self.buffer.stats()}
         if evaluate and self.heldout:
             with self._lock:
                 ev = self.trainer.evaluate(list(self.heldout))
@@ -255,43 +454,114 @@ class SpecLearner:
 
     # ------------------------------------------------------------------ state
     def save_state(self, state_dir: Optional[str] = None) -> str:
-        """Draft + AdamW state + counters, written atomically (temp file + os.replace)."""
+        """Draft + AdamW state + counters in one safetensors file, replaced atomically."""
         state_dir = state_dir or self.state_dir
         os.makedirs(state_dir, exist_ok=True)
+        path = os.path.join(state_dir, STATE_NAME)
         with self._lock:
-            blob = {"trainer": self.trainer.state_dict(),
-                    "eagle3_config": dataclasses.asdict(self.trainer.draft.config),
-                    "version": self.version, "trained_up_to": self.trained_up_to,
-                    "published_up_to": self.published_up_to, "data_policy_step": self.data_policy_step}
-            fd, tmp = tempfile.mkstemp(prefix="tmp_state_", suffix=".pt", dir=state_dir)
-            os.close(fd)
-            try:
-                torch.save(blob, tmp)
-                os.replace(tmp, os.path.join(state_dir, STATE_NAME))
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        return os.path.join(state_dir, STATE_NAME)
+            tensors, meta = state_tensors_and_meta(self.trainer, {
+                "version": self.version, "trained_up_to": self.trained_up_to,
+                "published_up_to": self.published_up_to, "data_policy_step": self.data_policy_step})
+            write_state_file(path, tensors, meta)
+        return path
 
     def load_state(self, state_dir: Optional[str] = None) -> int:
+        """Load a state :meth:`save_state` wrote.  All or nothing: on LearnerStateError (no state,
+        not our format, not safe to read, does not fit) the learner keeps its current state."""
         state_dir = state_dir or self.state_dir
-        blob = torch.load(os.path.join(state_dir, STATE_NAME), map_location=self.device, weights_only=False)
+        path = state_file(state_dir)
+        if path is None:
+            raise LearnerStateError(f"no learner state in {state_dir}")
+        tensors, meta = read_state_file(path)
+        try:
+            trainer = self._new_trainer(Eagle3Draft(Eagle3Config(**meta["eagle3_config"])))
+            trainer.load_state_dict(trainer_state(tensors, meta))
+            counters = {k: int(meta[k]) for k in ("version", "trained_up_to", "published_up_to",
+                                                  "data_policy_step")}
+        except Exception as exc:
+            raise LearnerStateError(f"{path} does not fit this learner ({type(exc).__name__}: {exc})") from None
         with self._lock:
-            cfg = Eagle3Config(**blob["eagle3_config"])
-            if dataclasses.asdict(cfg) != dataclasses.asdict(self.trainer.draft.config):
-                draft = Eagle3Draft(cfg)
-                old = self.trainer
-                self.trainer = DraftTrainer(draft, old.embed_weight, old.lm_head_weight, lr=self.cfg.lr,
-                                            feature_loss_weight=old.feature_loss_weight,
-                                            soft_ce_loss_weight=old.soft_ce_loss_weight,
-                                            num_steps=old.num_steps, batch_size=old.batch_size, device=self.device)
-            self.trainer.load_state_dict(blob["trainer"])
-            self.version = int(blob["version"])
-            self.trained_up_to = int(blob["trained_up_to"])
-            self.published_up_to = int(blob["published_up_to"])
-            self.data_policy_step = int(blob["data_policy_step"])
+            self.trainer = trainer
+            self.aux_layer_ids = list(trainer.draft.config.aux_layer_ids)
+            self.version = counters["version"]
+            self.trained_up_to = counters["trained_up_to"]
+            self.published_up_to = counters["published_up_to"]
+            self.data_policy_step = counters["data_policy_step"]
+            self._refresh_snapshot()
         return self.version
 
+    def _new_trainer(self, draft: Eagle3Draft) -> DraftTrainer:
+        """A trainer like the current one (same frozen copies and settings) for ``draft``."""
+        old = self.trainer
+        return DraftTrainer(draft, old.embed_weight, old.lm_head_weight, lr=self.cfg.lr,
+                            feature_loss_weight=old.feature_loss_weight,
+                            soft_ce_loss_weight=old.soft_ce_loss_weight, num_steps=old.num_steps,
+                            step_decay=old.step_decay, batch_size=old.batch_size,
+                            max_grad_norm=old.max_grad_norm, device=self.device)
+
+
+# ----------------------------------------------------------------------------- the caller's side
+
+def _call_done(ref) -> bool:
+    import ray
+
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
+
+
+def _call_result(ref):
+    import ray
+
+    return ray.get(ref)
+
+
+class TrainCalls:
+    """The actor worker's ``train_and_publish`` calls: at most one in flight.
+
+    When the next call is due, the previous one's result is checked: an error is counted (and
+    logged the first time); a call still running means the learner is slower than a rollout
+    step, so this round's call is skipped (its data is already on its way to the buffer) and
+    counted, instead of queueing calls without bound.  The counters reach the trainer's metrics
+    through the learner (``report_calls``) as ``train_calls_skipped`` / ``train_call_errors``."""
+
+    def __init__(self, learner):
+        self.learner = learner
+        self.pending = None
+        self.skipped = 0
+        self.errors = 0
+
+    def fire(self, steps: int, wait_for: Sequence) -> bool:
+        """Start this round's call; False when it was skipped."""
+        if self.pending is not None:
+            if not _call_done(self.pending):
+                self.skipped += 1
+                self._report()
+                return False
+            self._check(self.pending)
+            self.pending = None
+        # The refs go inside a list: Ray must not resolve them (the learner waits for them itself).
+        self.pending = self.learner.train_and_publish.remote(steps, list(wait_for))
+        return True
+
+    def _check(self, ref) -> None:
+        try:
+            _call_result(ref)
+        except Exception as exc:
+            self.errors += 1
+            if self.errors == 1:
+                logger.warning("verl-specrollout: the learner's train_and_publish failed: %r (further failures "
+                               "are only counted: specrollout/learner/train_call_errors)", exc)
+            self._report()
+
+    def _report(self) -> None:
+        try:
+            self.learner.report_calls.remote({"train_calls_skipped": self.skipped,
+                                              "train_call_errors": self.errors})
+        except Exception:  # counters are best-effort: never fail the rollout step over them
+            pass
+
+
+# ----------------------------------------------------------------------------- the Ray actor
 
 def placement_options(cfg: Any) -> dict:
     cfg = _as_config(cfg)
@@ -304,17 +574,71 @@ def placement_options(cfg: Any) -> dict:
     raise ValueError(f"unknown learner placement {cfg.placement!r}")
 
 
+def learner_actor_name(cfg: Any) -> str:
+    """The learner actor's name: ``actor_name`` when set to something other than the default,
+    else one derived from the publish_dir, so two jobs on one Ray cluster get two learners."""
+    cfg_d = _as_dict(cfg)
+    name = cfg_d.get("actor_name") or DEFAULT_NAME
+    publish_dir = cfg_d.get("publish_dir")
+    if name != DEFAULT_NAME or not publish_dir:
+        return name
+    digest = hashlib.sha1(os.path.abspath(str(publish_dir)).encode()).hexdigest()[:10]
+    return f"{DEFAULT_NAME}_{digest}"
+
+
+def _identity_wanted(cfg_d: dict, target_dir: str, aux_layer_ids) -> dict:
+    aux = aux_layer_ids or cfg_d.get("aux_layer_ids")
+    return {"target_dir": os.path.abspath(target_dir),
+            "publish_dir": os.path.abspath(cfg_d["publish_dir"]) if cfg_d.get("publish_dir") else None,
+            "aux_layer_ids": [int(i) for i in aux] if aux else None}
+
+
+def check_identity(have: dict, want: dict, name: str, namespace: str) -> None:
+    """Refuse to reuse another job's learner (keys ``want`` leaves None are not compared)."""
+    differs = [k for k, v in want.items() if v is not None and have.get(k) != v]
+    if not differs:
+        return
+    raise SpecRolloutConfigError(
+        f"specrollout.learner: the Ray actor {name!r} (namespace {namespace!r}) is another job's learner: "
+        f"it publishes to {have.get('publish_dir')} (target {have.get('target_dir')}, aux layers "
+        f"{have.get('aux_layer_ids')}); this job publishes to {want.get('publish_dir')} (target "
+        f"{want.get('target_dir')}, aux layers {want.get('aux_layer_ids')}); they differ in {', '.join(differs)}. "
+        f"Leave learner.actor_name at its default (one learner per publish_dir), give this job its own "
+        f"actor_name, or stop the other learner: ray.kill(ray.get_actor({name!r}, namespace={namespace!r})).")
+
+
+def _existing_learner(name: str, namespace: str):
+    """The live actor of that name, or None (none, or one that died since)."""
+    import ray
+
+    try:
+        h = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None, None
+    try:
+        return h, ray.get(h.identity.remote(), timeout=IDENTITY_TIMEOUT_S)
+    except ray.exceptions.RayActorError:
+        return None, None
+
+
 def get_or_create_learner(cfg: Any, target_dir: str, aux_layer_ids=None, *, name: Optional[str] = None,
                           namespace: Optional[str] = None, **kwargs):
-    """The named detached learner actor (created on first call, found afterwards).  A restarted
-    actor (after a crash) resumes from ``<state_dir>/learner_state.pt`` when present."""
+    """This job's detached learner actor: found by name when it runs (and is this job's, else a
+    SpecRolloutConfigError), created otherwise.  Ray restarts it after a crash (``MAX_RESTARTS``)
+    and it resumes from ``<state_dir>/learner_state.safetensors``."""
     import ray
 
     if not isinstance(cfg, (dict, LearnerConfig)) and cfg is not None:
         cfg = dict(cfg)
-    cfg_d = dataclasses.asdict(cfg) if isinstance(cfg, LearnerConfig) else dict(cfg or {})
-    name = name or cfg_d.get("actor_name") or DEFAULT_NAME
+    cfg_d = _as_dict(cfg)
+    name = name or learner_actor_name(cfg_d)
     namespace = namespace or cfg_d.get("actor_namespace") or DEFAULT_NAMESPACE
-    opts = dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True, max_concurrency=4,
+    h, have = _existing_learner(name, namespace)
+    if h is not None:
+        check_identity(have, _identity_wanted(cfg_d, target_dir, aux_layer_ids), name, namespace)
+        return h
+    opts = dict(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                max_concurrency=MAX_CONCURRENCY, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
                 **placement_options(cfg_d))
-    return ray.remote(SpecLearner).options(**opts).remote(cfg_d, target_dir, aux_layer_ids, **kwargs)
+    cls = ray.remote(concurrency_groups={CONTROL_GROUP: 2})(SpecLearner)  # not settable in .options()
+    return cls.options(**opts).remote(cfg_d, target_dir, aux_layer_ids, **kwargs)

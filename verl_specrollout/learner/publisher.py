@@ -93,6 +93,15 @@ class Publisher:
         lt = read_latest(self.publish_dir)
         return lt[0] if lt else None
 
+    def newest_version(self) -> Optional[int]:
+        """The highest version on disk: the one LATEST names, or a complete version directory
+        a publish cut short before LATEST moved.  A new publish numbers above it, so a restarted
+        learner never reuses (and overwrites) a version a rollout server may have loaded."""
+        versions = list_versions(self.publish_dir)
+        latest = self.latest_version()
+        candidates = versions + ([latest] if latest is not None else [])
+        return max(candidates) if candidates else None
+
     def publish(self, draft, version: int, meta: Optional[dict] = None) -> str:
         path = os.path.join(self.publish_dir, version_name(version))
         save_vllm_checkpoint(draft, path, self.target_config,

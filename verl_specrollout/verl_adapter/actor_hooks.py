@@ -115,9 +115,13 @@ class _ActorLearning:
             self.learner.set_shared_weights.remote(embed, head, self.step, cost)
 
     def _train_and_publish(self) -> None:
-        refs = list(self.capture.shipper._in_flight)
-        # The refs go inside a list: Ray must not resolve them (the learner waits for them itself).
-        self.pending = self.learner.train_and_publish.remote(self.cfg.steps_per_rollout, refs)
+        from verl_specrollout.learner.actor import TrainCalls
+
+        # At most one call in flight: a learner slower than a rollout step skips a round (counted)
+        # instead of queueing calls; a failed call is logged once and counted.
+        if not isinstance(self.pending, TrainCalls):
+            self.pending = TrainCalls(self.learner)
+        self.pending.fire(self.cfg.steps_per_rollout, self.capture.shipper._in_flight)
 
 
 def _after_init_model(worker) -> None:
