@@ -196,6 +196,11 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         if fields and isinstance(extra, dict):
             for key, value in fields.items():  # veRL's own MTP path may have filled them
                 extra.setdefault(key, value)
+        elif not getattr(self, "_sr_warned_no_request_spec", False):
+            self._sr_warned_no_request_spec = True
+            logger.warning("verl-specrollout: no per-request spec-decode stats for request %s (%s); veRL's "
+                           "rollout/spec_accept_* stay empty", request_id,
+                           "extra_fields missing" if not isinstance(extra, dict) else "vLLM returned none")
         return out
 
     def _sr_track_request_spec(self) -> None:

@@ -105,7 +105,7 @@ def summarize(steps: list[dict]) -> list[dict]:
     out = []
     for s in steps:
         keep = {k: v for k, v in s.items()
-                if k.startswith("timing_s/") or k.startswith("specrollout/") or k in SUMMARY_KEYS}
+                if k.startswith(("timing_s/", "specrollout/", "rollout/spec_")) or k in SUMMARY_KEYS}
         keep["step"] = s["step"]
         keep["reward_mean"] = s.get("critic/score/mean", s.get("critic/rewards/mean", math.nan))
         out.append(keep)
