@@ -37,7 +37,7 @@ def _rollout(llm, prompts, params, repeats):
     return statistics.median(times), tokens, outs
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--prompts", type=int, default=16)
@@ -52,20 +52,34 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
     ap.add_argument("--no-learner", action="store_true", help="GRPO with a frozen draft")
     ap.add_argument("--out", default=os.path.join(os.path.expanduser("~"), "specrollout_runs", "quickstart"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from vllm import SamplingParams
 
-    from verl_specrollout.vllm_adapter.offline_engine import make_llm
-    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+def main(argv=None) -> dict:
     from verl_specrollout.testing.testbed import build_testbed
-    from verl_specrollout.testing.testbed.reward import compute_score
-    from verl_specrollout.testing.testbed.task import DATA_SOURCE, make_examples, prompt_messages
-    from transformers import AutoTokenizer
 
+    args = parse_args(argv)
     t0 = time.perf_counter()
     tb = build_testbed(args.size)
     print(f"[quickstart] testbed {args.size} ready in {time.perf_counter() - t0:.1f}s at {tb.root}", flush=True)
+    summary = _rollouts(tb, args)
+    if not args.skip_grpo:
+        summary.update(_grpo(tb, args))
+    print(json.dumps(summary), flush=True)
+    return summary if "grpo_error" not in summary else None
+
+
+def _rollouts(tb, args) -> dict:
+    """Part 1: a GRPO-shaped rollout (prompts x G samples) on a plain engine, then on a speculative
+    engine configured exactly as the veRL override configures it."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from verl_specrollout.testing.testbed.reward import compute_score
+    from verl_specrollout.testing.testbed.task import DATA_SOURCE, make_examples, prompt_messages
+    from verl_specrollout.vllm_adapter.offline_engine import make_llm
+    from verl_specrollout.vllm_adapter.spec_counters import read_counters
+
     tok = AutoTokenizer.from_pretrained(tb.target_dir)
     examples = make_examples(args.prompts, seed=12345)
     prompts = [tok.apply_chat_template(prompt_messages(ex), add_generation_prompt=True, tokenize=False) for ex in examples]
@@ -75,14 +89,12 @@ def main(argv=None) -> dict:
         scores = [compute_score(DATA_SOURCE, c.text, str(ex.answer)) for ex, o in zip(examples, outs) for c in o.outputs]
         return sum(scores) / len(scores)
 
-    # Plain engine.
     llm = make_llm(tb.target_dir)
     sec_plain, tok_plain, outs = _rollout(llm, prompts, params, args.repeats)
     reward_plain = reward(outs)
     del llm
     gc.collect()
 
-    # Speculative engine, configured exactly as the veRL override would configure it.
     draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[args.method]
     spec = SpecRolloutConfig.from_dict(
         {"enable": True, "method": args.method, "draft_path": draft, "max_k": args.max_k,
@@ -115,10 +127,7 @@ def main(argv=None) -> dict:
     print(f"[quickstart] spec ({args.method}, {args.mode}): {summary['tokens_per_s_spec']} tok/s "
           f"({tok_spec} tokens, {sec_spec:.2f}s), mean acceptance length {summary['mean_acceptance_length']}")
     print(f"[quickstart] rollout speedup {summary['speedup']}x", flush=True)
-    if not args.skip_grpo:
-        summary.update(_grpo(tb, args))
-    print(json.dumps(summary), flush=True)
-    return summary if "grpo_error" not in summary else None
+    return summary
 
 
 def _grpo(tb, args) -> dict:
