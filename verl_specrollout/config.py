@@ -183,6 +183,14 @@ class LearnerConfig:
     max_in_flight: int = key(
         4, "Capture -> learner shipping: outstanding `add_batch` calls before the oldest is dropped.", ge=1)
     capture_context: int = key(1, "Prompt positions shipped before each response (see capture/samples.py).", ge=1)
+    capture_budget_mb: float = key(
+        256.0, "Most captured features shipped to the learner per policy step, in MiB, summed over all "
+        "data-parallel ranks: each rank keeps `capture_budget_mb / world_size`. Kept: whole response windows of "
+        "sequences drawn uniformly at random (seeded by policy step and rank, so reruns repeat), the last one "
+        "cut to fit. A token costs (aux layers + 1) x hidden x 2 bytes: 28 KB for a 7B target (hidden 3584), "
+        "so the default keeps about 9.4k tokens of a 128 x 8 x 2k-token step (0.45%); "
+        "`python -m verl_specrollout.capture.budget` computes it for other shapes. Kept and dropped counts: "
+        "`specrollout/learner/capture/*`.", gt=0.0)
     heldout_every: int = key(
         10, "Every this many captured sequences, one goes to the held-out set instead of the buffer.", ge=2)
     shared_refresh_every: int = key(

@@ -58,7 +58,10 @@ def test_engine_capture_end_to_end(tiny):
     eng = FakeEngine(tiny)
     cap = EngineCapture(eng, [1, 2], lambda s, step: got.append((s, step)), policy_step=lambda: 11)
     logits = eng.forward_step(mb, None, forward_only=True)
+    assert got == []  # the step's samples are shipped once, when the step ends
+    counts = cap.end_step()
     assert len(got) == 1 and got[0][1] == 11
+    assert counts["kept_sequences"] == 2 and counts["dropped_sequences"] == 0 and counts["kept_tokens"] == 10
     samples = got[0][0]
     assert [s["input_ids"].numel() for s in samples] == [6, 4]
     assert samples[0]["loss_mask"].tolist() == [1, 0, 1, 1, 1, 0]  # token 2 of response 0 masked out
@@ -67,7 +70,7 @@ def test_engine_capture_end_to_end(tiny):
                                atol=0.05, rtol=0.05)
     # training forwards (forward_only=False) are never captured
     eng.forward_step(mb, None, forward_only=False)
-    assert len(got) == 1
+    assert cap.end_step() is None and len(got) == 1
     cap.remove()
     eng.forward_step(mb, None, forward_only=True)
-    assert len(got) == 1
+    assert cap.end_step() is None and len(got) == 1

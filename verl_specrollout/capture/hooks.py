@@ -58,6 +58,7 @@ class HiddenStateCapture:
         self._index: Optional[torch.Tensor] = None
         self._padded_shape: Optional[tuple] = None
         self._armed = False
+        self._error: Optional[Exception] = None
         self._aux: dict = {}
         self._final: Optional[torch.Tensor] = None
         for L in self.aux_layer_ids:
@@ -70,30 +71,43 @@ class HiddenStateCapture:
         h = h.detach()
         if h.dim() == 3:  # (1, nnz, H) packed, or (B, T, H) padded / when index is None
             if self._index is not None:
-                if self._padded_shape is None:
-                    assert h.shape[0] == 1, "capture expects packed (1, nnz) inputs (veRL remove-padding)"
-                else:
-                    assert tuple(h.shape[:2]) == self._padded_shape, (
-                        f"capture expected padded activations of shape {self._padded_shape}, got {tuple(h.shape[:2])}")
+                if self._padded_shape is None and h.shape[0] != 1:
+                    raise RuntimeError(f"capture expects packed (1, nnz) activations (veRL remove-padding), "
+                                       f"got {tuple(h.shape[:2])}")
+                if self._padded_shape is not None and tuple(h.shape[:2]) != self._padded_shape:
+                    raise RuntimeError(f"capture expected padded activations of shape {self._padded_shape}, "
+                                       f"got {tuple(h.shape[:2])}")
                 h = h.reshape(-1, h.shape[-1]).index_select(0, self._index.to(h.device))
         return h.to(self.dtype)
+
+    def _store(self, slot, out) -> None:
+        # A hook runs inside the policy's forward: an error here must not reach it.  Keep the
+        # error for collect() and stop capturing for the rest of this forward.
+        try:
+            if slot is None:
+                self._final = self._keep(out)
+            else:
+                self._aux[slot] = self._keep(out)
+        except Exception as exc:
+            self._error = exc
+            self._armed = False
 
     def _make_hook(self, L):
         def hook(module, args, out):
             if self._armed:
-                self._aux[L] = self._keep(out)
+                self._store(L, out)
         return hook
 
     def _final_hook(self, module, args, out):
         if self._armed:
-            self._final = self._keep(out)
+            self._store(None, out)
 
     def arm(self, index: Optional[torch.Tensor] = None, padded_shape: Optional[tuple] = None) -> None:
         """``padded_shape=(B, T)``: the forward runs the padded (B, T) layout and ``index`` holds
         flat ``b * T + t`` positions (see verl_capture.padded_index); None: packed (1, nnz)."""
         self._index = index
         self._padded_shape = tuple(padded_shape) if padded_shape is not None else None
-        self._aux, self._final = {}, None
+        self._aux, self._final, self._error = {}, None, None
         self._armed = True
 
     def disarm(self) -> None:
@@ -103,6 +117,10 @@ class HiddenStateCapture:
     def collect(self):
         """-> (aux [N, n*H], final [N, H]) on the activations' device, then disarms."""
         self._armed = False
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._aux, self._final, self._index = {}, None, None
+            raise RuntimeError(f"capture hook failed during the forward: {error!r}") from error
         if self._final is None or len(self._aux) != len(self.aux_layer_ids):
             raise RuntimeError("capture armed but the hooked modules did not run (gradient checkpointing "
                                "re-entry or a model without the expected modules?)")

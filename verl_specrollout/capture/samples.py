@@ -68,7 +68,9 @@ def build_samples(input_ids: torch.Tensor, windows: Sequence[Optional[tuple]],
     ``input_ids``: packed [nnz] (or [1, nnz]).  ``aux`` [N, n*H] / ``final_hidden`` [N, H]: if
     ``gathered`` they hold only the rows of :func:`gather_index` (what the hooks keep), else all
     nnz rows.  ``response_masks[i]``: the sequence's response mask over its ``end - r0`` response
-    tokens (veRL's ``response_mask`` row, padding stripped); None = all ones.
+    tokens (veRL's ``response_mask`` row, padding stripped); None = all ones.  A window with
+    ``s == r0`` is a segment inside a response (a budget cut, capture/budget.py): every position
+    is a response token and ``response_masks[i]`` starts at ``s``.
     """
     ids = input_ids.reshape(-1)
     if aux.dim() == 3:
@@ -94,8 +96,8 @@ def build_samples(input_ids: torch.Tensor, windows: Sequence[Optional[tuple]],
         if response_masks is not None and response_masks[i] is not None:
             rmi = response_masks[i].reshape(-1)[: e - r0].to(torch.uint8).cpu()
             rm[: rmi.numel()] = rmi
-        off = r0 - s  # window-local index of the first response token
-        lm[off - 1: n - 1] = rm if off >= 1 else rm[1:]
+        off = r0 - s  # window-local index of the first response token (0: a segment inside the response)
+        lm[max(off - 1, 0): n - 1] = rm if off >= 1 else rm[1:]
         if int(lm.sum()) == 0:
             continue
         # clone: each sample must own a compact storage.  Slices of the captured batch are views,
@@ -113,3 +115,20 @@ def build_samples(input_ids: torch.Tensor, windows: Sequence[Optional[tuple]],
     return out
 
 
+def sample_tokens(sample: dict) -> int:
+    return int(sample["input_ids"].numel())
+
+
+def cut_sample(sample: dict, start: int, n: int) -> Optional[dict]:
+    """Positions ``[start, start + n)`` of a sample (consecutive: the learner's unroll needs them),
+    or None when no masked-in label is left.  A cut before the sample's end gives the new last
+    position loss 0, as every window's last position has (its next token is not shipped)."""
+    total = sample_tokens(sample)
+    if start == 0 and n >= total:
+        return sample
+    if n < 2:
+        return None
+    out = {k: (v[start:start + n].clone() if k in SAMPLE_KEYS else v) for k, v in sample.items()}
+    if start + n < total:
+        out["loss_mask"][-1] = 0
+    return out if int(out["loss_mask"].sum()) else None

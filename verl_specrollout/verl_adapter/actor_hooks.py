@@ -8,11 +8,12 @@ for the actor role only (never the ref):
 * get or create the detached learner actor (``learner.get_or_create_learner``), bootstrapped
   from ``specrollout.draft_path``;
 * ``install_capture`` on the actor's FSDP engine: EAGLE-3 features are kept during
-  ``compute_log_prob`` (``infer_batch`` -> ``forward_step`` with forward_only) and shipped to
-  the learner (bounded, fire-and-forget);
-* wrap that ``TrainingWorker.infer_batch`` instance: after each call, rank 0 fires
-  ``learner.train_and_publish.remote(steps_per_rollout, [add_batch refs])`` -- off the
-  critical path.
+  ``compute_log_prob`` (``infer_batch`` -> ``forward_step`` with forward_only), at most
+  ``learner.capture_budget_mb / world_size`` per rank and policy step (capture/budget.py);
+* wrap that ``TrainingWorker.infer_batch`` instance: after each call, every rank ends its capture
+  step (ships the step's samples, fire-and-forget, and reports the kept / dropped counts to the
+  learner), then rank 0 fires ``learner.train_and_publish.remote(steps_per_rollout, [add_batch
+  refs])`` -- off the critical path.
 
 The rollout servers reload the newest draft after each weight sync (verl_adapter/server.py).
 """
@@ -63,13 +64,18 @@ class _ActorLearning:
                              "EAGLE-3 draft_path whose config.json has eagle_aux_hidden_state_layer_ids)")
         self.cfg = lc
         self.step = 0
-        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        world_size = dist.get_world_size() if distributed else 1
         self.learner = get_or_create_learner(dataclasses.asdict(lc), model_path, aux,
                                              bootstrap_dir=spec_cfg.draft_path)
         actor = getattr(worker, compat.VERL_WORKER_ACTOR_ATTR)
         engine = getattr(actor, compat.VERL_TRAINING_WORKER_ENGINE_ATTR)
+        # An actor capture cannot serve (Ulysses SP, mrope, not an HF decoder) fails here, at start-up.
         self.capture = install_capture(engine, self.learner, aux, policy_step=lambda: self.step,
-                                       max_in_flight=lc.max_in_flight, context=lc.capture_context)
+                                       max_in_flight=lc.max_in_flight, context=lc.capture_context,
+                                       budget_mb=lc.capture_budget_mb, world_size=world_size, rank=self.rank)
+        self._warned_counts = False
         self.pending = None
         orig = getattr(actor, compat.VERL_TRAINING_WORKER_INFER)
 
@@ -80,6 +86,7 @@ class _ActorLearning:
             self.step += 1
             n0 = self.capture.n_samples
             out = orig(*args, **kwargs)
+            self._end_capture_step()
             self._maybe_refresh_shared()
             if self.capture.n_samples > n0 and self.rank == 0:
                 self._train_and_publish()
@@ -113,6 +120,24 @@ class _ActorLearning:
             cost = {"shared_refresh_s": time.perf_counter() - t0,  # gather + copy into the object store
                     "shared_refresh_mb": sum(w.numel() * w.element_size() for w in weights) / 2**20}
             self.learner.set_shared_weights.remote(embed, head, self.step, cost)
+
+    def _end_capture_step(self) -> None:
+        """Ship this step's captured samples and send its counts to the learner (every rank: the
+        learner sums them into ``specrollout/learner/capture/*``)."""
+        counts = self.capture.end_step()  # never raises
+        if counts is None:
+            return
+        logger.info("verl-specrollout capture, policy step %d rank %d: %s", self.step, self.rank, counts)
+        try:
+            self.learner.add_capture_counts.remote(self.step, self.rank, counts)
+        except AttributeError:  # a learner without the method: counts stay in this log
+            if not self._warned_counts:
+                self._warned_counts = True
+                logger.warning("verl-specrollout: the learner takes no capture counts; they are only logged here")
+        except Exception as exc:
+            if not self._warned_counts:
+                self._warned_counts = True
+                logger.warning("verl-specrollout: cannot send capture counts to the learner: %r", exc)
 
     def _train_and_publish(self) -> None:
         from verl_specrollout.learner.actor import TrainCalls
