@@ -14,13 +14,13 @@
 #            untrained one; the learner bootstraps it (acceptance length starts ~1.0).
 #   data     as in the single-node recipe (GSM8K: veRL's examples/data_preprocess/gsm8k.py
 #            --local_save_dir ~/data/gsm8k), at the same path on every node.
-#   storage  PUBLISH_DIR: where the learner publishes versioned drafts (v0001, ..., LATEST).
-#            Best on shared storage (NFS/Lustre) that every node can read. The rollout servers copy
-#            each new version into learner.node_local_dir on their own node and load it from there
-#            (a per-node mirror: one shared-FS read per node, not one per engine). Without shared
-#            storage, point PUBLISH_DIR at a path on the learner's node and mirror it to the same
-#            path on the other nodes (e.g. a periodic rsync); reloads only ever follow LATEST, so a
-#            node that lags keeps its last good draft.
+#   storage  PUBLISH_DIR: where the learner publishes versioned drafts (v000001, ..., LATEST).
+#            It must be on storage every node reads at the same path (NFS/Lustre/...): each rollout
+#            server reads LATEST and the checkpoint it names from there after every weight sync,
+#            and after every sleep-mode wake-up. Without shared storage, mirror PUBLISH_DIR to the
+#            same path on the other nodes (e.g. a periodic rsync that copies the version directory
+#            before LATEST); reloads only ever follow LATEST, so a node that lags keeps its last
+#            good draft.
 #
 # Cluster:
 #   head node:     ray start --head --port=6379 --num-gpus=$GPUS_PER_NODE
@@ -40,7 +40,6 @@ TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/test.parquet}
 OUT=${OUT:-/shared/specrollout_runs/grpo_multinode_eagle3}   # checkpoints: shared storage
 PUBLISH_DIR=${PUBLISH_DIR:-$OUT/draft}                        # versioned drafts: shared storage
-NODE_LOCAL_DIR=${NODE_LOCAL_DIR:-/tmp/specrollout_draft}      # per-node mirror (local disk)
 PROJECT=${PROJECT:-verl_specrollout}
 EXP_NAME=${EXP_NAME:-qwen2.5_7b_gsm8k_eagle3_multinode}
 
@@ -120,7 +119,6 @@ python3 -m verl.trainer.main_ppo \
     $SPEC.learner.feature_loss_weight=2.0 \
     $SPEC.learner.soft_ce_loss_weight=0.1 \
     $SPEC.learner.publish_dir="$PUBLISH_DIR" \
-    $SPEC.learner.node_local_dir="$NODE_LOCAL_DIR" \
     $SPEC.learner.state_dir="$OUT/learner_state" \
     $SPEC.learner.keep_versions=3 \
     trainer.critic_warmup=0 \

@@ -198,10 +198,10 @@ class LearnerConfig:
         "to the learner (its soft-CE target and the draft's shared modules follow the policy); 0 = never "
         "(the copies loaded from the model path at start stay). Costs one gather + ship of both matrices, "
         "logged as `specrollout/learner/shared_refresh_s` and `_mb`.", ge=0)
-    node_local_dir: Optional[str] = key(
-        None, "Reserved for multi-node runs: a node-local mirror of `publish_dir` read by rollout servers "
-        "(not used yet: single-node runs read `publish_dir` directly).", nonempty=True)
-    actor_name: str = key("specrollout_learner", "Name of the detached learner Ray actor.", nonempty=True)
+    actor_name: str = key(
+        "specrollout_learner", "Name of the detached learner Ray actor. Left at this default, the name is "
+        "derived from `publish_dir` (one learner per job on a shared Ray cluster); an existing actor of "
+        "that name that serves another target or publish_dir is refused with an error.", nonempty=True)
     actor_namespace: str = key("specrollout", "Ray namespace of the learner actor.", nonempty=True)
     aux_layer_ids: Optional[list] = key(
         None, "Target layers feeding the EAGLE-3 head; default: the draft's config.json "
