@@ -190,6 +190,8 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--capture-budget-mb", type=float, default=None,
+                    help="per-step capture budget (learner.capture_budget_mb, one rank); default: keep everything")
     return ap.parse_args(argv)
 
 
@@ -271,7 +273,25 @@ class DriftRun:
             c["logprob_forward_s"] += min(t_plain)
             c["capture_forward_s"] += min(t_hook)
         c["capture_extra_s"] = c["capture_forward_s"] - c["logprob_forward_s"]  # may be < 0 (noise)
-        return samples
+        return self.apply_budget(samples, step)
+
+    def apply_budget(self, samples: list, step: int) -> list:
+        """The product's per-step capture budget (capture/budget.py): same selection rule, applied
+        to the step's samples as one data-parallel rank would."""
+        if self.args.capture_budget_mb is None:
+            return samples
+        from verl_specrollout.capture.budget import MIB, StepBudget, bytes_per_token
+        from verl_specrollout.capture.samples import cut_sample, sample_tokens
+
+        cfg = self.policy.config
+        budget = StepBudget(int(self.args.capture_budget_mb * MIB), bytes_per_token(cfg.hidden_size, len(self.setup.aux)),
+                            policy_step=step)
+        picks = budget.plan([(0, 0, sample_tokens(x)) for x in samples], [True] * len(samples))
+        cut = [(pk, cut_sample(x, pk.start, pk.take)) for pk, x in zip(picks, samples) if pk is not None]
+        budget.commit([(pk, x) for pk, x in cut if x is not None])
+        kept, counts = budget.finish()
+        self.capture_counts = counts
+        return kept
 
     def ship_and_learn(self, samples, step: int, c: dict) -> tuple:
         """Shipping on the critical path = serialising the samples (what ray.put does); the learner
@@ -334,6 +354,8 @@ class DriftRun:
                 "learner_loss": train.get("loss"), "learner_top1_heldout": st.get("top1_agreement"),
                 "learner_lag": learner.lag(step), "shipped_mb": round(ship_mb, 2),
                 "buffer_samples": st.get("buffer_samples"), "buffer_dropped": st.get("buffer_dropped"),
+                "capture_kept_tokens": getattr(self, "capture_counts", {}).get("kept_tokens"),
+                "capture_dropped_tokens": getattr(self, "capture_counts", {}).get("dropped_tokens"),
                 **self.setup.describe(texts), **{f"{k}": round(v, 3) for k, v in c.items()}}
 
 
