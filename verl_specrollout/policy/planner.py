@@ -315,7 +315,7 @@ class Planner:
 
     def observe_time(self, requests: int, tokens: int, drafted_k: int, seconds: float) -> None:
         """Wall time of a pure-decode step measured apart from observe_step (the scheduler
-        measures a step's full cycle, which ends when the next step starts)."""
+        measures a step's full cycle between consecutive output updates: vllm_adapter/step_timer.py)."""
         if requests > 0:
             self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
 
