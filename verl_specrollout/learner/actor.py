@@ -289,6 +289,10 @@ class SpecLearner:
         self.shared_policy_step: Optional[int] = None  # policy step of the embedding / lm_head copies
         self.shared_refresh_cost: dict = {}  # seconds and MB of the last refresh, measured by the sender
         self._caller_stats: dict = {}  # the actor worker's train-call counters (see TrainCalls)
+        self.publish_failures = 0  # publishes that raised (LATEST kept the last good version)
+        self.state_save_failures = 0  # states not saved after a publish
+        self._publish_failing = 0  # current run of failed publishes: the first one is logged
+        self._state_save_failing = 0
         self._resume()
         self._refresh_snapshot()
 
@@ -301,6 +305,10 @@ class SpecLearner:
             try:
                 self.load_state(self.state_dir)
                 self.resumed = True
+                # One line that says a restart happened and from what (the crash itself is Ray's).
+                logger.warning("specrollout learner: resumed from %s: version %d, draft step %d, published up to "
+                               "policy step %d", state_file(self.state_dir), self.version, self.trainer.step,
+                               self.published_up_to)
             except LearnerStateError as exc:
                 self.state_error = str(exc)
                 logger.error("specrollout learner: refusing to resume: %s. Starting fresh from the initial draft "
@@ -319,7 +327,9 @@ class SpecLearner:
                 "published_up_to_policy_step": self.published_up_to,
                 "shared_policy_step": self.shared_policy_step,
                 # 1 when a state file was refused at start (the learner log says why)
-                "state_refused": float(self.state_error is not None), **self.shared_refresh_cost}
+                "state_refused": float(self.state_error is not None),
+                "publish_failures": self.publish_failures, "state_save_failures": self.state_save_failures,
+                **self.shared_refresh_cost}
         for k, v in self.last_stats.items():
             if isinstance(v, (int, float)) and k != "loss":
                 snap[f"train/{k}"] = v
@@ -370,16 +380,67 @@ class SpecLearner:
         return {**self.last_stats, "trained": steps, "train_seconds": dt}
 
     def publish(self) -> int:
+        """Write the next version and move LATEST to it.  A failed write (disk full, publish_dir not
+        writable) raises after one clear error log (once per run of failures, then only counted as
+        ``publish_failures``): LATEST still names the last good version, which rollouts keep, and the
+        learner goes on training.  A failed state save after LATEST moved does not undo the publish."""
         with self._lock:
+            last_good = self.version
             self.version += 1
-            self.publisher.publish(self.trainer.draft, self.version,
-                                   {"trained_up_to_policy_step": self.trained_up_to,
-                                    "draft_step": self.trainer.step})
+            try:
+                self.publisher.publish(self.trainer.draft, self.version,
+                                       {"trained_up_to_policy_step": self.trained_up_to,
+                                        "draft_step": self.trainer.step})
+            except Exception as exc:
+                self._publish_failed(last_good, exc)
+                raise
+            self._publish_worked()
             self.published_up_to = self.trained_up_to
             self._refresh_snapshot()
             if self.save_state_on_publish:
-                self.save_state(self.state_dir)
+                self._save_state_after_publish()
             return self.version
+
+    def _publish_failed(self, last_good: int, exc: BaseException) -> None:
+        # Never reuse a number already on disk (a version dir renamed into place before LATEST
+        # failed to move); otherwise the next publish takes the number this one did not use.
+        try:
+            on_disk = self.publisher.newest_version() or 0
+            latest = self.publisher.latest_version()
+        except OSError:  # publish_dir itself unreadable: nothing on disk can be counted on
+            on_disk, latest = 0, None
+        self.version = max(last_good, on_disk)
+        self.publish_failures += 1
+        self._publish_failing += 1
+        if self._publish_failing == 1:
+            logger.error("specrollout learner: publishing draft v%d to %s failed: %r. LATEST still names v%s and "
+                         "rollouts keep it; training goes on and the next publish retries (further failures "
+                         "are counted in specrollout/learner/publish_failures).", last_good + 1,
+                         self.publisher.publish_dir, exc, latest)
+        self._refresh_snapshot()
+
+    def _publish_worked(self) -> None:
+        if self._publish_failing:
+            logger.warning("specrollout learner: publishing works again (v%d, after %d failed publishes)",
+                           self.version, self._publish_failing)
+        self._publish_failing = 0
+
+    def _save_state_after_publish(self) -> None:
+        """The version is live already: a state that cannot be written is logged (once per run of
+        failures) and counted, not raised; a restart then resumes the previous state, and its
+        version counter still starts above every version on disk."""
+        try:
+            self.save_state(self.state_dir)
+        except Exception as exc:
+            self.state_save_failures += 1
+            self._state_save_failing += 1
+            if self._state_save_failing == 1:
+                logger.error("specrollout learner: saving the learner state to %s failed: %r. v%d is published; "
+                             "a restart would resume an older state (counted in "
+                             "specrollout/learner/state_save_failures).", self.state_dir, exc, self.version)
+        else:
+            self._state_save_failing = 0
+        self._refresh_snapshot()
 
     def train_and_publish(self, steps: Optional[int] = None, wait_for: Optional[list] = None,
                           wait_timeout: float = 60.0) -> dict:
@@ -396,7 +457,10 @@ class SpecLearner:
         out = self.train(steps)
         if not out.get("trained"):
             return {**out, "version": self.version, "published": False}
-        version = self.publish()
+        try:
+            version = self.publish()
+        except Exception as exc:  # logged and counted by publish; the training step stands
+            return {**out, "version": self.version, "published": False, "publish_error": repr(exc)}
         return {**out, "version": version, "published": True}
 
     @_control
@@ -444,6 +508,7 @@ class SpecLearner:
                "data_policy_step": self.data_policy_step, "batches": self.n_batches,
                "heldout_samples": len(self.heldout), "train_seconds": self.train_seconds,
                "loss": self.last_stats.get("loss"), "resumed": self.resumed, "state_error": self.state_error,
+               "publish_failures": self.publish_failures, "state_save_failures": self.state_save_failures,
                **self.buffer.stats()}
         if evaluate and self.heldout:
             with self._lock:

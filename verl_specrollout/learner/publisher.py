@@ -51,12 +51,15 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 def read_latest(publish_dir: str) -> Optional[tuple]:
     """``(version, path)`` named by ``<publish_dir>/LATEST``, or None (nothing published yet,
-    or a malformed pointer, which is logged)."""
+    or a malformed or unreadable pointer, which is logged)."""
     path = os.path.join(publish_dir, LATEST_NAME)
     try:
         with open(path) as f:
             name = f.read().strip()
     except FileNotFoundError:
+        return None
+    except OSError as exc:  # LATEST a directory, publish_dir a file, unreadable: nothing to follow
+        logger.warning("specrollout: cannot read %s: %r", path, exc)
         return None
     if not (name.startswith("v") and name[1:].isdigit()):
         logger.warning("specrollout: malformed %s: %r", path, name)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from verl_specrollout import compat
-from verl_specrollout.learner.publisher import read_latest
+from verl_specrollout.learner.publisher import list_versions, read_latest, version_name
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,10 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
 
 # ----------------------------------------------------------------------------- driver side
 
+def _rpc_failure(exc: BaseException) -> dict:
+    return {"version": None, "ok": False, "error": f"collective_rpc failed: {exc!r}", "loaded": 0, "skipped": []}
+
+
 class DraftReloader:
     """Driver-side handle: ``rpc`` is ``llm.collective_rpc`` (in-process engine) or veRL's
     server-side ``engine.collective_rpc``; both take a callable and ``args``."""
@@ -233,10 +237,15 @@ class DraftReloader:
 
     def load(self, ckpt_dir: str, version: int) -> Optional[int]:
         """Load ``ckpt_dir`` as ``version`` into every worker; returns the live version."""
-        results = self._rpc(self._method, args=(ckpt_dir, int(version)))
+        try:
+            results = self._rpc(self._method, args=(ckpt_dir, int(version)))
+        except Exception as exc:  # the call itself failed: a failed load like any other
+            results = [_rpc_failure(exc)]
         return self._finish(results, version)
 
     def _finish(self, results, version: int) -> Optional[int]:
+        # A version that failed is marked bad (never retried; a newer one is), so a broken
+        # checkpoint costs one failed load and one log line, not one per weight sync.
         results = list(results or [])
         self.last_result = results[0] if results else None
         ok = bool(results) and all(r.get("ok") for r in results)
@@ -266,10 +275,17 @@ class DraftReloader:
 
     def restore_target(self) -> Optional[tuple]:
         """``(version, path)`` to load when the engine's draft weights were discarded (sleep
-        level 2): the newest good published version, else the bootstrap checkpoint (v0)."""
+        level 2): the newest good published version -- LATEST, or when LATEST is a version that
+        failed to load, the newest older one still on disk (the live one among them) -- else the
+        bootstrap checkpoint (v0).  Falling back to v0 while a good published version is on disk
+        would take the rollout's draft back to its start."""
         latest = read_latest(self.publish_dir) if self.publish_dir else None
         if latest is not None and latest[0] not in self.bad_versions:
             return latest
+        if latest is not None:
+            older = [v for v in list_versions(self.publish_dir) if v < latest[0] and v not in self.bad_versions]
+            if older:
+                return older[-1], os.path.join(self.publish_dir, version_name(older[-1]))
         return (0, self.bootstrap_dir) if self.bootstrap_dir else None
 
     def restore(self) -> Optional[int]:
@@ -286,7 +302,10 @@ class AsyncDraftReloader(DraftReloader):
     engine's directly."""
 
     async def aload(self, ckpt_dir: str, version: int) -> Optional[int]:
-        results = await self._rpc(self._method, args=(ckpt_dir, int(version)))
+        try:
+            results = await self._rpc(self._method, args=(ckpt_dir, int(version)))
+        except Exception as exc:  # the call itself failed: a failed load like any other
+            results = [_rpc_failure(exc)]
         return self._finish(results, version)
 
     async def amaybe_reload(self) -> Optional[int]:
