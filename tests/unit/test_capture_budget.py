@@ -265,3 +265,18 @@ def test_totals_sum_ranks_of_the_newest_step():
     t.add(3, 0, c)
     t.add(4, 0, c)
     assert len(t._steps) == 2 and t.metrics()["capture/policy_step"] == 4
+
+
+def test_learner_metrics_show_the_summed_capture_counts(tmp_path):
+    """What actor ranks report through SpecLearner.add_capture_counts reaches metrics() as capture/*."""
+    from verl_specrollout.learner.actor import SpecLearner
+    from verl_specrollout.testing.testbed.toy import get_toy
+
+    toy = get_toy()
+    learner = SpecLearner({"publish_dir": str(tmp_path / "pub")}, toy["target"], toy["aux_layer_ids"],
+                          bootstrap_dir=toy["draft"])
+    learner.add_capture_counts(3, 0, {"seen_tokens": 100, "kept_tokens": 40, "shipper_dropped_batches_total": 1})
+    learner.add_capture_counts(3, 1, {"seen_tokens": 100, "kept_tokens": 60, "shipper_dropped_batches_total": 0})
+    m = learner.metrics()
+    assert m["capture/kept_tokens"] == 100 and m["capture/ranks"] == 2
+    assert m["capture/kept_fraction"] == 0.5 and m["capture/shipper_dropped_batches_total"] == 1

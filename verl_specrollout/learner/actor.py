@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from verl_specrollout.config import LearnerConfig
+from verl_specrollout.capture.budget import CaptureTotals
 from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint
 from verl_specrollout.errors import SpecRolloutConfigError
 
@@ -289,6 +290,7 @@ class SpecLearner:
         self.shared_policy_step: Optional[int] = None  # policy step of the embedding / lm_head copies
         self.shared_refresh_cost: dict = {}  # seconds and MB of the last refresh, measured by the sender
         self._caller_stats: dict = {}  # the actor worker's train-call counters (see TrainCalls)
+        self.capture_totals = CaptureTotals()  # per-step capture counts from every actor rank (own lock)
         self.publish_failures = 0  # publishes that raised (LATEST kept the last good version)
         self.state_save_failures = 0  # states not saved after a publish
         self._publish_failing = 0  # current run of failed publishes: the first one is logged
@@ -468,7 +470,7 @@ class SpecLearner:
         """Cheap scalars for the trainer's logger (no held-out evaluation).  Lock-free: it returns
         at once while a train / publish call runs, with the values of the last finished one."""
         snap = self._snapshot
-        out = {**snap, **self._caller_stats, "buffer_samples": len(self.buffer)}
+        out = {**snap, **self._caller_stats, **self.capture_totals.metrics(), "buffer_samples": len(self.buffer)}
         if policy_step is not None:
             out["lag"] = int(policy_step) - snap["published_up_to_policy_step"]
         return out
@@ -477,6 +479,13 @@ class SpecLearner:
     def report_calls(self, stats: dict) -> None:
         """The actor worker's train-call counters (skipped / failed calls), shown by ``metrics``."""
         self._caller_stats = {k: float(v) for k, v in dict(stats).items()}
+
+    @_control
+    def add_capture_counts(self, policy_step: int, rank: int, counts: dict) -> None:
+        """One actor rank's capture counts for one policy step (capture/budget.py: kept / dropped
+        sequences, tokens and bytes; the shipper's dropped batches), summed over ranks and shown by
+        ``metrics`` as ``capture/*``."""
+        self.capture_totals.add(policy_step, rank, counts)
 
     @_control
     def latest_version(self) -> Optional[int]:

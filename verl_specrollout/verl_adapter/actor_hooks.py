@@ -127,6 +127,10 @@ class _ActorLearning:
         counts = self.capture.end_step()  # never raises
         if counts is None:
             return
+        shipper = getattr(self.capture, "shipper", None)
+        if shipper is not None:  # cumulative: batches the bounded queue dropped (oldest first)
+            counts = {**counts, "shipper_dropped_batches_total": shipper.dropped,
+                      "shipper_dropped_samples_total": shipper.dropped_samples}
         logger.info("verl-specrollout capture, policy step %d rank %d: %s", self.step, self.rank, counts)
         try:
             self.learner.add_capture_counts.remote(self.step, self.rank, counts)
