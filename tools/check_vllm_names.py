@@ -835,17 +835,22 @@ def _compatible(ours: ast.AST, base: ast.AST) -> Tuple[bool, str]:
     return True, ""
 
 
-def _find_string(tree: SourceTree, under: str, value: str) -> Optional[Tuple[str, int]]:
+def _modules_mentioning(tree: SourceTree, under: str, text: str):
+    """(path, parsed module) of the files under ``under`` whose source contains ``text``."""
     for path in tree.files_under(under):
         try:
             with open(path, encoding="utf-8") as f:
-                if value not in f.read():
+                if text not in f.read():
                     continue
         except (OSError, UnicodeDecodeError):
             continue
         mod = tree.parse(path)
-        if mod is None:
-            continue
+        if mod is not None:
+            yield path, mod
+
+
+def _find_string(tree: SourceTree, under: str, value: str) -> Optional[Tuple[str, int]]:
+    for path, mod in _modules_mentioning(tree, under, value):
         for n in ast.walk(mod):
             if isinstance(n, ast.Constant) and n.value == value:
                 return path, n.lineno
@@ -853,16 +858,7 @@ def _find_string(tree: SourceTree, under: str, value: str) -> Optional[Tuple[str
 
 
 def _find_attr(tree: SourceTree, under: str, name: str) -> Optional[Tuple[str, int]]:
-    for path in tree.files_under(under):
-        try:
-            with open(path, encoding="utf-8") as f:
-                if name not in f.read():
-                    continue
-        except (OSError, UnicodeDecodeError):
-            continue
-        mod = tree.parse(path)
-        if mod is None:
-            continue
+    for path, mod in _modules_mentioning(tree, under, name):
         for n in ast.walk(mod):
             if _assigns_attr(n, name, self_only=False):
                 return path, n.lineno

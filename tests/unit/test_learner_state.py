@@ -11,17 +11,7 @@ import torch
 from verl_specrollout.learner.actor import (LEGACY_STATE_NAME, STATE_META_KEY, STATE_NAME, LearnerStateError,
                                             SpecLearner)
 from verl_specrollout.learner.publisher import Publisher, read_latest
-from verl_specrollout.testing.testbed.toy import TOY_ARCH, TOY_AUX, get_toy
-
-
-def toy_samples(n, T=12, seed=0):
-    """Captured-sample lookalikes for the toy target (hidden 128, two aux layers, vocab 256)."""
-    H, V = TOY_ARCH["hidden_size"], TOY_ARCH["vocab_size"]
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, V, (T,), generator=g, dtype=torch.int32),
-             "aux": torch.randn(T, len(TOY_AUX) * H, generator=g).bfloat16(),
-             "final_hidden": torch.randn(T, H, generator=g).bfloat16(),
-             "loss_mask": torch.tensor([1] * (T - 1) + [0], dtype=torch.uint8)} for _ in range(n)]
+from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, toy_samples
 
 
 def _learner(tmp_path, **kw):

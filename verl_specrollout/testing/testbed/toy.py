@@ -149,6 +149,16 @@ def build_toy_draft(target_dir: str, out_dir: str, steps: int = 200, n_prompts: 
     return st
 
 
+def toy_samples(n, T=12, seed=0):
+    """Captured-sample lookalikes for the toy target (hidden 128, two aux layers, vocab 256)."""
+    H, V = TOY_ARCH["hidden_size"], TOY_ARCH["vocab_size"]
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, V, (T,), generator=g, dtype=torch.int32),
+             "aux": torch.randn(T, len(TOY_AUX) * H, generator=g).bfloat16(),
+             "final_hidden": torch.randn(T, H, generator=g).bfloat16(),
+             "loss_mask": torch.tensor([1] * (T - 1) + [0], dtype=torch.uint8)} for _ in range(n)]
+
+
 TOY_VERSION = "2"
 
 
