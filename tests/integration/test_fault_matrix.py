@@ -199,6 +199,7 @@ def test_learner_killed_mid_train_resumes_and_rollouts_keep_the_last_good_draft(
     live = [rel.maybe_reload()]
     a_v2 = acceptance(engine)
 
+    buffered_before = get(a.stats.remote(evaluate=False))["buffer_samples"]
     # A slow train call (only this process is slowed: a restarted learner runs at normal speed).
     get(a.__ray_call__.remote(_slow_train_steps, 0.5))
     train = a.train.remote(50)
@@ -223,9 +224,10 @@ def test_learner_killed_mid_train_resumes_and_rollouts_keep_the_last_good_draft(
     # Everything acknowledged is back; the steps of the interrupted call were never acknowledged.
     assert st["resumed"] and st["state_error"] is None
     assert (st["version"], st["draft_step"], st["published_up_to_policy_step"]) == (2, 2, 3)
-    # The interrupted call is retried on the restarted learner (max_task_retries) and returns: its
-    # replay buffer is not part of the saved state, so it has nothing to train on until new data.
-    assert get(train)["trained"] == 0
+    # Acknowledged batches are journaled (learner/journal.py): the restarted learner's replay
+    # buffer holds them again, so the interrupted call, retried there (max_task_retries), trains.
+    assert st["buffer_samples"] == buffered_before > 0, (st, buffered_before)
+    assert get(train)["trained"] == 50
     lines = learner_log_lines(f"resumed from {pub}")
     assert len(lines) == 1 and "version 2, draft step 2" in lines[0], lines
 

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from verl_specrollout.learner.actor import (LEGACY_STATE_NAME, STATE_META_KEY, STATE_NAME, LearnerStateError,
+from verl_specrollout.learner.actor import (JOURNAL_DIR, LEGACY_STATE_NAME, STATE_META_KEY, STATE_NAME, LearnerStateError,
                                             SpecLearner)
 from verl_specrollout.learner.publisher import Publisher, read_latest
 from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, toy_samples
@@ -39,7 +39,7 @@ def test_state_is_safetensors_with_a_json_header_and_resumes(tmp_path):
     a.train(2)
     assert a.publish() == 1
     state_dir = str(tmp_path / "pub" / "state")
-    assert sorted(os.listdir(state_dir)) == [STATE_NAME]  # no pickle, no temp leftovers
+    assert sorted(os.listdir(state_dir)) == [JOURNAL_DIR, STATE_NAME]  # no pickle, no temp leftovers
     with safe_open(os.path.join(state_dir, STATE_NAME), framework="pt") as f:
         meta = json.loads(f.metadata()[STATE_META_KEY])
         names = list(f.keys())
@@ -61,7 +61,7 @@ def test_older_pt_state_loads_with_weights_only(tmp_path):
     a.add_batch(toy_samples(4), policy_step=3)
     a.train(2)
     state_dir = tmp_path / "pub" / "state"
-    state_dir.mkdir()
+    state_dir.mkdir(exist_ok=True)  # the batch journal lives there already
     blob = {"trainer": a.trainer.state_dict(), "eagle3_config": dataclasses.asdict(a.trainer.draft.config),
             "version": 5, "trained_up_to": 3, "published_up_to": 3, "data_policy_step": 3}
     torch.save(blob, str(state_dir / LEGACY_STATE_NAME))  # what the previous version wrote

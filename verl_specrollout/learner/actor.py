@@ -50,12 +50,14 @@ from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_c
 from verl_specrollout.errors import SpecRolloutConfigError
 
 from .buffer import ReplayBuffer
+from .journal import BatchJournal
 from .publisher import Publisher
 from .trainer import DraftTrainer
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "learner_state.safetensors"
+JOURNAL_DIR = "buffer"  # under state_dir: acknowledged batches not yet evicted (learner/journal.py)
 LEGACY_STATE_NAME = "learner_state.pt"  # written by older versions; read with weights_only=True only
 STATE_META_KEY = "specrollout_learner_state"
 STATE_FORMAT = 1
@@ -70,6 +72,17 @@ IDENTITY_TIMEOUT_S = 600.0  # an existing learner may still be loading the targe
 
 class LearnerStateError(ValueError):
     """A learner state file this code will not load (not its format, or not safe to read)."""
+
+
+def _open_journal(directory: str) -> Optional[BatchJournal]:
+    """The batch journal, or None (logged) when its directory cannot be made: the learner then
+    runs with an in-memory buffer only, as it would without a state dir."""
+    try:
+        return BatchJournal(directory)
+    except OSError as exc:
+        logger.error("specrollout learner: cannot keep a batch journal in %s (%r); acknowledged batches "
+                     "are lost if the learner dies", directory, exc)
+        return None
 
 
 def _control(method):
@@ -236,7 +249,8 @@ class SpecLearner:
                  bootstrap_dir: Optional[str] = None, state_dir: Optional[str] = None, keep: Optional[int] = None,
                  batch_size: Optional[int] = None, num_steps: Optional[int] = None,
                  heldout_every: Optional[int] = None, heldout_max: int = 64,
-                 save_state_on_publish: bool = True, device: Optional[str] = None, seed: int = 0):
+                 save_state_on_publish: bool = True, device: Optional[str] = None, seed: int = 0,
+                 journal: bool = True):
         """Keyword arguments left None come from ``cfg`` (LearnerConfig: state_dir, keep_versions,
         batch_size, num_unroll_steps, heldout_every, aux_layer_ids); given ones override it."""
         self.cfg = _as_config(cfg)
@@ -270,11 +284,14 @@ class SpecLearner:
                                     feature_loss_weight=self.cfg.feature_loss_weight,
                                     soft_ce_loss_weight=self.cfg.soft_ce_loss_weight,
                                     num_steps=num_steps, batch_size=batch_size, device=device)
-        self.buffer = ReplayBuffer(self.cfg.buffer_bytes, seed=seed)
         self.heldout: collections.deque = collections.deque(maxlen=heldout_max)
         self.heldout_every = max(2, int(heldout_every))
         self.publisher = Publisher(self.cfg.publish_dir, keep=keep, target_config=self.target_config)
         self.state_dir = state_dir or os.path.join(self.cfg.publish_dir, "state")
+        # Acknowledged batches survive a learner crash: journaled until the buffer evicts them.
+        self.journal = _open_journal(os.path.join(self.state_dir, JOURNAL_DIR)) if journal else None
+        self.buffer = ReplayBuffer(self.cfg.buffer_bytes, seed=seed,
+                                   on_evict=self.journal.released if self.journal else None)
         self.save_state_on_publish = save_state_on_publish
         self.version = 0
         self.data_policy_step = -1          # newest policy step seen in captured data
@@ -296,7 +313,22 @@ class SpecLearner:
         self._publish_failing = 0  # current run of failed publishes: the first one is logged
         self._state_save_failing = 0
         self._resume()
+        self._replay_journal()
         self._refresh_snapshot()
+
+    def _replay_journal(self) -> None:
+        """Put the batches acknowledged before a restart back into the buffer, oldest first."""
+        if self.journal is None:
+            return
+        batches = samples = 0
+        for batch_id, got in self.journal.replay():
+            batches += 1
+            samples += len(got)
+            for s in got:
+                self.buffer.add(s, tag=batch_id)
+        if batches:
+            logger.warning("specrollout learner: %d acknowledged batches (%d samples) restored into the replay "
+                           "buffer from %s", batches, samples, self.journal.directory)
 
     def _resume(self) -> None:
         """Resume from the saved state when there is one.  A file that is not a learner state (or
@@ -353,13 +385,15 @@ class SpecLearner:
             samples = ray.get(samples)
         elif isinstance(samples, list) and samples and isinstance(samples[0], ray.ObjectRef):
             samples = [s for part in ray.get(samples) for s in part]
-        n = 0
+        keep = []
         for s in samples:
             self._n_seen += 1
             if self._n_seen % self.heldout_every == 0:
-                self.heldout.append(s)
+                self.heldout.append(s)  # evaluation only: not journaled
             else:
-                n += int(self.buffer.add(s))
+                keep.append(s)
+        batch_id = self.journal.record(keep) if (self.journal is not None and keep) else None
+        n = sum(int(self.buffer.add(s, tag=batch_id)) for s in keep)
         if policy_step is not None:
             self.data_policy_step = max(self.data_policy_step, int(policy_step))
         self.n_batches += 1

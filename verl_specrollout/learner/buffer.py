@@ -13,11 +13,12 @@ class ReplayBuffer:
     """FIFO by bytes. ``add`` evicts the oldest samples until the new one fits; a sample bigger
     than the whole cap is rejected.  Every eviction/rejection is counted (``dropped``)."""
 
-    def __init__(self, cap_bytes: int, seed: int = 0):
+    def __init__(self, cap_bytes: int, seed: int = 0, on_evict=None):
         if cap_bytes <= 0:
             raise ValueError("cap_bytes must be > 0")
         self.cap_bytes = int(cap_bytes)
-        self._q: collections.deque = collections.deque()  # (nbytes, sample)
+        self._q: collections.deque = collections.deque()  # (nbytes, sample, tag)
+        self._on_evict = on_evict  # called with the tag of every sample that leaves (or is refused)
         self.bytes = 0
         self.added = 0
         self.dropped = 0
@@ -28,22 +29,30 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self._q)
 
-    def add(self, sample: dict) -> bool:
+    def add(self, sample: dict, tag=None) -> bool:
         nb = sample_nbytes(sample)
+        gone = []
         with self._lock:
             self.added += 1
             if nb > self.cap_bytes:
                 self.dropped += 1
                 self.dropped_bytes += nb
-                return False
-            while self.bytes + nb > self.cap_bytes:
-                onb, _ = self._q.popleft()
-                self.bytes -= onb
-                self.dropped += 1
-                self.dropped_bytes += onb
-            self._q.append((nb, sample))
-            self.bytes += nb
-            return True
+                gone.append(tag)
+                ok = False
+            else:
+                while self.bytes + nb > self.cap_bytes:
+                    onb, _, otag = self._q.popleft()
+                    self.bytes -= onb
+                    self.dropped += 1
+                    self.dropped_bytes += onb
+                    gone.append(otag)
+                self._q.append((nb, sample, tag))
+                self.bytes += nb
+                ok = True
+        if self._on_evict is not None:
+            for t in gone:
+                self._on_evict(t)
+        return ok
 
     def extend(self, samples) -> int:
         return sum(bool(self.add(s)) for s in samples)
@@ -51,18 +60,13 @@ class ReplayBuffer:
     def sample(self, n: int, newest_first: bool = False) -> list:
         """``n`` samples, uniformly at random (or the newest ``n``)."""
         with self._lock:
-            items = [s for _, s in self._q]
+            items = [s for _, s, _ in self._q]
         if not items:
             return []
         if newest_first:
             return items[-n:]
         return [items[self._rng.randrange(len(items))] for _ in range(n)] if n > len(items) else \
             self._rng.sample(items, n)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._q.clear()
-            self.bytes = 0
 
     def stats(self) -> dict:
         return {"buffer_bytes": self.bytes, "buffer_samples": len(self._q), "buffer_cap_bytes": self.cap_bytes,
