@@ -7,37 +7,100 @@ on this machine); "plain" is a second engine without speculation, interleaved to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 import time
+from typing import Optional
 
 
-def load_prompts(tb, n: int, seed: int = 777) -> list:
+@dataclasses.dataclass
+class ModelPair:
+    """What a benchmark runs: a target, drafts per method, and where prompts come from."""
+
+    target_dir: str
+    drafts: dict  # method -> draft checkpoint dir (None for model-free methods)
+    prompts_file: Optional[str] = None
+    testbed: object = None  # the project testbed when no --target is given
+
+    def draft_for(self, method: str) -> Optional[str]:
+        if method == "ngram":
+            return None
+        draft = self.drafts.get(method)
+        if not draft:
+            raise SystemExit(f"--method {method} needs a draft: pass --draft DIR")
+        return draft
+
+
+def add_model_args(ap) -> None:
+    """--target / --draft / --prompts-file: measure your own pair; default: the project testbed."""
+    ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
+    ap.add_argument("--draft", default=None, help="draft dir for --method (EAGLE-3 head or draft LM)")
+    ap.add_argument("--prompts-file", default=None,
+                    help="prompts, one per line (plain text, or JSONL with a 'prompt' string or chat 'messages')")
+
+
+def model_pair(args) -> ModelPair:
+    if args.target:
+        return ModelPair(args.target, {args.method: args.draft}, args.prompts_file)
+    from verl_specrollout.testing.testbed import build_testbed
+
+    tb = build_testbed(args.size)
+    return ModelPair(tb.target_dir, {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir},
+                     args.prompts_file, tb)
+
+
+def read_prompts_file(path: str, tokenizer) -> list:
+    """One prompt per line: plain text, or JSON with "prompt" (text) or "messages" (chat, rendered
+    with the target's chat template). Empty lines are skipped."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                row = json.loads(line)
+                if "messages" in row:
+                    out.append(tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True,
+                                                             tokenize=False))
+                    continue
+                line = row["prompt"]
+            out.append(line)
+    if not out:
+        raise SystemExit(f"{path}: no prompts")
+    return out
+
+
+def load_prompts(pair: ModelPair, n: int, seed: int = 777) -> list:
+    """``n`` prompts: the file's, cycled when it has fewer; else the testbed task's (seeded)."""
     from transformers import AutoTokenizer
 
+    tok = AutoTokenizer.from_pretrained(pair.target_dir)
+    if pair.prompts_file:
+        prompts = read_prompts_file(pair.prompts_file, tok)
+        return [prompts[i % len(prompts)] for i in range(n)]
     from verl_specrollout.testing.testbed.task import make_examples, prompt_messages
 
-    tok = AutoTokenizer.from_pretrained(tb.target_dir)
     exs = make_examples(n, seed=seed)
     return [tok.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False) for e in exs]
 
 
-def make_engines(tb, method: str, max_k: int, max_batch: int, **overrides):
+def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, **overrides):
     """(plain engine, speculative engine, its SpecRolloutScheduler)."""
-    from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout import compat
+    from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
-    draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[method]
     cfg = SpecRolloutConfig.from_dict(
-        {"enable": True, "method": method, "draft_path": draft, "max_k": max_k,
+        {"enable": True, "method": method, "draft_path": pair.draft_for(method), "max_k": max_k,
          "planner": {"mode": "adaptive", "max_batch": max_batch}}
     )
     common = dict(max_num_seqs=max_batch, max_num_batched_tokens=max(2048, max_batch * (max_k + 1)))
     common.update(overrides)
-    plain = make_llm(tb.target_dir, **common)
-    spec = make_llm(tb.target_dir, cfg, **common)
+    plain = make_llm(pair.target_dir, **common)
+    spec = make_llm(pair.target_dir, cfg, **common)
     return plain, spec, compat.in_process_scheduler(spec)
 
 

@@ -1,6 +1,7 @@
 """Throughput vs live concurrency B for plain decoding, every static K and the adaptive planner.
 
     python -m benchmarks.concurrency_sweep --out results/sweep.json [--size medium]
+    python -m benchmarks.concurrency_sweep --out my.json --target DIR --draft DIR --method eagle3 --prompts-file p.txt
 
 All B requests run the same number of tokens (ignore_eos) so concurrency stays B for the
 whole measurement. Policies are interleaved inside one speculative engine (table rewritten
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import load_prompts, make_engines, median, run_policy, set_k0_skip, write_json
+from benchmarks.common import (add_model_args, load_prompts, make_engines, median, model_pair, run_policy,
+                               set_k0_skip, write_json)
 
 
 def parse_args(argv=None):
@@ -29,6 +31,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--warmup-steps", type=int, default=96, help="adaptive warm-up engine steps per B")
+    add_model_args(ap)
     return ap.parse_args(argv)
 
 
@@ -36,14 +39,12 @@ class Sweep:
     """Engines, prompts and policies of one sweep; ``measure(b)`` times every policy at concurrency b."""
 
     def __init__(self, args):
-        from verl_specrollout.testing.testbed import build_testbed
-
         self.args = args
         self.batches = [int(b) for b in args.batches.split(",")]
         self.ks = [int(k) for k in args.ks.split(",")]
-        tb = build_testbed(args.size)
-        self.prompts = load_prompts(tb, max(self.batches))
-        self.plain, self.spec, self.sched = make_engines(tb, args.method, max(self.ks), max(self.batches))
+        pair = model_pair(args)
+        self.prompts = load_prompts(pair, max(self.batches))
+        self.plain, self.spec, self.sched = make_engines(pair, args.method, max(self.ks), max(self.batches))
         # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
         # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, vllm_adapter/k0_skip.py).
         self.policies = ["plain", "static-0"] + [f"static-{k}" for k in self.ks] + ["adaptive", "adaptive-skip0"]

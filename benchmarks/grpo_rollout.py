@@ -1,6 +1,7 @@
 """A GRPO-shaped rollout timed end to end: many prompts x G samples, heavy-tailed lengths.
 
     python -m benchmarks.grpo_rollout --out results/grpo.json [--size medium]
+    python -m benchmarks.grpo_rollout --out my.json --target DIR --draft DIR --method eagle3 --prompts-file p.jsonl
 
 All P*G requests are submitted at once, so the engine starts compute-bound with P*G running
 sequences and ends in a long tail of a few. Compares plain decoding, every single static K
@@ -14,7 +15,7 @@ import argparse
 import math
 import time
 
-from benchmarks.common import load_prompts, make_engines, median, run_policy, write_json
+from benchmarks.common import add_model_args, load_prompts, make_engines, median, model_pair, run_policy, write_json
 
 # The kind of table a user writes by hand for vLLM's num_speculative_tokens_per_batch_size.
 HAND_TABLE = [[1, 4, 4], [5, 16, 2], [17, 4096, 1]]
@@ -51,6 +52,7 @@ def parse_args(argv=None):
     ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
                     help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
                          "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
+    add_model_args(ap)
     return ap.parse_args(argv)
 
 
@@ -103,13 +105,11 @@ def main(argv=None):
     args = parse_args(argv)
     from vllm import SamplingParams
 
-    from verl_specrollout.testing.testbed import build_testbed
-
     ks = [int(k) for k in args.ks.split(",")]
-    tb = build_testbed(args.size)
-    prompts = load_prompts(tb, args.prompts, seed=4242)
+    pair = model_pair(args)
+    prompts = load_prompts(pair, args.prompts, seed=4242)
     max_bs = max(256, args.prompts * args.group)
-    engines = make_engines(tb, args.method, max(ks), max_bs)
+    engines = make_engines(pair, args.method, max(ks), max_bs)
     plain, spec, sched = engines
     hand = [[lo, min(hi, max_bs), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max_bs]
     if args.lengths == "natural":
