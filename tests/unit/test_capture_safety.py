@@ -7,42 +7,14 @@ import torch
 from verl_specrollout.capture import verl_capture
 from verl_specrollout.capture.verl_capture import CaptureUnsupported, EngineCapture, install_capture
 
+from capture_rig import FakeEngine, tiny_llama
+
 AUX = [1, 2]
-
-
-def _tiny(**overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **overrides)
-    cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return _tiny()
-
-
-class FakeEngine:
-    """FSDPEngineWithLMHead.forward_step's packing: (1, nnz) from the jagged tensors."""
-
-    ulysses_sequence_parallel_size = 1
-    use_remove_padding = True
-
-    def __init__(self, module):
-        self.module = module
-        self.fail = None
-
-    def forward_step(self, micro_batch, loss_function, forward_only):
-        if self.fail is not None:
-            raise self.fail
-        ids = micro_batch["input_ids"].values().unsqueeze(0)
-        pos = micro_batch["position_ids"].values()
-        pos = (pos if pos.dim() == 1 else pos[:, 0]).unsqueeze(0)  # a text model reads one of the 3 rows
-        with torch.no_grad():
-            return self.module(input_ids=ids, position_ids=pos, use_cache=False).logits
+    return tiny_llama()
 
 
 def micro_batch(seed, three_d_positions=False):
@@ -180,7 +152,7 @@ def test_ulysses_is_refused_at_install(tiny):
 
 
 def test_mrope_model_is_refused_at_install():
-    model = _tiny()
+    model = tiny_llama()
     model.config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]}
     with pytest.raises(CaptureUnsupported, match="mrope"):
         _install(FakeEngine(model))

@@ -4,34 +4,12 @@ import torch
 
 from verl_specrollout.capture.verl_capture import EngineCapture, response_info
 
+from capture_rig import FakeEngine, tiny_llama
+
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
-    cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(cfg).eval()
-
-
-class FakeEngine:
-    """Mimics FSDPEngineWithLMHead.forward_step's packing: (1, nnz) from the jagged tensors."""
-
-    ulysses_sequence_parallel_size = 1
-    use_remove_padding = True
-
-    def __init__(self, module):
-        self.module = module
-        self.calls = 0
-
-    def forward_step(self, micro_batch, loss_function, forward_only):
-        self.calls += 1
-        ids = micro_batch["input_ids"].values().unsqueeze(0)
-        pos = micro_batch["position_ids"].values().unsqueeze(0)
-        with torch.no_grad():
-            return self.module(input_ids=ids, position_ids=pos, use_cache=False).logits
+    return tiny_llama()
 
 
 def _micro_batch(seqs, max_resp):
