@@ -1,0 +1,194 @@
+"""Per-request Best-of-N: draft this step from the draft model or from the group suffix index.
+
+The rule, per request and step, within the planner's k:
+
+- model option: E_model = sum_{j=1..k} a^j, with a the request's running per-token acceptance of
+  the model's drafts (decayed counts of accepted / tried positions, shrunk towards a base rate
+  with `prior_weight` pseudo-trials; the base is `model_alpha` -- the engine's running acceptance
+  -- when given, else the chooser's own decayed estimate over all requests shrunk to
+  `prior_model_alpha`). "Tried" positions are those up to and including the first rejection.
+- suffix option: the draft's per-token count shares p_j, calibrated: p'_j = min(1, c * p_j), where
+  c = observed accepted / predicted (sum of p over tried positions) for this request and source,
+  shrunk towards the same ratio over all requests for the source (itself shrunk towards 1). An
+  over-confident source (shares that verification does not confirm) gets c < 1 and loses weight.
+  The draft is cut where the marginal expected gain prod_{i<=j} p'_i of its next token drops below
+  `min_gain` (each verified token costs verification work; SuffixDecoding's own cut-off, 0.1, is
+  the default); E_suffix = sum of the kept tokens' marginal gains.
+- choose the larger; a tie goes to the suffix (it costs no draft forward). ("", 0) when neither
+  option's first token reaches `min_gain` (nothing pays), and always when k == 0.
+
+Why geometric: a chain draft is accepted up to its first rejection, so E[accepted] = sum_j
+P(tokens 1..j accepted) = sum_j prod_{i<=j} alpha_i. With one per-token rate for the model
+(alpha_i = a) this is sum a^j; the suffix draft carries its own per-token alpha_i (calibrated
+shares). What it ignores: that the model's acceptance falls with depth (one rate for all
+positions), the draft model's forward cost (the suffix is free; the tie rule is the only nod to
+it), the difference in verification cost between n and k tokens beyond the `min_gain` cut,
+correlation between successive tokens, and exploration: an option the chooser stops choosing
+for a request keeps its last estimate for that request (the global estimates keep moving with
+other requests).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Tuple
+
+from verl_specrollout.group_draft.index import SOURCES, SuffixDraft
+
+logger = logging.getLogger(__name__)
+
+MODEL = "model"
+NONE = "none"  # counters() key for steps where nothing was drafted
+OPTIONS = (MODEL,) + SOURCES
+
+
+class _RequestState:
+    __slots__ = ("model_acc", "model_tried", "cal", "pending")
+
+    def __init__(self):
+        self.model_acc = 0.0
+        self.model_tried = 0.0
+        self.cal: Dict[str, list] = {}  # source -> [accepted, predicted], decayed
+        self.pending: Optional[Tuple[str, list]] = None  # last choice: (source, raw probs drafted)
+
+
+class SourceChooser:
+    def __init__(self, prior_model_alpha: float = 0.6, decay: float = 0.8, global_decay: float = 0.99,
+                 prior_weight: float = 2.0, min_gain: float = 0.1):
+        for name, v in (("prior_model_alpha", prior_model_alpha), ("decay", decay),
+                        ("global_decay", global_decay), ("min_gain", min_gain)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if prior_weight <= 0:
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        self.prior_model_alpha = prior_model_alpha
+        self.decay = decay
+        self.global_decay = global_decay
+        self.prior_weight = prior_weight
+        self.min_gain = min_gain
+        self._reqs: Dict[str, _RequestState] = {}
+        self._g_model = [0.0, 0.0]  # accepted, tried (decayed)
+        self._g_cal = {s: [0.0, 0.0] for s in SOURCES}  # accepted, predicted (decayed)
+        self._counts = {s: {"proposed": 0, "accepted": 0, "chosen": 0} for s in OPTIONS + (NONE,)}
+        self._warned_bad_counts = False
+
+    # ------------------------------------------------------------- estimates
+    def model_alpha(self, req_id: str, model_alpha: Optional[float] = None) -> float:
+        """The request's per-token acceptance of model drafts."""
+        w = self.prior_weight
+        if model_alpha is not None:
+            base = min(1.0, max(0.0, float(model_alpha)))
+        else:
+            acc, tried = self._g_model
+            base = (acc + w * self.prior_model_alpha) / (tried + w)
+        st = self._reqs.get(req_id)
+        if st is None:
+            return base
+        return (st.model_acc + w * base) / (st.model_tried + w)
+
+    def calibration(self, req_id: str, source: str) -> float:
+        """Observed / predicted accepted tokens of `source`'s drafts for the request (1 = shares are right)."""
+        w = self.prior_weight
+        acc, pred = self._g_cal[source]
+        c = (acc + w) / (pred + w)
+        st = self._reqs.get(req_id)
+        if st is not None and source in st.cal:
+            acc, pred = st.cal[source]
+            c = (acc + w * c) / (pred + w)
+        return c
+
+    def suffix_plan(self, req_id: str, k: int, suffix: SuffixDraft) -> Tuple[int, float]:
+        """(n tokens worth drafting, their expected accepted tokens) for the suffix draft."""
+        if not suffix.tokens or suffix.source not in SOURCES:
+            return 0, 0.0
+        c = self.calibration(req_id, suffix.source)
+        e, p, n = 0.0, 1.0, 0
+        for q in suffix.probs[:k]:
+            p *= min(1.0, c * q)
+            if p < self.min_gain:
+                break
+            e += p
+            n += 1
+        return n, e
+
+    # ------------------------------------------------------------- decisions
+    def choose(self, req_id: str, k: int, suffix: SuffixDraft, model_alpha: Optional[float] = None,
+               model: bool = True) -> Tuple[str, int]:
+        """("model", k) or (suffix.source, n <= len(suffix.tokens)) or ("", 0) when nothing pays.
+        model=False leaves the draft model out (a suffix-only drafter)."""
+        if suffix.source and suffix.source not in SOURCES:
+            raise ValueError(f"suffix draft source must be one of {SOURCES} or '', got {suffix.source!r}")
+        st = self._reqs.get(req_id)
+        if st is None:
+            st = self._reqs[req_id] = _RequestState()
+        st.pending = None
+        if k <= 0:
+            self._counts[NONE]["chosen"] += 1
+            return "", 0
+        n, e_suffix = self.suffix_plan(req_id, k, suffix)
+        e_model = 0.0
+        if model:
+            a = self.model_alpha(req_id, model_alpha)
+            if a >= self.min_gain:
+                e_model = a * (1.0 - a ** k) / (1.0 - a) if a < 1.0 else float(k)
+        if n and e_suffix >= e_model:
+            st.pending = (suffix.source, list(suffix.probs[:n]))
+            self._counts[suffix.source]["chosen"] += 1
+            return suffix.source, n
+        if e_model > 0.0:
+            st.pending = (MODEL, [])
+            self._counts[MODEL]["chosen"] += 1
+            return MODEL, k
+        self._counts[NONE]["chosen"] += 1
+        return "", 0
+
+    def observe(self, req_id: str, source: str, proposed: int, accepted: int) -> None:
+        """Verification result of the request's draft this step."""
+        if source not in OPTIONS:
+            if source == "":
+                return  # nothing was drafted
+            raise ValueError(f"source must be one of {OPTIONS} or '', got {source!r}")
+        if proposed <= 0:
+            return
+        if not 0 <= accepted <= proposed:
+            if not self._warned_bad_counts:
+                logger.warning("draft source chooser: accepted=%s outside [0, proposed=%s]; clipped "
+                               "(logged once)", accepted, proposed)
+                self._warned_bad_counts = True
+            accepted = min(max(accepted, 0), proposed)
+        cnt = self._counts[source]
+        cnt["proposed"] += proposed
+        cnt["accepted"] += accepted
+        st = self._reqs.get(req_id)
+        if st is None:
+            st = self._reqs[req_id] = _RequestState()
+        pending, st.pending = st.pending, None
+        tried = min(accepted + 1, proposed)
+        d, gd = self.decay, self.global_decay
+        if source == MODEL:
+            st.model_acc = st.model_acc * d + accepted
+            st.model_tried = st.model_tried * d + tried
+            g = self._g_model
+            g[0], g[1] = g[0] * gd + accepted, g[1] * gd + tried
+            return
+        if pending is None or pending[0] != source or not pending[1]:
+            return  # no shares known for what was verified: nothing to calibrate against
+        probs = pending[1]
+        predicted = sum(probs[:tried]) + probs[-1] * max(0, tried - len(probs))
+        cal = st.cal.get(source)
+        if cal is None:
+            st.cal[source] = [float(accepted), predicted]
+        else:
+            cal[0], cal[1] = cal[0] * d + accepted, cal[1] * d + predicted
+        g = self._g_cal[source]
+        g[0], g[1] = g[0] * gd + accepted, g[1] * gd + predicted
+
+    def forget(self, req_id: str) -> None:
+        self._reqs.pop(req_id, None)
+
+    def counters(self) -> dict:
+        """Per option (model, each source, "none"): proposed and accepted tokens, chosen request-steps."""
+        return {s: dict(c) for s, c in self._counts.items()}
+
+    def __len__(self) -> int:
+        return len(self._reqs)
