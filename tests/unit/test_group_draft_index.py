@@ -123,6 +123,17 @@ def test_longest_match_wins_between_sources():
     assert d.match_len > 4
 
 
+def test_longer_history_match_beats_a_shorter_sibling_match():
+    idx = GroupSuffixIndex()
+    rollout(idx, PROMPT, [[8, 1, 2, 3, 5]], prefix="e1-")  # history: (..., 8, 1, 2, 3) -> 5
+    idx.add_request("a", PROMPT)
+    idx.add_request("b", PROMPT)
+    idx.extend("a", [9, 2, 3, 4])  # siblings: (2, 3) -> 4 only
+    idx.extend("b", [8, 1, 2, 3])
+    d = idx.propose("b", 1)
+    assert (d.source, d.tokens) == ("history", [5])
+
+
 def test_count_weighting_picks_the_more_frequent_continuation():
     idx = GroupSuffixIndex()
     rollout(idx, PROMPT, [[1, 2, 3, 7], [1, 2, 3, 7], [1, 2, 3, 7], [1, 2, 3, 9]], prefix="e1-")
@@ -155,6 +166,19 @@ def test_draft_crosses_from_one_sequence_to_another():
     d = idx.propose("c", 4)
     assert d.tokens == [4, 5, 6, 7]
     assert d.source == "siblings"
+
+
+def test_draft_context_grows_with_the_draft():
+    """After each proposed token the match is retried one token longer, so the draft keeps to the
+    sequence it follows (a one-token context alone would jump to the more frequent 5 -> 8)."""
+    idx = GroupSuffixIndex(max_match=8, min_match=1)
+    for rid, resp in (("a", [1, 2, 3, 4, 5, 6]), ("b", [7, 4, 5, 8]), ("b2", [7, 4, 5, 8])):
+        idx.add_request(rid, PROMPT)
+        idx.extend(rid, resp)
+    idx.add_request("c", PROMPT)
+    idx.extend("c", [61, 62, 3])
+    d = idx.propose("c", 3)
+    assert d.match_len == 1 and d.tokens == [4, 5, 6]
 
 
 def test_expected_accepted_is_sum_of_prefix_products():
