@@ -50,7 +50,10 @@ from verl_specrollout.errors import SpecRolloutConfigError  # noqa: F401  (re-ex
 
 from verl_specrollout.draft.format import draft_target_vocab, read_draft_info
 
-METHODS = ("eagle3", "draft_model", "ngram")
+METHODS = ("eagle3", "draft_model", "ngram", "eagle3+group", "draft_model+group", "group")
+# Best-of-N group drafting (vllm_adapter/group_proposer.py): the method vLLM is started with.
+# `group` alone drafts from the group suffix index only and rides on vLLM's model-free ngram path.
+GROUP_BASE_METHODS = {"eagle3+group": "eagle3", "draft_model+group": "draft_model", "group": "ngram"}
 MODES = ("adaptive", "static", "off")
 PLACEMENTS = ("cpu", "gpu", "shared_gpu")
 # Key under vLLM's `additional_config` that carries this config into the engine processes.
@@ -156,7 +159,7 @@ class PlannerConfig:
 class LearnerConfig:
     """The sidecar draft learner: trains the EAGLE-3 head online in a Ray actor."""
 
-    enable: bool = key(False, "Train the draft online in a sidecar Ray actor (needs `method=eagle3`).")
+    enable: bool = key(False, "Train the draft online in a sidecar Ray actor (needs `method` `eagle3` or `eagle3+group`).")
     placement: str = key(
         "cpu", "Where the learner runs: `cpu`, `gpu` (its own GPU), `shared_gpu` (a fraction of one).",
         choices=PLACEMENTS)
@@ -210,17 +213,36 @@ class LearnerConfig:
 
 
 @dataclass
+class GroupConfig:
+    """Best-of-N group drafting (`method` `eagle3+group`, `draft_model+group`, `group`)."""
+
+    max_index_tokens: int = key(
+        1_000_000, "Most tokens the group suffix index of one engine worker holds (prompts, responses in flight, "
+        "kept responses; CPU memory, ~0.5 KB per token at `max_match=8`); past it the least recently used prompts "
+        "without live requests are dropped whole.", ge=1024)
+    history_depth: int = key(
+        16, "Finished responses kept per prompt as drafts for later samples and epochs of the same prompt "
+        "(0: only the current rollout's samples and the prompt).", ge=0)
+    max_match: int = key(
+        8, "Longest context suffix (tokens) the index matches before proposing what followed it; the shortest "
+        "is 2 tokens. Each token costs one index entry per length in 2..max_match.", ge=2, le=32)
+
+
+@dataclass
 class SpecRolloutConfig:
     """Top level of `actor_rollout_ref.rollout.custom.specrollout`."""
 
     enable: bool = key(
         False, "Switch the speculative rollout on; `false` runs veRL's own vLLM server class.")
     method: str = key(
-        "eagle3", "`eagle3` (EAGLE-3 head), `draft_model` (small draft LM), `ngram` (model-free prompt lookup).",
+        "eagle3", "`eagle3` (EAGLE-3 head), `draft_model` (small draft LM), `ngram` (model-free prompt lookup); "
+        "`eagle3+group`, `draft_model+group`: that draft model or, per request and step, a draft copied from the "
+        "request's group (the other samples of its prompt in flight, earlier responses to it, its prompt), "
+        "whichever is expected to be accepted longer; `group`: group drafts only (no draft model).",
         choices=METHODS)
     draft_path: Optional[str] = key(
         None, "Checkpoint directory of the draft (vLLM format, with `config.json`). Required unless "
-        "`method=ngram`; must exist when `enable=true`.", nonempty=True)
+        "`method` is `ngram` or `group`; must exist when `enable=true`.", nonempty=True)
     max_k: int = key(4, "Largest draft length; the planner chooses 0..max_k per batch size.", ge=1, le=MAX_K_LIMIT)
     prompt_lookup_min: int = key(2, "`ngram` only: shortest n-gram matched (<= `prompt_lookup_max`).", ge=1)
     prompt_lookup_max: int = key(4, "`ngram` only: longest n-gram matched.", ge=1)
@@ -229,6 +251,23 @@ class SpecRolloutConfig:
         "size but that you know matches the target's tokenizer).")
     planner: PlannerConfig = section(PlannerConfig, "How draft length follows live concurrency.")
     learner: LearnerConfig = section(LearnerConfig, "Online draft learning.")
+    group: GroupConfig = section(GroupConfig, "Best-of-N group drafting.")
+
+    # ------------------------------------------------------------------ method
+    @property
+    def base_method(self) -> str:
+        """The speculative method vLLM is started with (`eagle3+group` -> `eagle3`, `group` -> `ngram`)."""
+        return GROUP_BASE_METHODS.get(self.method, self.method)
+
+    @property
+    def group_drafting(self) -> bool:
+        """Group drafts replace or join the base method's (vllm_adapter/group_proposer.py)."""
+        return self.method in GROUP_BASE_METHODS
+
+    @property
+    def has_draft_model(self) -> bool:
+        """A draft with weights (checkpoint on disk, reloadable, lost by sleep level 2)."""
+        return self.base_method != "ngram"
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -277,7 +316,7 @@ class SpecRolloutConfig:
             rule(self)
 
     def _check_draft_files(self, target_path: Optional[str]) -> None:
-        if self.method == "ngram":
+        if not self.has_draft_model:
             return
         if not os.path.isdir(self.draft_path) or not os.path.isfile(os.path.join(self.draft_path, "config.json")):
             raise SpecRolloutConfigError(
@@ -290,8 +329,8 @@ class SpecRolloutConfig:
 # ----------------------------------------------------------------------------- rules between keys
 # Each is a function of the whole config with a one-line docstring; the docs list the docstrings.
 def _lookup_window(cfg: SpecRolloutConfig) -> None:
-    """With `method=ngram`: `prompt_lookup_min` <= `prompt_lookup_max`."""
-    if cfg.method == "ngram" and cfg.prompt_lookup_max < cfg.prompt_lookup_min:
+    """With `method=ngram` (or `group`, which vLLM runs as ngram): `prompt_lookup_min` <= `prompt_lookup_max`."""
+    if cfg.base_method == "ngram" and cfg.prompt_lookup_max < cfg.prompt_lookup_min:
         raise SpecRolloutConfigError(
             "specrollout.prompt_lookup_min must be >= 1 and <= prompt_lookup_max, got "
             f"{cfg.prompt_lookup_min}, {cfg.prompt_lookup_max}"
@@ -313,8 +352,8 @@ def _loss_weights(cfg: SpecRolloutConfig) -> None:
 
 
 def _draft_path_given(cfg: SpecRolloutConfig) -> None:
-    """With `enable=true` and a model drafter: `draft_path` is set (and is a checkpoint directory)."""
-    if cfg.method != "ngram" and not cfg.draft_path:
+    """With `enable=true` and a model drafter (not `ngram`, `group`): `draft_path` is a checkpoint directory."""
+    if cfg.has_draft_model and not cfg.draft_path:
         raise SpecRolloutConfigError(
             f"specrollout.draft_path is required for method={cfg.method}; "
             "set +actor_rollout_ref.rollout.custom.specrollout.draft_path=<checkpoint dir>"
@@ -322,10 +361,11 @@ def _draft_path_given(cfg: SpecRolloutConfig) -> None:
 
 
 def _learner_needs_eagle3(cfg: SpecRolloutConfig) -> None:
-    """With `enable=true` and `learner.enable=true`: `method=eagle3` (the learner trains an EAGLE-3 head)."""
-    if cfg.learner.enable and cfg.method != "eagle3":
+    """With `enable=true` and `learner.enable=true`: `method` is `eagle3` or `eagle3+group` (it trains an EAGLE-3 head)."""
+    if cfg.learner.enable and cfg.base_method != "eagle3":
         raise SpecRolloutConfigError(
-            "specrollout.learner.enable=true needs method=eagle3 (the learner trains an EAGLE-3 head)")
+            f"specrollout.learner.enable=true needs method=eagle3 or eagle3+group (the learner trains an EAGLE-3 "
+            f"head), got method={cfg.method}")
 
 
 RELATION_RULES = (_lookup_window, _table_fits_max_k, _loss_weights)

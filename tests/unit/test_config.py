@@ -102,7 +102,8 @@ def test_user_speculative_config_conflict(tmp_path):
 
 
 def test_initial_tables():
-    assert initial_table(_cfg(method="ngram")) == [[1, 1024, 4]]
+    # adaptive: the planner's cold start, long drafts only where the batch is small
+    assert initial_table(_cfg(method="ngram")) == [[1, 12, 4], [13, 16, 3], [17, 21, 2], [22, 1024, 1]]
     assert initial_table(_cfg(method="ngram", planner={"mode": "off"})) == [[1, 1024, 0]]
     pinned = [[1, 4, 4], [5, 32, 2], [33, 1024, 0]]
     assert initial_table(_cfg(method="ngram", planner={"mode": "static", "table": pinned})) == pinned
@@ -194,3 +195,59 @@ def test_configuration_doc_lists_every_key():
     for key, _, _ in iter_keys():
         section, name = key.rsplit(".", 1)
         assert f"## `{section}`" in text and f"| `{name}` |" in text, key
+
+
+# ----------------------------------------------------------------------------- Best-of-N group drafting
+@pytest.mark.parametrize("method, base", [("eagle3+group", "eagle3"), ("draft_model+group", "draft_model"),
+                                          ("group", "ngram")])
+def test_group_methods_start_vllm_with_the_base_method(tmp_path, method, base):
+    draft = _ckpt(tmp_path, "draft", 100) if base != "ngram" else None
+    cfg = _cfg(method=method, draft_path=draft, group={"history_depth": 4, "max_match": 6})
+    assert cfg.base_method == base and cfg.group_drafting
+    kw = build_engine_kwargs(cfg, draft_load_config_supported=True)
+    spec = kw["speculative_config"]
+    assert spec["method"] == base
+    assert ("model" in spec) == (base != "ngram") and ("prompt_lookup_min" in spec) == (base == "ngram")
+    # The workers read the group method and section from additional_config.
+    sent = kw["additional_config"]["specrollout"]
+    assert sent["method"] == method and sent["group"] == {"max_index_tokens": 1_000_000, "history_depth": 4,
+                                                          "max_match": 6}
+    assert kw["async_scheduling"] is False  # group drafting needs synchronous scheduling
+
+
+def test_plain_methods_leave_async_scheduling_to_vllm(tmp_path):
+    cfg = _cfg(draft_path=_ckpt(tmp_path, "draft", 100))
+    assert not cfg.group_drafting and "async_scheduling" not in build_engine_kwargs(cfg)
+
+
+def test_async_scheduling_chosen_by_the_user_is_kept_and_logged(tmp_path, caplog):
+    cfg = _cfg(method="eagle3+group", draft_path=_ckpt(tmp_path, "draft", 100))
+    with caplog.at_level("WARNING"):
+        kw = build_engine_kwargs(cfg, existing={"async_scheduling": True})
+    assert "async_scheduling" not in kw  # not overridden: that engine drafts with eagle3 alone
+    assert any("group drafting needs synchronous scheduling" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"method": "draft_model+group", "learner": {"enable": True}}, "needs method=eagle3 or eagle3\\+group"),
+    ({"method": "group", "learner": {"enable": True}}, "got method=group"),
+    ({"method": "draft_model+group", "draft_path": None}, "draft_path is required for method=draft_model\\+group"),
+    ({"method": "group", "prompt_lookup_min": 5, "prompt_lookup_max": 2}, "prompt_lookup_min must be >= 1 and <="),
+    ({"group": {"max_match": 1}}, r"group.max_match must be an integer in \[2, 32\], got 1"),
+    ({"group": {"history_depth": -1}}, "group.history_depth must be an integer >= 0"),
+    ({"group": {"max_index_tokens": 10}}, "group.max_index_tokens must be an integer >= 1024"),
+    ({"group": {"depth": 3}}, "unknown key.*specrollout.group: depth"),
+])
+def test_group_config_errors(tmp_path, kw, match):
+    kw.setdefault("draft_path", _ckpt(tmp_path, "draft", 100))
+    with pytest.raises(SpecRolloutConfigError, match=match):
+        _cfg(**kw).validate()
+
+
+def test_learner_trains_the_eagle3_head_of_eagle3_group(tmp_path):
+    cfg = _cfg(method="eagle3+group", draft_path=_ckpt(tmp_path, "draft", 100), learner={"enable": True})
+    cfg.validate()
+    assert cfg.has_draft_model and cfg.base_method == "eagle3"
+    group = _cfg(method="group")  # no draft model: nothing on disk to check, nothing to reload
+    group.validate()
+    assert not group.has_draft_model

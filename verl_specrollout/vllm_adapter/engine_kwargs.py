@@ -21,12 +21,17 @@ SCHEDULER_CLS = "verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler"
 def initial_table(cfg: SpecRolloutConfig) -> list:
     """The batch-size -> K table the engine starts with (vLLM's [min_bs, max_bs, K] rows).
 
-    adaptive: start at max_k everywhere; the planner rewrites it live from measurements.
+    adaptive: the planner's first cold-start table (K = 1 at large batch sizes, up to max_k where
+    the batch is small: policy/planner.py); the planner rewrites it live from measurements.
     static: the user's table, else max_k everywhere. off: K=0 everywhere (drafts nothing).
     """
     p = cfg.planner
     if p.table is not None:
         return [list(r) for r in validate_table(p.table, cfg.max_k)]
+    if p.mode == "adaptive":
+        from verl_specrollout.policy.planner import initial_rows
+
+        return initial_rows(cfg.max_k, p.max_batch)
     k = 0 if p.mode == "off" else cfg.max_k
     return [[1, p.max_batch, k]]
 
@@ -51,8 +56,10 @@ def build_engine_kwargs(
             "rollout.engine_kwargs.vllm.speculative_config is set and specrollout.enable=true; "
             "configure speculation in one place (the specrollout block)"
         )
-    spec: dict[str, Any] = {"method": cfg.method, "num_speculative_tokens": cfg.max_k}
-    if cfg.method == "ngram":
+    # vLLM knows the base method only; group drafting is layered on its model runner
+    # (vllm_adapter/group_proposer.py), switched on by the config in additional_config.
+    spec: dict[str, Any] = {"method": cfg.base_method, "num_speculative_tokens": cfg.max_k}
+    if not cfg.has_draft_model:
         spec["prompt_lookup_min"] = cfg.prompt_lookup_min
         spec["prompt_lookup_max"] = cfg.prompt_lookup_max
     else:
@@ -69,7 +76,7 @@ def build_engine_kwargs(
     spec["num_speculative_tokens_per_batch_size"] = initial_table(cfg)
 
     kwargs: dict[str, Any] = {"speculative_config": spec}
-    if not cfg.method == "ngram" and draft_load_config_supported is False:
+    if cfg.has_draft_model and draft_load_config_supported is False:
         # Older vLLM (no draft_load_config): the whole engine must load real weights,
         # otherwise the draft stays random. Costs one extra read of the target from disk.
         kwargs["load_format"] = "auto"
@@ -80,10 +87,26 @@ def build_engine_kwargs(
                 "scheduler. Use specrollout.planner.mode=static to keep yours."
             )
         kwargs["scheduler_cls"] = SCHEDULER_CLS
+    if cfg.group_drafting:
+        _sync_scheduling_for_group(existing, kwargs)
     additional = dict(existing.get("additional_config") or {})
     additional[ADDITIONAL_CONFIG_KEY] = cfg.to_dict()
     kwargs["additional_config"] = additional
     return kwargs
+
+
+def _sync_scheduling_for_group(existing: dict, kwargs: dict) -> None:
+    """Group drafting needs synchronous scheduling: under vLLM's async scheduling the step's sampled
+    tokens stay on the GPU while the next step is scheduled, so the index would have to lag a step
+    behind the tokens it drafts from (see group_proposer.py). vLLM 0.31 turns async scheduling on by
+    default for EAGLE and draft-model speculation; we turn it off unless the user chose it, in which
+    case the engine drafts with the base method alone (logged once by the worker)."""
+    chosen = existing.get("async_scheduling")
+    if chosen:
+        logger.warning("verl-specrollout: async_scheduling=True was set; group drafting needs synchronous "
+                       "scheduling, so this engine drafts with the base method alone")
+        return
+    kwargs["async_scheduling"] = False
 
 
 def pin_model_runner(env: Optional[MutableMapping[str, str]] = None, vllm_version: Optional[str] = None) -> Optional[str]:
