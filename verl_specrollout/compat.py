@@ -62,6 +62,7 @@ VERL_SERVER_OVERRIDES = ("_preprocess_engine_kwargs", "_get_worker_extension_cls
 VERL_VLLM_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils:vLLMColocateWorkerExtension"
 SPECROLLOUT_WORKER_EXTENSION = "verl_specrollout.verl_adapter.worker_extension.SpecRolloutWorkerExtension"
 WORKER_RELOAD_METHOD = "specrollout_reload_draft"  # by name: vLLM's mp executor refuses callables
+WORKER_GROUP_STATS_METHOD = "specrollout_group_stats"
 # vLLM Prometheus counters read in the rollout server process (AsyncLLM's default logger).
 VLLM_METRICS_SNAPSHOT = "vllm.v1.metrics.reader:get_metrics_snapshot"
 VLLM_METRIC_NUM_DRAFTS = "vllm:spec_decode_num_drafts"
@@ -241,6 +242,29 @@ VLLM_CPU_LINEAR_ATTR = "cpu_linear"
 VLLM_LINEAR_MODULE = "vllm.model_executor.layers.linear"
 VLLM_LINEAR_V2_LIST = "WEIGHT_LOADER_V2_SUPPORTED"   # quant methods using weight_loader_v2
 VLLM_LINEAR_V1_LOADER_CLASSES = ("ReplicatedLinear",)
+
+# vLLM V1 model runner: Best-of-N group drafting (vllm_adapter/group_proposer.py) --------
+# Both methods are wrapped at class level. propose_draft_token_ids(self, scheduler_output,
+# sampled_token_ids, sampling_metadata, hidden_states, sample_hidden_states, aux_hidden_states,
+# spec_decode_metadata, common_attn_metadata, slot_mappings) in 0.24 to 0.33; the runner calls it
+# positionally and it reads the step's K from scheduler_output.num_spec_tokens_to_schedule.
+VLLM_V1_MODEL_RUNNER = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
+VLLM_RUNNER_PROPOSE_METHOD = "propose_draft_token_ids"
+VLLM_RUNNER_EXECUTE_METHOD = "execute_model"       # execute_model(self, scheduler_output, ...)
+VLLM_RUNNER_INPUT_BATCH_ATTR = "input_batch"
+VLLM_RUNNER_ASYNC_SCHED_ATTR = "use_async_scheduling"
+VLLM_RUNNER_SPEC_CONFIG_ATTR = "speculative_config"
+# CpuGpuBuffer (.np) of the requests whose sampled token is dropped (a prefill chunk).
+VLLM_RUNNER_DISCARD_MASK_ATTR = "discard_request_mask"
+VLLM_INPUT_BATCH = "vllm.v1.worker.gpu_input_batch:InputBatch"
+VLLM_INPUT_BATCH_REQ_IDS = "req_ids"               # property: request ids by row
+VLLM_INPUT_BATCH_ARRAYS = ("num_prompt_tokens", "token_ids_cpu", "num_tokens_no_spec", "vocab_size")
+SCHED_OUT_FINISHED_ATTR = "finished_req_ids"
+SCHED_OUT_SPEC_TOKENS_ATTR = "scheduled_spec_decode_tokens"
+# Valid sampled tokens per row of the rejection sampler's output (-1 / out-of-vocab slots dropped).
+VLLM_REJECTION_SAMPLER = "vllm.v1.sample.rejection_sampler:RejectionSampler"
+VLLM_PARSE_SAMPLER_OUTPUT = "parse_output"
+VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR = "draft_sample_method"  # "greedy" | "probabilistic" (0.31+)
 
 # HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----
 HF_DECODER_ATTRS = ("model",)      # CausalLM.model

@@ -160,6 +160,60 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         out[LEARNER.format(name=k)] = float(v)
+    out.update(group_metrics(server_results))
+    return out
+
+
+# Best-of-N group drafting (vllm_adapter/group_proposer.py), per training step, summed over servers.
+GROUP_SOURCES = ("model", "siblings", "history", "prompt")
+SOURCE_PROPOSED = PREFIX + "source/{source}/proposed"  # draft tokens of that source verified
+SOURCE_ACCEPTED = PREFIX + "source/{source}/accepted"  # ... and accepted
+SOURCE_SHARE = PREFIX + "source/{source}/share"  # share of request-steps (K > 0) drafted by it; "none": nothing
+GROUP_INDEX = PREFIX + "group/{name}"  # the group index's size at the end of the step (indexed_tokens, ...)
+
+
+def counts_delta(new: Mapping, old: Mapping) -> dict:
+    """new - old for nested dicts of cumulative counts (a missing old entry counts 0)."""
+    out = {}
+    for key, v in (new or {}).items():
+        prev = (old or {}).get(key)
+        if isinstance(v, Mapping):
+            out[key] = counts_delta(v, prev if isinstance(prev, Mapping) else {})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v - (prev if isinstance(prev, (int, float)) and not isinstance(prev, bool) else 0)
+    return out
+
+
+def group_metrics(server_results: list) -> Dict[str, float]:
+    """specrollout/source/* and specrollout/group/* from the servers' per-step "group" deltas."""
+    sources: Dict[str, Dict[str, float]] = {s: {"proposed": 0.0, "accepted": 0.0, "chosen": 0.0}
+                                            for s in GROUP_SOURCES}
+    steps = no_draft = 0.0
+    index: Dict[str, float] = {}
+    seen = False
+    for r in server_results or []:
+        g = (r or {}).get("group")
+        if not g:
+            continue
+        seen = True
+        for src, c in (g.get("sources") or {}).items():
+            acc = sources.setdefault(src, {"proposed": 0.0, "accepted": 0.0, "chosen": 0.0})
+            for k in acc:
+                acc[k] += float(c.get(k, 0))
+        steps += float(g.get("request_steps", 0))
+        no_draft += float(g.get("no_draft", 0))
+        for k, v in (g.get("index") or {}).items():
+            index[k] = index.get(k, 0.0) + float(v)
+    if not seen:
+        return {}
+    out: Dict[str, float] = {}
+    for src, c in sources.items():
+        out[SOURCE_PROPOSED.format(source=src)] = c["proposed"]
+        out[SOURCE_ACCEPTED.format(source=src)] = c["accepted"]
+        out[SOURCE_SHARE.format(source=src)] = c["chosen"] / steps if steps else 0.0
+    out[SOURCE_SHARE.format(source="none")] = no_draft / steps if steps else 0.0
+    for k, v in index.items():
+        out[GROUP_INDEX.format(name=k)] = v
     return out
 
 

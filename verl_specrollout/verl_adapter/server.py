@@ -14,7 +14,8 @@ With speculation on, the server also:
   `_sr_weights_may_be_discarded`), learner on or off;
 * answers `specrollout_step_metrics()` (called by the trainer once per step, see
   verl_adapter/actor_hooks.py): per-step deltas of vLLM's spec-decode counters, of the planner's
-  K histogram, and the draft version the rollout used.
+  K histogram, of the group drafter's per-source counts (group methods; read from the workers by
+  `collective_rpc`), and the draft version the rollout used.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import ray
 
 from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
-from verl_specrollout.config import METHODS, SpecRolloutConfig
+from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.metrics import counts_delta
 from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, pin_model_runner
 
 logger = logging.getLogger(__name__)
@@ -38,19 +40,6 @@ logger = logging.getLogger(__name__)
 vLLMHttpServer = compat.resolve(compat.VERL_VLLM_SERVER)
 vLLMReplica = compat.resolve(compat.VERL_VLLM_REPLICA)
 
-# Methods whose draft is a model with weights (which sleep can discard and a reload restores).
-MODEL_DRAFT_METHODS = tuple(m for m in METHODS if m not in compat.MODEL_FREE_DRAFT_METHODS)
-
-
-def _k_hist_delta(new: dict, old: dict) -> dict:
-    out = {}
-    for b, h in (new or {}).items():
-        prev = (old or {}).get(b, {})
-        d = {k: int(n) - int(prev.get(k, 0)) for k, n in h.items()}
-        d = {k: n for k, n in d.items() if n > 0}
-        if d:
-            out[b] = d
-    return out
 
 
 class SpecRolloutHttpServer(vLLMHttpServer):
@@ -89,8 +78,8 @@ class SpecRolloutHttpServer(vLLMHttpServer):
 
     def _get_worker_extension_cls(self) -> str:
         cfg = self._sr_cfg()
-        if cfg.enable and cfg.method in MODEL_DRAFT_METHODS:
-            return compat.SPECROLLOUT_WORKER_EXTENSION  # adds the reload method (by name)
+        if cfg.enable and (cfg.has_draft_model or cfg.group_drafting):
+            return compat.SPECROLLOUT_WORKER_EXTENSION  # adds the reload and group-stats methods (by name)
         return super()._get_worker_extension_cls()
 
     # ------------------------------------------------------------------ draft reload
@@ -99,7 +88,7 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         rl = getattr(self, "_sr_reloader_obj", None)
         if rl is None:
             cfg = self._sr_cfg()
-            if not (cfg.enable and cfg.method in MODEL_DRAFT_METHODS):
+            if not (cfg.enable and cfg.has_draft_model):
                 return None
             from verl_specrollout.vllm_adapter.draft_reload import AsyncDraftReloader
 
@@ -250,6 +239,10 @@ class SpecRolloutHttpServer(vLLMHttpServer):
                            "num_accepted_tokens": d.num_accepted_tokens, "accepted_per_pos": d.accepted_per_pos}
         except Exception as exc:
             logger.warning("verl-specrollout: cannot read vLLM spec-decode counters: %r", exc)
+        if self._sr_cfg().group_drafting:
+            group = await self._sr_group_stats()
+            if group:
+                out["group"] = group
         path = getattr(self, "_sr_stats_path", None)
         if path and os.path.isfile(path):
             try:
@@ -262,6 +255,26 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             except (OSError, ValueError) as exc:
                 logger.warning("verl-specrollout: cannot read planner stats %s: %r", path, exc)
         return out
+
+
+    async def _sr_group_stats(self) -> dict:
+        """Per-step delta of the group drafter's counts (group_proposer.GroupDrafter.stats). TP ranks
+        hold identical drafters (same inputs), so the first worker's answer is the engine's."""
+        try:
+            results = await self.engine.collective_rpc(compat.WORKER_GROUP_STATS_METHOD)
+        except Exception as exc:
+            if not getattr(self, "_sr_warned_group_stats", False):
+                self._sr_warned_group_stats = True
+                logger.warning("verl-specrollout: cannot read the group drafter's counts: %r", exc)
+            return {}
+        now = next((r for r in results or [] if r), None)
+        if not now:
+            return {}
+        prev = getattr(self, "_sr_prev_group", None)
+        self._sr_prev_group = now
+        delta = counts_delta(now, prev) if prev is not None else now
+        delta["index"] = dict(now.get("index") or {})  # index sizes are levels, not counts
+        return delta
 
 
 class SpecRolloutReplica(vLLMReplica):

@@ -1,8 +1,8 @@
 """vLLM's ``vllm.general_plugins`` entry point: vLLM calls :func:`register` in every process that
 runs engine code (front end, engine core, each worker), before models load.
 
-On every platform it installs the K=0 draft skip (k0_skip.py; a pass-through unless an engine's
-config turns it on). Only when vLLM runs on a CPU does it import the CPU test platform
+On every platform it installs the K=0 draft skip (k0_skip.py) and Best-of-N group drafting
+(group_proposer.py); each is a pass-through unless an engine's config turns it on. Only when vLLM runs on a CPU does it import the CPU test platform
 (``verl_specrollout.testing.cpu_platform``): the vLLM-CPU kernel fix that makes speculative
 sampling lossless at T > 0, and the plain-weight patch veRL's weight sync needs there. A GPU
 process never imports the test rig.
@@ -23,9 +23,10 @@ def _vllm_runs_on_cpu() -> bool:
 
 def register() -> None:
     """Idempotent; never raises (a plugin error must not stop vLLM from starting)."""
-    from verl_specrollout.vllm_adapter import k0_skip
+    from verl_specrollout.vllm_adapter import group_proposer, k0_skip
 
     k0_skip.install()
+    group_proposer.install()
     try:
         on_cpu = _vllm_runs_on_cpu()
     except Exception as exc:
