@@ -219,8 +219,8 @@ def _as_int_list(ids) -> List[int]:
 
 
 class GroupSuffixIndex:
-    def __init__(self, max_match: int = 8, min_match: int = 2, history_depth: int = 8,
-                 max_tokens: int = 2_000_000):
+    def __init__(self, max_match: int = 8, min_match: int = 2, history_depth: int = 16,
+                 max_tokens: int = 1_000_000):
         if not 1 <= min_match <= max_match:
             raise ValueError(f"need 1 <= min_match <= max_match, got min_match={min_match}, max_match={max_match}")
         if history_depth < 0:
