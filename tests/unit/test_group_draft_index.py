@@ -155,6 +155,24 @@ def test_count_weighting_picks_the_more_frequent_continuation():
     assert d2.source == "siblings" and d2.tokens == [7] and d2.probs == [pytest.approx(2 / 3)]
 
 
+def test_history_counts_add_up_across_rollouts():
+    idx = GroupSuffixIndex(history_depth=4)
+    rollout(idx, PROMPT, [[1, 2, 3, 9, 4], [5, 5]], prefix="e1-")
+    rollout(idx, PROMPT, [[1, 2, 3, 7, 4], [1, 2, 3, 7, 4]], prefix="e2-")
+    assert idx.stats()["history_chunks"] == 2  # one per rollout, each its own table
+    idx.add_request("n", PROMPT)
+    idx.extend("n", [1, 2, 3])
+    d = idx.propose("n", 2)
+    assert d.source == "history" and d.tokens == [7, 4]
+    assert d.probs == [pytest.approx(2 / 3), 1.0] and d.support == [3, 2]
+    idx.finish("n", keep=False)
+    # a third rollout of 2 pushes the first rollout out whole (depth 4)
+    rollout(idx, PROMPT, [[8], [8]], prefix="e3-")
+    st = idx.stats()
+    assert st["history_chunks"] == 2 and st["history_responses"] == 4
+    assert idx.history_responses(GroupSuffixIndex.group_key(PROMPT))[0] == [1, 2, 3, 7, 4]
+
+
 def test_draft_crosses_from_one_sequence_to_another():
     idx = GroupSuffixIndex(max_match=8, min_match=2)
     idx.add_request("a", PROMPT)

@@ -13,19 +13,24 @@ stable across processes). Three sources of free drafts per group:
 - ``prompt``: the prompt itself (responses copy numbers and phrases from it).
 
 A rollout of a group ends when its last live request finishes; its kept responses then become
-the group's history (a request added to a group with no live request starts a new rollout).
+one history chunk: the rollout's siblings table itself, adopted as is (a request added to a
+group with no live request starts a new rollout). History counts are summed over chunks at
+lookup; the oldest responses beyond `history_depth` go, a whole chunk by dropping its table, part
+of one by decrementing (cost ~ those responses' tokens: keep history_depth a multiple of G, and
+>= G, so that a rollout's end costs nothing). The index lives in one engine worker: history hits
+need a prompt's later rollouts to reach the same worker.
 
 Design: a variable-order n-gram count table per group and source. For every indexed token x at
 position t and every order n in min_match..max_match, the context tokens[t-n:t] -> Counter of x.
 Keys are the 64-bit hashes of the context tuples (CPython's tuple hash of ints: computed in C,
-the same in every process; twice as fast here as a polynomial hash in Python ints), so a new token
-costs one hash and one dict update per order, and extending a draft context by one token costs
-one lookup. Why not a suffix tree: (1) a token's cost is fixed and
-small (max_match - min_match + 1 dict updates) where an online suffix tree / automaton with
+the same in every process; 2.5x faster here than a polynomial hash in Python ints), so a new
+token costs one hash and one dict update per order, and extending a draft context by one token
+costs one lookup. Why not a suffix tree: (1) a token's cost is fixed and small
+(max_match - min_match + 1 dict updates) where an online suffix tree / automaton with
 occurrence counts needs count propagation along suffix links of unbounded length; (2) decrements
 (an aborted request, a history response evicted by `history_depth`) are the same loop with -1,
-which a suffix automaton cannot do without a rebuild; (3) whole-group eviction is dropping a
-dict; (4) the longest match needs no tree walk: contexts are monotone (if an n-token context
+which a suffix automaton cannot do without a rebuild; (3) whole-group or whole-rollout eviction
+is dropping a dict; (4) the longest match needs no tree walk: contexts are monotone (if an n-token context
 occurs, so does its (n-1)-token suffix), so a binary search over n finds it in ~3 lookups. The
 price is memory: one entry per token per order (see below), bounded by `max_tokens`.
 A hash collision (~1e-19 per pair at 64 bits) only produces a draft that verification rejects.
@@ -46,15 +51,19 @@ Defaults and why:
 - min_match=2: a single shared token is the weakest evidence (with a small vocab, no evidence)
   and costs a full table order; vLLM's own ngram method defaults to 5.
 - history_depth=16: one earlier rollout of G <= 16 (veRL's usual n) survives whole, two of G=8.
-  Older rollouts were sampled from a policy further away.
-- max_tokens=1_000_000: ~0.5 GB at the measured ~500 bytes per indexed token (7 orders), room for
-  a replica's rollout of e.g. 64 prompts x 16 samples x 1k tokens plus history.
+  Older rollouts were sampled from a policy further away. (The engine passes the group config's
+  value; these defaults match it.)
+- max_tokens=1_000_000: ~0.45 GB at the measured ~435 bytes per indexed token (7 orders), e.g. a
+  replica's rollout of 64 prompts x 8 samples x 1k tokens plus one earlier rollout of each.
 
-Measured (``python -m verl_specrollout.group_draft.step_cost``; 2-core shared x86 machine,
-CPython 3.11): one engine step of extend + propose(k=4) for 256 live requests (8 groups of 32,
-responses up to 500 tokens, siblings sharing stretches) costs 1.1-2.4 ms (extend 1 token per
-request: 0.5-1.0 ms; propose: 0.6-1.4 ms), about 4-9 us per request; a rollout's end (moving
-32 responses to history) 0-12 ms once per group. ~480 bytes per indexed token.
+Measured (``python -m verl_specrollout.group_draft.step_cost``: 8 groups of 32 live requests,
+responses of 500 tokens sharing stretches, vocab 32k, k=4; CPython 3.11 on the 2-core x86 dev
+machine while other jobs held it at load 9-10, so CPU time of the process is quoted): one engine
+step of extend (1 new token per request) + propose for all 256 requests costs 2.5-3.3 ms of CPU,
+10-13 us per request (extend ~4-5 us, propose ~5-6 us); with 3 new tokens per request (accepted
+drafts) ~5 ms. On a quiet core expect roughly half (a first, less loaded run: 1.1-2.4 ms). A
+rollout's end is free when its G <= history_depth, ~35-45 ms per group of 32 at history_depth=16
+(16 responses decremented). ~435 bytes per indexed token.
 """
 
 from __future__ import annotations
@@ -149,41 +158,35 @@ def _sub(table: dict, key: int, x: int, c: int = 1) -> None:
         table[key] = v[1]
 
 
-def _merge(dst: dict, src: dict) -> None:
-    for key, v in src.items():
-        if v.__class__ is int:
-            _add(dst, key, v)
-        elif v[3] is None:
-            _add(dst, key, v[1], v[2])
-        else:
-            for x, c in v[3].items():
-                _add(dst, key, x, c)
-
-
-def _entry(v):
-    """(best token, best count, total)."""
+def _counts(v):
+    """(token, count) pairs of an entry."""
     if v.__class__ is int:
-        return v, 1, 1
-    return v[1], v[2], v[0]
+        return ((v, 1),)
+    if v[3] is None:
+        return ((v[1], v[2]),)
+    return v[3].items()
 
 
 def canonical(table: dict) -> Dict[int, Dict[int, int]]:
     """key -> {token: count}: the table's content independent of its representation."""
-    out = {}
-    for key, v in table.items():
-        if v.__class__ is int:
-            out[key] = {v: 1}
-        elif v[3] is None:
-            out[key] = {v[1]: v[2]}
-        else:
-            out[key] = dict(v[3])
-    return out
+    return {key: dict(_counts(v)) for key, v in table.items()}
 
 
 # ------------------------------------------------------------------ state
+class _Chunk:
+    """One rollout's kept responses in history, with their own count table (evicted whole)."""
+
+    __slots__ = ("table", "resps", "tokens")
+
+    def __init__(self, table: dict, resps: List[List[int]]):
+        self.table = table
+        self.resps = deque(resps)
+        self.tokens = sum(map(len, resps))
+
+
 class _Group:
-    __slots__ = ("key", "prompt_len", "tail", "prompt", "sib", "hist", "hist_resps", "kept",
-                 "live", "sib_tokens", "hist_tokens")
+    __slots__ = ("key", "prompt_len", "tail", "prompt", "sib", "hist", "kept", "live", "sib_tokens",
+                 "hist_tokens")
 
     def __init__(self, key: bytes, prompt: List[int], max_match: int):
         self.key = key
@@ -191,8 +194,7 @@ class _Group:
         self.tail = prompt[-max_match:]  # the context a response's first tokens see
         self.prompt: dict = {}
         self.sib: dict = {}
-        self.hist: dict = {}
-        self.hist_resps: deque = deque()
+        self.hist: List[_Chunk] = []  # oldest first
         self.kept: List[List[int]] = []  # finished responses of the current rollout
         self.live: set = set()
         self.sib_tokens = 0
@@ -201,6 +203,10 @@ class _Group:
     @property
     def tokens(self) -> int:
         return self.prompt_len + self.sib_tokens + self.hist_tokens
+
+    @property
+    def hist_count(self) -> int:
+        return sum(len(c.resps) for c in self.hist)
 
 
 class _Request:
@@ -296,11 +302,16 @@ class GroupSuffixIndex:
             x = int(x)
             t = len(toks)
             w = tuple(toks[t - hi:]) if t >= hi else tuple(toks)
+            fresh = False
             for n in range(lo, len(w) + 1):
                 key = hash(w[-n:])
+                if fresh:  # a context never seen: its longer extensions were never seen either
+                    table[key] = x
+                    continue
                 v = table.get(key)
                 if v is None:
                     table[key] = x
+                    fresh = True
                 elif v.__class__ is int:
                     table[key] = [2, x, 2, None] if v == x else [2, v, 1, {v: 1, x: 1}]
                 else:
@@ -346,10 +357,11 @@ class GroupSuffixIndex:
             self._enforce_bound()
 
     def _end_rollout(self, g: _Group) -> None:
-        """The group's kept responses become its history (the most recent history_depth)."""
+        """The rollout's kept responses become one history chunk (its siblings table, adopted as
+        is); the oldest responses beyond history_depth go, whole chunks at no cost."""
         kept, sib = g.kept, g.sib
         g.kept, g.sib, g.sib_tokens = [], {}, 0
-        self._tokens -= sum(len(x) for x in kept)
+        self._tokens -= sum(map(len, kept))
         depth = self.history_depth
         start = len(g.tail)
         if len(kept) > depth:
@@ -361,30 +373,27 @@ class GroupSuffixIndex:
             else:
                 for resp in drop:
                     self._index_seq(sib, g.tail + resp, start, -1)
-        excess = len(g.hist_resps) + len(kept) - depth
-        if excess >= len(g.hist_resps):  # every old response goes: no need to decrement them
-            g.hist, g.hist_resps = {}, deque()
-            self._tokens -= g.hist_tokens
-            g.hist_tokens = 0
-        else:
-            for _ in range(max(0, excess)):
-                resp = g.hist_resps.popleft()
-                self._index_seq(g.hist, g.tail + resp, start, -1)
+        excess = g.hist_count + len(kept) - depth
+        while excess > 0 and g.hist:
+            c = g.hist[0]
+            if len(c.resps) <= excess:
+                g.hist.pop(0)
+                excess -= len(c.resps)
+                g.hist_tokens -= c.tokens
+                self._tokens -= c.tokens
+                continue
+            for _ in range(excess):  # part of the oldest chunk: decrement its oldest responses
+                resp = c.resps.popleft()
+                self._index_seq(c.table, g.tail + resp, start, -1)
+                c.tokens -= len(resp)
                 g.hist_tokens -= len(resp)
                 self._tokens -= len(resp)
-        if not kept:
-            return
-        if not g.hist:
-            g.hist = sib
-        elif len(sib) <= len(g.hist):
-            _merge(g.hist, sib)
-        else:
-            _merge(sib, g.hist)
-            g.hist = sib
-        g.hist_resps.extend(kept)
-        n = sum(len(x) for x in kept)
-        g.hist_tokens += n
-        self._tokens += n
+            excess = 0
+        if kept:
+            chunk = _Chunk(sib, kept)
+            g.hist.append(chunk)
+            g.hist_tokens += chunk.tokens
+            self._tokens += chunk.tokens
 
     def _enforce_bound(self) -> None:
         """Drop whole idle groups, least recently used first, until the bound holds."""
@@ -415,12 +424,38 @@ class GroupSuffixIndex:
                 b = m - 1
         return found
 
-    def _follow(self, source: str, table: dict, ctx: tuple, match: int, k: int) -> SuffixDraft:
-        """Draft up to k tokens from `table` starting with a `match`-token context at the end of ctx."""
+    def _longest_any(self, tables: list, ctx: tuple, hi: int) -> int:
+        n = 0
+        for t in tables:
+            n = max(n, self._longest(t, ctx, hi))
+            if n == hi:
+                break
+        return n
+
+    @staticmethod
+    def _get(tables: list, key: int):
+        """The entry for `key`: the table's own when one table has it, else the counts summed."""
+        found = [t[key] for t in tables if key in t]
+        if len(found) < 2:
+            return found[0] if found else None
+        merged: Dict[int, int] = {}
+        for v in found:
+            for x, c in _counts(v):
+                merged[x] = merged.get(x, 0) + c
+        best = max(merged, key=merged.get)  # ties: the oldest table's token
+        return [sum(merged.values()), best, merged[best], merged]
+
+    def _follow(self, source: str, tables: list, ctx: tuple, match: int, k: int) -> SuffixDraft:
+        """Draft up to k tokens from `tables` starting with a `match`-token context at the end of ctx."""
         hi = self.max_match
         toks, probs, support = [], [], []
         n = match
-        v = table[hash(ctx[-n:])]
+        if len(tables) == 1:
+            table = tables[0]
+            get, longest = table.get, (lambda c, h: self._longest(table, c, h))
+        else:
+            get, longest = (lambda key: self._get(tables, key)), (lambda c, h: self._longest_any(tables, c, h))
+        v = get(hash(ctx[-n:]))
         for _ in range(k):
             if v.__class__ is int:
                 best = v
@@ -433,12 +468,12 @@ class GroupSuffixIndex:
             toks.append(best)
             ctx = ctx[1 - hi:] + (best,)
             n = n + 1 if n < hi else hi
-            v = table.get(hash(ctx[-n:]))  # the usual case: the match grows with the draft
+            v = get(hash(ctx[-n:]))  # the usual case: the match grows with the draft
             if v is None:
-                n = self._longest(table, ctx, n - 1)
+                n = longest(ctx, n - 1)
                 if not n:
                     break
-                v = table[hash(ctx[-n:])]
+                v = get(hash(ctx[-n:]))
         return SuffixDraft(toks, source, match, probs, support)
 
     def propose(self, req_id: str, k: int) -> SuffixDraft:
@@ -449,16 +484,24 @@ class GroupSuffixIndex:
         g = r.group
         ctx = tuple(r.tokens[-self.max_match:])
         hi = len(ctx)
+        if hi < self.min_match:
+            return empty_draft()
+        whole = hash(ctx)
         best_len, cands = 0, []
-        for source, table in ((SIBLINGS, g.sib), (HISTORY, g.hist), (PROMPT, g.prompt)):
-            n = self._longest(table, ctx, hi)
+        for source, tables in ((SIBLINGS, (g.sib,)), (HISTORY, [c.table for c in g.hist]), (PROMPT, (g.prompt,))):
+            if len(tables) != 1:
+                n = self._longest_any(tables, ctx, hi)
+            elif not tables[0]:
+                continue
+            else:
+                n = hi if whole in tables[0] else self._longest(tables[0], ctx, hi - 1)
             if n > best_len:
-                best_len, cands = n, [(source, table)]
+                best_len, cands = n, [(source, tables)]
             elif n and n == best_len:
-                cands.append((source, table))
+                cands.append((source, tables))
         if not cands:
             return empty_draft()
-        drafts = [self._follow(s, tab, ctx, best_len, k) for s, tab in cands]
+        drafts = [self._follow(s, tabs, ctx, best_len, k) for s, tabs in cands]
         return max(drafts, key=SuffixDraft.expected_accepted) if len(drafts) > 1 else drafts[0]
 
     # ------------------------------------------------------------- introspection
@@ -468,9 +511,10 @@ class GroupSuffixIndex:
             "groups": len(self._groups),
             "live_groups": sum(1 for g in gs if g.live),
             "live_requests": len(self._reqs),
-            "history_responses": sum(len(g.hist_resps) for g in gs),
+            "history_responses": sum(g.hist_count for g in gs),
+            "history_chunks": sum(len(g.hist) for g in gs),
             "indexed_tokens": self._tokens,
-            "entries": sum(len(g.prompt) + len(g.sib) + len(g.hist) for g in gs),
+            "entries": sum(len(g.prompt) + len(g.sib) + sum(len(c.table) for c in g.hist) for g in gs),
             "evicted_groups": self._evicted_groups,
             "over_bound": self._over_bound,
         }
@@ -482,12 +526,20 @@ class GroupSuffixIndex:
         g = self._groups.get(group_key)
         if g is None:
             return {}
-        return canonical({SIBLINGS: g.sib, HISTORY: g.hist, PROMPT: g.prompt}[source])
+        if source != HISTORY:
+            return canonical(g.sib if source == SIBLINGS else g.prompt)
+        merged: Dict[int, Dict[int, int]] = {}
+        for c in g.hist:
+            for key, counts in canonical(c.table).items():
+                m = merged.setdefault(key, {})
+                for x, n in counts.items():
+                    m[x] = m.get(x, 0) + n
+        return merged
 
     def history_responses(self, group_key: bytes) -> List[List[int]]:
         """The group's history responses, oldest first (copies)."""
         g = self._groups.get(group_key)
-        return [list(x) for x in g.hist_resps] if g is not None else []
+        return [list(x) for c in g.hist for x in c.resps] if g is not None else []
 
     def __contains__(self, req_id: str) -> bool:
         return req_id in self._reqs
