@@ -29,6 +29,14 @@ and for losslessness of token 2.
 The "without fix" test swaps vLLM's own fallback kernel back in, in the same engine, and shows
 both checks fail (skipped if this vLLM build's kernel is already correct).
 
+Best-of-N group drafting (``method=eagle3+group``, vllm_adapter/group_proposer.py): the N samples
+of a prompt are a GRPO group, so token 2 is drafted by the EAGLE-3 head or copied from siblings that
+already emitted theirs (or earlier requests of the prompt). Such drafts are functions of other
+requests' samples; the same TV check on token 1 and token 2 must pass, the group sources must
+really have drafted, and the same statistic must reject those very samples once a 0.05-TV bias is
+planted in them. Needs the testbed's EAGLE-3 head; with the random fallback pair the draft LM is
+used (``draft_model+group``).
+
 Model pair: the tiny testbed (target + draft LM) when it has been built
 (``build_testbed("tiny")``, or SPECROLLOUT_BUILD_TESTBED=1 to build it here); otherwise a small
 random Llama target with a scaled-up lm_head (peaked but not degenerate) and a perturbed copy as
@@ -388,3 +396,81 @@ def test_probabilistic_draft_is_lossless_and_accepts_sum_min(runs):
           f"{runs['acc_prob']['pos0']:.4f} vs theory {theory:.4f} (z={z:.2f})")
     assert s2 <= m.threshold
     assert abs(z) < 3.29
+
+
+# ----------------------------------------------------------------------------- group drafting
+
+N_GROUP = 1000  # samples per prompt (one GRPO group per prompt)
+
+
+@pytest.fixture(scope="module")
+def group_run():
+    pytest.importorskip("vllm")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    mp.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    try:
+        return _group_run()
+    finally:
+        mp.undo()
+
+
+def _group_run():
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs
+    from verl_specrollout.vllm_adapter.group_proposer import worker_stats
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM-CPU only")
+    if os.environ.get("SPECROLLOUT_CPU_FIX", "1") == "0":
+        pytest.skip("SPECROLLOUT_CPU_FIX=0")
+    target, draft, name = _model_pair()
+    method = "draft_model+group"
+    if name == "testbed-tiny":
+        from verl_specrollout.testing.testbed import build_testbed
+
+        draft, method = build_testbed("tiny").eagle3_dir, "eagle3+group"
+    rows = _exact(target, target)  # the target's marginals (the draft argument only feeds acceptance theory)
+    rng = np.random.default_rng(54321)
+    res = dict(model=name, method=method, rows=rows,
+               m1=Marginal([r["p1"] for r in rows], N_GROUP, rng), m2=Marginal([r["p2"] for r in rows], N_GROUP, rng))
+    cfg = SpecRolloutConfig.from_dict({"enable": True, "method": method, "draft_path": draft, "max_k": K_SPEC,
+                                       "planner": {"mode": "static"}})
+    kw = dict(model=target, skip_tokenizer_init=True, enforce_eager=True, dtype="float32", seed=0,
+              max_model_len=64, disable_log_stats=False, max_num_seqs=256)
+    kw.update(build_engine_kwargs(cfg, target_path=target, existing=kw))
+    llm = LLM(**kw)
+    c0 = _counters(llm)
+    res["samples"], res["seconds"] = _sample(llm, [r["prompt"] for r in rows], N_GROUP, seed0=5_000_000)
+    res["acc"] = _acceptance(c0, _counters(llm))
+    res["stats"] = llm.collective_rpc(worker_stats)[0]
+    del llm
+    gc.collect()
+    return res
+
+
+def test_group_drafting_is_lossless_at_t1(group_run):
+    r = group_run
+    src = r["stats"].get("sources") or {}
+    print(f"{r['method']} ({r['seconds']:.1f}s): per-source {src}; acceptance per position {r['acc']['per_pos']}")
+    suffix = sum(src.get(s, {}).get("proposed", 0) for s in ("siblings", "history", "prompt"))
+    assert suffix > 0 and src["model"]["proposed"] > 0, "both the group and the model must have drafted"
+    s1, tv1 = r["m1"].stat([t[:, 0] for t in r["samples"]])
+    s2, tv2 = r["m2"].stat([t[:, 1] for t in r["samples"]])
+    print(f"token1 TV={tv1} (sum thr {r['m1'].threshold:.4f}) token2 TV={tv2} (sum thr {r['m2'].threshold:.4f})")
+    assert s1 <= r["m1"].threshold
+    assert s2 <= r["m2"].threshold
+
+
+def test_planted_bias_in_group_drafted_samples_is_caught(group_run):
+    from verl_specrollout.testing.e2e.lossless import plant_shift
+
+    r = group_run
+    rng = np.random.default_rng(11)
+    planted = [plant_shift(t[:, 1], p, PLANTED_TV, rng) for t, p in zip(r["samples"], r["m2"].ps)]
+    s2, tv2 = r["m2"].stat(planted)
+    print(f"planted {PLANTED_TV} TV: token2 TV={tv2} (sum thr {r['m2'].threshold:.4f})")
+    assert s2 > r["m2"].threshold

@@ -136,3 +136,18 @@ def token_weighted_mean(rows: list[dict], key: str) -> float:
     w = np.array([r["response_tokens"] for r in rows], dtype=np.float64)
     v = np.array([r[key] for r in rows], dtype=np.float64)
     return float((w * v).sum() / max(w.sum(), 1.0))
+
+
+def plant_shift(samples: np.ndarray, p: np.ndarray, tv: float, rng: np.random.Generator) -> np.ndarray:
+    """Samples of x ~ p turned into samples of a distribution exactly `tv` away from p in total
+    variation: each sample becomes p's second most likely token with probability c = tv / (1 - p_j),
+    so the result follows (1 - c) p + c delta_j. A check that passes on real engine samples must fail
+    on these (the planted-bias control of tests/integration/test_lossless_cpu.py)."""
+    p = np.asarray(p, dtype=np.float64)
+    j = int(np.argsort(p)[-2])
+    c = tv / (1.0 - p[j])
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"cannot move {tv} of total variation onto a token of probability {p[j]:.3f}")
+    out = np.array(samples, copy=True)
+    out[rng.random(out.shape) < c] = j
+    return out
