@@ -72,7 +72,7 @@ import hashlib
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
