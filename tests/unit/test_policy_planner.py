@@ -39,23 +39,33 @@ def compute_bound_cost(a=1e-3, b=4e-4, d0=1e-3, d1=4e-5):
     return t
 
 
-def fitted(truth, max_k=4, noise=0.03, outliers=0.0, seed=0, zero_k_passes=1, reps=6):
+def timed_steps(truth, max_k=4, noise=0.03, outliers=0.0, seed=0, zero_k_passes=1, reps=6):
+    """(batch size, K, passes, seconds) of `reps` steps at every BATCHES x K cell."""
     rnd = random.Random(seed)
-    cm = StepCostModel()
     for _ in range(reps):
         for bsz, k in itertools.product(BATCHES, range(max_k + 1)):
             passes = max(k, zero_k_passes) if k else zero_k_passes
             t = truth(bsz * (1 + k), bsz, passes) * (1 + noise * rnd.gauss(0, 1))
             if rnd.random() < outliers:
                 t *= rnd.uniform(5, 20)
-            cm.observe(bsz * (1 + k), bsz, passes, t)
+            yield bsz, k, passes, t
+
+
+def fitted(truth, max_k=4, noise=0.03, outliers=0.0, seed=0, zero_k_passes=1, reps=6):
+    cm = StepCostModel()
+    for bsz, k, passes, t in timed_steps(truth, max_k, noise, outliers, seed, zero_k_passes, reps):
+        cm.observe(bsz * (1 + k), bsz, passes, t)
     assert cm.fit()
     return cm
 
 
 def planner_with(truth, alpha, max_k=4, max_batch=256, zero_k_passes=1, **kw):
+    """A planner that has timed every K at every BATCHES size (its cost model fitted) and seen
+    drafts at `alpha` (geometric acceptance)."""
     p = Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=zero_k_passes, **kw)
-    p.cost = fitted(truth, max_k, zero_k_passes=zero_k_passes)
+    for bsz, k, _, t in timed_steps(truth, max_k, zero_k_passes=zero_k_passes, reps=p.min_probe_steps):
+        p.observe_time(bsz, bsz * (1 + k), k, t)
+    assert p.cost.fit()
     for _ in range(200):
         p.observe_drafts([(max_k, _accepted(alpha, max_k, random.Random(_ * 7 + i))) for i in range(8)])
     return p
@@ -449,12 +459,13 @@ def test_plan_equals_choose_k_at_every_grid_point():
     from verl_specrollout.policy.planner import plan_grid
 
     p = planner_with(knee_cost(), alpha=0.7, max_batch=256)
-    e = p.acceptance.expected_table()
+    assert (p.trusted_max_k(plan_grid(256)) == 4).all()  # every K was timed: no trust-region limit
     fresh = p.plan()
     current = [0] + [(b // 7) % 5 for b in range(1, 257)]
     sticky = p.plan(current=current)
     grid = plan_grid(256)
     for lo, hi in zip(grid, grid[1:] + [257]):
+        e = p.expected_by_batch([lo])[0]
         assert set(fresh[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1)[0]}, lo
         assert set(sticky[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1, current[lo], p.hysteresis)[0]}, lo
 

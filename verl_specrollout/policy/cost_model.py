@@ -37,6 +37,15 @@ from scipy.optimize import lsq_linear
 
 FEATURES = ("intercept", "tokens", "requests", "hinge", "passes", "passes_x_requests")
 NONNEG_FEATURES = np.array([False, True, True, True, True, True])  # all but the intercept
+# Ridge per feature (standardised). The per-pass constant gets a stronger one: when K has varied
+# only over a narrow range of batch sizes (a cold start at B ~ 1000), a draft pass's constant and
+# the per-token cost of verifying its token are nearly collinear (K vs K*B), and any non-linearity
+# of the real surface can land on the constant, pricing a draft pass like a whole large step at
+# every batch size. Attributing what the data cannot split to per-token cost errs toward long
+# drafts at small batches, where trying them is cheap and corrects the model; the other way round
+# locks the planner at K = 0 where it never measures. Data that do separate the two (K varied at
+# small and large B) outweigh the penalty.
+RIDGE = np.array([0.0, 1e-6, 1e-6, 1e-6, 1e-2, 1e-6])
 
 # Batch sizes up to this many requests get a bucket each; above it, geometric buckets.
 EXACT_REQUESTS = 16
@@ -67,7 +76,8 @@ def weighted_least_squares(
     # Weighted rows, then one ridge row per penalised column: an ordinary bounded least squares.
     root_w = np.sqrt(weights)
     penalised = np.flatnonzero(used) != 0
-    ridge_rows = math.sqrt(ridge * total_weight) * np.eye(scaled.shape[1])[penalised]
+    ridge_used = np.broadcast_to(np.asarray(ridge, dtype=np.float64), design.shape[1:])[used][penalised]
+    ridge_rows = (np.sqrt(ridge_used * total_weight)[:, None] * np.eye(scaled.shape[1])[penalised])
     lhs = np.vstack([scaled * root_w[:, None], ridge_rows])
     rhs = np.concatenate([y * root_w, np.zeros(len(ridge_rows))])
     bounded = nonneg[used]
@@ -108,7 +118,10 @@ class Buckets:
 class StepCostModel:
     """Online, robust step-time model. `observe()` every step, `fit()` when re-planning."""
 
-    def __init__(self, window: int = 4096, min_buckets: int = 3, bucket_ratio: float = 1.08):
+    def __init__(self, window: int = 4096, min_buckets: int = 2, bucket_ratio: float = 1.08):
+        # Two buckets at two K are enough to start: at one batch size they price the change of K,
+        # and cells the engine ran are priced by their measured medians (predict_local); the
+        # planner refits as more batch sizes and K come in.
         # Ring buffer of (tokens, requests, passes, seconds): the newest `window` steps.
         self._window = np.zeros((window, 4))
         self._next = 0
@@ -119,6 +132,7 @@ class StepCostModel:
         self.knot: float = 0.0
         self.n_fits = 0
         self.last_rejected = 0
+        self.k_varied = False  # whether the last fit's window held steps at two or more K
         # The window's buckets as of the last fit, for pricing cells by their measurements.
         self._measured = Buckets.empty()
         self._measured_by_key: dict = {}
@@ -197,6 +211,11 @@ class StepCostModel:
         buckets = self.buckets()
         if len(buckets) < self.min_buckets:
             return self.coef is not None
+        self.k_varied = self.k_varies(buckets)
+        if self.coef is not None and not self.k_varied:
+            # One K in the whole window (e.g. a long run at one batch size): drafting and
+            # verification cannot be told apart, so keep what was learnt when K varied.
+            return True
         best = None
 
         def consider(knot):
@@ -226,18 +245,24 @@ class StepCostModel:
         self.n_fits += 1
         return True
 
+    @staticmethod
+    def k_varies(buckets: Buckets) -> bool:
+        """Whether the buckets hold steps at two or more draft lengths (tokens per request or passes)."""
+        per_request = np.rint(buckets.tokens / np.maximum(buckets.requests, 1.0))
+        return len(np.unique(per_request)) > 1 or len(np.unique(buckets.passes)) > 1
+
     def _fit_with_knot(self, buckets: Buckets, knot: float) -> Tuple[np.ndarray, int, float]:
         """(coefficients, buckets rejected as outliers, bounded loss on all buckets) for one knot."""
         design = design_matrix(buckets.tokens, buckets.requests, buckets.passes, knot)
         seconds = buckets.seconds
         count_weight = np.sqrt(buckets.counts)
         weights = count_weight / np.maximum(seconds, 1e-12) ** 2  # fit relative errors
-        coef = weighted_least_squares(design, seconds, weights)
+        coef = weighted_least_squares(design, seconds, weights, ridge=RIDGE)
         outliers = self._outliers((seconds - design @ coef) / seconds)
         if len(outliers):
             keep = np.ones(len(buckets), dtype=bool)
             keep[outliers] = False
-            coef = weighted_least_squares(design[keep], seconds[keep], weights[keep])
+            coef = weighted_least_squares(design[keep], seconds[keep], weights[keep], ridge=RIDGE)
         # Score on ALL buckets with a bounded loss, so knots are compared on the same data.
         relative_error = np.abs(seconds - design @ coef) / seconds
         loss = float((count_weight * np.minimum(relative_error, 0.5)).sum() / count_weight.sum())

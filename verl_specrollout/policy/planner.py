@@ -20,12 +20,39 @@ requires K >= 0) and the dense 1-indexed lookup the scheduler reads
 (`Scheduler.dynamic_sd_lookup[batch_size] -> K`, index 0 unused).
 
 Modes (PlannerConfig.mode):
-- adaptive: explore a few K values for one re-plan interval each (cold start: the cost
-  model needs K to vary to separate draft from verification cost), then plan from the
-  fitted model every `replan_interval` steps, with hysteresis and a small periodic
-  +-1 exploration so the draft-cost terms stay identified.
+- adaptive: plan from the fitted models every `replan_interval` steps, with hysteresis, after a
+  short cold start, and with probes of a neighbouring K that cost little (below).
 - static: the user's table, else max_k for every batch size. Never re-plans.
 - off: K = 0 for every batch size (speculation configured but nothing drafted).
+
+Cold start and exploration (adaptive). Trying a K is never free, and what it costs grows with the
+batch: verifying B*(1+K) tokens is nearly free while the target is memory-bound (small B) and
+costs in proportion once it is compute-bound (large B; a K=8 step at B ~ 1000 costs ~9x a K=0
+one). So:
+
+- Cold start (no trusted cost model yet): one re-plan interval per K in `explore_ks`
+  ([max_k, 0, 1, max_k // 2]), but at batch size B never above the cold cap
+  max(1, cold_tokens // B - 1): K verifies at most ~`cold_tokens` tokens per step, a size that
+  is memory-bound on any accelerator for a multi-billion-parameter target. Large batches try
+  only K = 0 and 1 (what a hand table uses there); long drafts are tried where the batch is
+  small, the tail of a rollout. The first table the engine gets is the first of these
+  (`cold_start_dense`, also vllm_adapter/engine_kwargs.initial_table).
+- After it, every `explore_every`-th re-plan installs a probe table: at each batch size, K*+-1
+  (the sign alternates) but only where the fitted model predicts the probe's throughput within
+  `explore_tolerance` of the chosen K*'s, so a probe interval loses at most that fraction where
+  it runs; elsewhere the probe table keeps K*. Probes at near-ties are where measurements change
+  the choice; a K the model prices far worse is not run again to find out.
+- Identifiability: the cost model separates drafting from verification only from steps at
+  several K (tokens = B*(1+K) and passes = K move together at one K). The cold start runs K = 0
+  and 1 at every batch size it meets and up to max_k where B is small; afterwards the planned K
+  itself changes with B (0-1 in the crowded start, larger in the tail), and probes add the
+  neighbours at the boundaries between K. When the window holds one K only (a long run at one
+  batch size), StepCostModel.fit keeps the previous coefficients rather than fit an
+  unidentified model.
+
+Acceptance is estimated per batch-size class (policy/acceptance.py), so E[K] at B comes from
+the steps at about that B (a rollout's tail is its long responses, late in them) shrunk toward
+the pooled estimate.
 
 A verification budget (`allocate_verification_budget`) splits a cap of draft tokens per
 step across requests by their running acceptance: the j-th draft token of a request with
@@ -42,9 +69,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from verl_specrollout.config import MODES
-from verl_specrollout.policy.acceptance import AcceptanceEstimator
+from verl_specrollout.policy.acceptance import AcceptanceEstimator, batch_class
 from verl_specrollout.policy.cost_model import StepCostModel
 
+# The cold start verifies at most about this many tokens per step (cold_cap): memory-bound for any
+# multi-billion-parameter target on an accelerator (a roofline knee sits at a few hundred tokens).
+COLD_TOKENS = 64
 # Batch sizes whose throughput-by-K rows stats() reports.
 REPORTED_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -106,6 +136,28 @@ def plan_grid(max_batch: int, exact_upto: int = 16, ratio: float = 1.05) -> List
     return sorted(pts)
 
 
+def cold_cap(batch_size, cold_tokens: int):
+    """Largest K the cold start tries at a batch size (an int or an array of them): verify at most
+    ~cold_tokens tokens per step, but K = 1 always (large batches must see K = 0 and 1)."""
+    return np.maximum(1, cold_tokens // np.maximum(batch_size, 1) - 1)
+
+
+def cold_start_dense(k: int, max_batch: int, max_k: int, cold_tokens: int) -> List[int]:
+    """Dense lookup of a cold-start interval that tries `k`: min(k, cold cap) at every batch size."""
+    caps = cold_cap(np.arange(1, max_batch + 1), cold_tokens)
+    return [0] + np.minimum(min(k, max_k), caps).tolist()
+
+
+def default_explore_ks(max_k: int) -> List[int]:
+    ks = [max_k, 0, 1, max(1, max_k // 2)]
+    return [k for i, k in enumerate(ks) if k not in ks[:i]]
+
+
+def initial_rows(max_k: int, max_batch: int, cold_tokens: int = COLD_TOKENS) -> List[List[int]]:
+    """The adaptive planner's first table, as vLLM rows (what the engine starts with)."""
+    return dense_to_rows(cold_start_dense(default_explore_ks(max_k)[0], max_batch, max_k, cold_tokens))
+
+
 # ---------------------------------------------------------------- pure choices
 def draft_passes(k, zero_k_passes: int):
     """Draft forward passes the engine runs to draft k tokens (an int or an array of them): k,
@@ -123,11 +175,12 @@ def throughput(batch_size: int, k: int, expected: Sequence[float], cost: StepCos
 def throughput_table(
     batch_sizes: Sequence[int], expected: Sequence[float], cost: StepCostModel, max_k: int, zero_k_passes: int
 ) -> np.ndarray:
-    """throughput() for every batch size (rows) and K = 0..max_k (columns), in one model call."""
+    """throughput() for every batch size (rows) and K = 0..max_k (columns), in one model call.
+    `expected` is one [E[0..max_k]] list for all rows, or one per row."""
     batch = np.asarray(batch_sizes, dtype=np.float64)[:, None]
     k = np.arange(max_k + 1)[None, :]
     seconds = cost.predict_local(batch * (1 + k), batch, draft_passes(k, zero_k_passes))
-    return batch * np.asarray(expected[: max_k + 1], dtype=np.float64) / seconds
+    return batch * np.asarray(expected, dtype=np.float64)[..., : max_k + 1] / seconds
 
 
 def best_k(tokens_per_second: np.ndarray, current: np.ndarray, hysteresis: float) -> np.ndarray:
@@ -139,6 +192,22 @@ def best_k(tokens_per_second: np.ndarray, current: np.ndarray, hysteresis: float
     current_tps = tokens_per_second[rows, np.where(valid, current, 0)]
     stay = valid & (tokens_per_second[rows, best] <= current_tps * (1.0 + hysteresis))
     return np.where(stay, current, best)
+
+
+def probe_k(tokens_per_second: np.ndarray, chosen: np.ndarray, sign: int, tolerance: float) -> np.ndarray:
+    """Per row, the neighbour chosen+sign (else chosen-sign) whose throughput is within
+    `tolerance` of the chosen K's; the chosen K itself where neither neighbour is."""
+    rows = np.arange(len(chosen))
+    n_k = tokens_per_second.shape[1]
+    floor = tokens_per_second[rows, chosen] * (1.0 - tolerance)
+    out = chosen.copy()
+    undecided = np.ones(len(chosen), dtype=bool)
+    for cand in (chosen + sign, chosen - sign):
+        inside = (cand >= 0) & (cand < n_k)
+        ok = undecided & inside & (tokens_per_second[rows, np.clip(cand, 0, n_k - 1)] >= floor)
+        out[ok] = cand[ok]
+        undecided &= ~ok
+    return out
 
 
 def choose_k(
@@ -208,6 +277,9 @@ class Planner:
         hysteresis: float = 0.03,
         explore_every: int = 8,
         explore_ks: Optional[Sequence[int]] = None,
+        explore_tolerance: float = 0.03,
+        cover_tolerance: float = 0.05,
+        cold_tokens: int = COLD_TOKENS,
         cost_window: int = 4096,
         overhead_budget: Optional[float] = 0.02,
         clock=time.perf_counter,
@@ -224,10 +296,13 @@ class Planner:
         self.zero_k_passes = zero_k_passes
         self.hysteresis = hysteresis
         self.explore_every = explore_every
-        if explore_ks is None:
-            ks = [max_k, 0, 1, max(1, max_k // 2)]
-            explore_ks = [k for i, k in enumerate(ks) if k not in ks[:i]]
-        self.explore_ks = list(explore_ks)
+        self.explore_ks = list(default_explore_ks(max_k) if explore_ks is None else explore_ks)
+        # A periodic probe may lose at most this fraction of predicted throughput where it runs.
+        self.explore_tolerance = explore_tolerance
+        # A coverage probe of a K never timed near a batch size may lose at most this fraction.
+        self.cover_tolerance = cover_tolerance
+        # The cold start verifies at most ~cold_tokens tokens per step (cold_cap).
+        self.cold_tokens = max(2, int(cold_tokens))
         self.cost = StepCostModel(window=cost_window)
         # Re-planning runs on the engine's critical path (inside the scheduler): when one
         # re-plan took longer than `overhead_budget` of the time since the previous one, the
@@ -240,7 +315,7 @@ class Planner:
         self._last_replan_seconds = 0.0
         self.replans_skipped = 0
         self.acceptance = AcceptanceEstimator(max_k, decay=acceptance_decay, prior=prior_acceptance)
-        self._plan: List[int] = [0] + [max_k] * max_batch  # the exploited plan
+        self._plan: List[int] = self._cold_dense(0)  # the exploited plan
         self.dense: List[int] = self._initial_dense()  # what is installed
         self.steps = 0
         self.replans = 0
@@ -248,6 +323,19 @@ class Planner:
         self._explore_phase = 0
         self._planned = False
         self._last_tps: Dict[int, List[float]] = {}
+        # The last plan's grid and its predicted throughput by K (for probe tables).
+        self._grid = np.zeros(0, dtype=np.int64)
+        self._grid_tps = np.zeros((0, max_k + 1))
+        self._probes = 0
+        # Timed steps per (batch-size class, K): where a K has been measured (coverage probes).
+        self._timed_steps: Dict[Tuple[int, int], int] = {}
+        self.min_probe_steps = max(4, self.replan_interval // 2)
+        self._max_tokens_timed = 0
+        # recorder(batch_size, k, seconds, accepted per request), called for every timed step that
+        # verified the K it drafts (e.g. policy/trace.py's StepTrace.record); None: off.
+        self.recorder = None
+        self._timed_step: Optional[Tuple[int, int, int, float]] = None
+        self._requests_this_step: Optional[int] = None
         # metrics
         self.k_hist: Dict[int, Dict[int, int]] = {}
         self.steps_with_spec_off = 0
@@ -263,7 +351,18 @@ class Planner:
             return [0] + [self.max_k] * self.max_batch
         if self.user_table:  # adaptive with a pinned table: the table wins
             return rows_to_dense(self.user_table, self.max_batch, self.max_k)
-        return [0] + [self.explore_ks[0]] * self.max_batch
+        return self._cold_dense(0)
+
+    def _cold_dense(self, phase: int) -> List[int]:
+        """The cold-start table of exploration phase `phase` (cycles through explore_ks). Where the
+        cap makes it repeat the previous phase's K (large batches: 1, 0, 1, 1), it takes K = 0
+        instead: K = 1 costs most there, and one interval of it is enough."""
+        n = len(self.explore_ks)
+        dense = cold_start_dense(self.explore_ks[phase % n], self.max_batch, self.max_k, self.cold_tokens)
+        if phase:
+            before = cold_start_dense(self.explore_ks[(phase - 1) % n], self.max_batch, self.max_k, self.cold_tokens)
+            dense = [0 if k == kb else k for k, kb in zip(dense, before)]
+        return dense
 
     def rows(self) -> List[List[int]]:
         return dense_to_rows(self.dense)
@@ -280,11 +379,12 @@ class Planner:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.user_table = [list(r) for r in table] if table else None
-        self._explore_phase = len(self.explore_ks) - 1 if self.cost.fitted else 0
         new = self._initial_dense()
-        if mode == "adaptive" and not self.user_table and self.cost.fit():
+        if mode == "adaptive" and not self.user_table and self.cost.fit() and self.cost.k_varied:
             new = self._plan = self.plan()
             self._planned = True
+        elif mode == "adaptive":
+            self._planned, self._explore_phase = False, 0
         self._install(new)
         return self.dense
 
@@ -305,23 +405,39 @@ class Planner:
         (None to skip timing, e.g. a step with prefills)."""
         if requests <= 0:
             return
+        self._requests_this_step = requests
         self.steps_observed += 1
         h = self.k_hist.setdefault(requests, {})
         h[drafted_k] = h.get(drafted_k, 0) + 1
         if drafted_k == 0:
             self.steps_with_spec_off += 1
         if seconds is not None:
-            self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+            self._observe_cost(requests, tokens, drafted_k, seconds)
 
     def observe_time(self, requests: int, tokens: int, drafted_k: int, seconds: float) -> None:
         """Wall time of a pure-decode step measured apart from observe_step (the scheduler
         measures a step's full cycle between consecutive output updates: vllm_adapter/step_timer.py)."""
         if requests > 0:
-            self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+            self._observe_cost(requests, tokens, drafted_k, seconds)
 
-    def observe_drafts(self, pairs: Sequence[Tuple[int, int]]) -> None:
-        """The step's per-request (num_draft_tokens, num_accepted) verification results."""
-        self.acceptance.observe_requests(pairs)
+    def _observe_cost(self, requests: int, tokens: int, drafted_k: int, seconds: float) -> None:
+        if tokens > 0 and seconds is not None and 0 < seconds < float("inf"):
+            key = (batch_class(requests), int(drafted_k))
+            self._timed_steps[key] = self._timed_steps.get(key, 0) + 1
+            self._timed_step = (requests, tokens, int(drafted_k), float(seconds))
+            self._max_tokens_timed = max(self._max_tokens_timed, int(tokens))
+        self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+
+    def observe_drafts(self, pairs: Sequence[Tuple[int, int]], batch_size: Optional[int] = None) -> None:
+        """The step's per-request (num_draft_tokens, num_accepted) verification results; the
+        step's batch size defaults to the requests of the last observe_step (else len(pairs))."""
+        self.acceptance.observe_requests(pairs, batch_size or self._requests_this_step)
+        self._requests_this_step = None
+        if self.recorder is not None and self._timed_step is not None:
+            requests, tokens, k, seconds = self._timed_step
+            if tokens == requests * (1 + k):  # a step that verified the K it drafts: one clean cell
+                self.recorder(requests, k, seconds, [a for _, a in pairs])
+        self._timed_step = None
 
     def tick(self) -> Optional[List[int]]:
         """Call once per engine step after observing it. Returns the new dense lookup when
@@ -344,24 +460,55 @@ class Planner:
     # ----------------------------------------------------------------- plan
     def replan(self) -> Optional[List[int]]:
         self.replans += 1
-        n_explore = len(self.explore_ks)
-        if self._explore_phase < n_explore - 1:
-            # Cold start: one interval per exploration K (the cost model cannot separate
-            # drafting from verification until K has varied).
-            self._explore_phase += 1
-            k = self.explore_ks[self._explore_phase]
-            return self._changed([0] + [k] * self.max_batch)
-        if not self.cost.fit():
-            # Still not enough distinct measurements (e.g. no steps ran): keep cycling.
-            k = self.explore_ks[self.replans % n_explore]
-            return self._changed([0] + [k] * self.max_batch)
+        if not self._planned:
+            # Cold start: one interval per exploration K (capped where the batch is large) until
+            # the window holds steps at two or more K and a model fits; at least two intervals.
+            fitted = self._explore_phase >= 1 and self.cost.fit() and self.cost.k_varied
+            if not fitted:
+                self._explore_phase += 1
+                return self._changed(self._cold_dense(self._explore_phase))
+        elif not self.cost.fit():
+            return None
         self._plan = self.plan(current=self._plan if self._planned else None)
         self._planned = True
-        if self.explore_every and self.replans % self.explore_every == 0:
-            sign = 1 if (self.replans // self.explore_every) % 2 else -1
-            probe = [0] + [min(self.max_k, max(0, k + sign)) for k in self._plan[1:]]
-            return self._changed(probe)
-        return self._changed(list(self._plan))
+        if not self.explore_every:  # no exploration after the cold start
+            return self._changed(list(self._plan))
+        table = list(self._plan)
+        if self.replans % self.explore_every == 0:
+            self._probes += 1
+            table = self.probe_table(1 if self._probes % 2 else -1)
+        return self._changed(self.cover(table))
+
+    def cover(self, table: List[int]) -> List[int]:
+        """`table` with a coverage probe of K*+1 (else K*-1) wherever that K has not been timed in the
+        batch size's class and the model predicts it within `cover_tolerance` of the plan's K*
+        (and within the probe region: see plan). Such a cell is priced by extrapolation alone; a
+        rollout's batch size visits each class for a few re-plan intervals only, so waiting for the
+        periodic probe (explore_every) would leave most classes priced that way. Each (class, K) is
+        probed once; later probes are the periodic ones."""
+        out = list(table)
+        if not len(self._grid):
+            return out
+        chosen = np.asarray([self._plan[b] for b in self._grid])
+        floor = self._grid_tps[np.arange(len(chosen)), chosen] * (1.0 - self.cover_tolerance)
+        ends = np.append(self._grid[1:], self.max_batch + 1).tolist()
+        for i, b in enumerate(self._grid.tolist()):
+            for cand in (chosen[i] + 1, chosen[i] - 1):
+                if (0 <= cand <= self.max_k and self._grid_tps[i, cand] >= floor[i]
+                        and self._timed_steps.get((batch_class(b), int(cand)), 0) < self.min_probe_steps):
+                    out[b:ends[i]] = [int(cand)] * (ends[i] - b)
+                    break
+        return out
+
+    def probe_table(self, sign: int) -> List[int]:
+        """The last plan with K*+sign (else K*-sign) wherever that probe is predicted to lose at
+        most `explore_tolerance` of the plan's throughput; K* elsewhere (see the module doc)."""
+        if not len(self._grid):
+            return list(self._plan)
+        chosen = np.asarray([self._plan[b] for b in self._grid])
+        probe = probe_k(self._grid_tps, chosen, sign, self.explore_tolerance)
+        span = np.diff(np.append(self._grid, self.max_batch + 1))
+        return [0] + np.repeat(probe, span).tolist()
 
     def _changed(self, dense: List[int]) -> Optional[List[int]]:
         return list(self.dense) if self._install(dense) else None
@@ -371,19 +518,55 @@ class Planner:
         if not self.cost.fitted:
             self.cost.fit()
         if not self.cost.fitted:
-            return [0] + [self.max_k] * self.max_batch
+            return self._cold_dense(0)
         grid = np.array(plan_grid(self.max_batch))
-        tokens_per_second = throughput_table(
-            grid, self.acceptance.expected_table(), self.cost, self.max_k, self.zero_k_passes)
+        predicted = throughput_table(grid, self.expected_by_batch(grid), self.cost, self.max_k, self.zero_k_passes)
+        self._last_tps = {int(b): row.tolist() for b, row in zip(grid, predicted) if b in REPORTED_BATCH_SIZES}
+        # Trust region: the plan picks among K timed near a batch size (probes go one beyond).
+        trusted_k = self.trusted_max_k(grid)
+        ks = np.arange(self.max_k + 1)[None, :]
+        tokens_per_second = np.where(ks <= trusted_k[:, None], predicted, -np.inf)
         current_k = np.full(len(grid), -1)
         if current is not None:
             inside = grid < len(current)
             current_k[inside] = np.asarray(current)[grid[inside]]
         chosen = best_k(tokens_per_second, current_k, self.hysteresis)
+        # What probes may try: one K beyond the trust region, verifying no more tokens per step than
+        # some step already did (past that the model extrapolates over a knee it may not know).
+        seen = max(self._max_tokens_timed, self.cold_tokens)
+        probe_ok = (ks <= trusted_k[:, None] + 1) & (grid[:, None] * (1 + ks) <= seen)
+        self._grid, self._grid_tps = grid, np.where(probe_ok | (ks <= trusted_k[:, None]), predicted, -np.inf)
         # Sizes between grid points take the K of the grid point below (grid[0] is 1).
         span = np.diff(np.append(grid, self.max_batch + 1))
-        self._last_tps = {int(b): row.tolist() for b, row in zip(grid, tokens_per_second) if b in REPORTED_BATCH_SIZES}
         return [0] + np.repeat(chosen, span).tolist()
+
+    def trusted_max_k(self, batch_sizes: Sequence[int]) -> np.ndarray:
+        """Largest K the plan may choose at each batch size: the largest K timed (for at least
+        min_probe_steps steps) in its batch-size class or the class above it (a rollout's batch
+        falls: that class ran just before), and at least the cold cap. A K beyond is priced by
+        extrapolating the cost model in K, which a knee it has not seen makes wrong by multiples
+        (e.g. K = 2 at B = 128 past a 256-token knee, after seeing K = 0 and 1 there); probes,
+        gated by their predicted loss, extend the region one K at a time."""
+        top: Dict[int, int] = {}
+        for (c, k), n in self._timed_steps.items():
+            if n >= self.min_probe_steps:
+                top[c] = max(top.get(c, -1), k)
+        out = []
+        for b, cap in zip(batch_sizes, cold_cap(np.asarray(batch_sizes), self.cold_tokens).tolist()):
+            c = batch_class(int(b))
+            out.append(min(self.max_k, max(cap, top.get(c, -1), top.get(c + 1, -1))))
+        return np.asarray(out)
+
+    def expected_by_batch(self, batch_sizes: Sequence[int]) -> np.ndarray:
+        """E[0..max_k] at each batch size (rows), from its batch-size class's acceptance."""
+        by_class: Dict[int, List[float]] = {}
+        rows = []
+        for b in batch_sizes:
+            c = batch_class(int(b))
+            if c not in by_class:
+                by_class[c] = self.acceptance.expected_table(int(b))
+            rows.append(by_class[c])
+        return np.asarray(rows, dtype=np.float64).reshape(len(rows), self.max_k + 1)
 
     def min_token_gain(self, b: int, k: int) -> float:
         """Expected tokens one extra verified draft token must bring to pay for itself at
@@ -392,7 +575,7 @@ class Planner:
             return 0.0
         tokens, passes = b * (1 + k), self.passes_for(k)
         seconds_per_token = self.cost.predict(tokens + 1, b, passes) - self.cost.predict(tokens, b, passes)
-        tokens_per_second = throughput(b, k, self.acceptance.expected_table(), self.cost, self.zero_k_passes)
+        tokens_per_second = throughput(b, k, self.acceptance.expected_table(b), self.cost, self.zero_k_passes)
         return max(0.0, seconds_per_token * tokens_per_second)
 
     # -------------------------------------------------------------- metrics
