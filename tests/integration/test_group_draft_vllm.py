@@ -25,7 +25,7 @@ MAX_TOKENS = 40
 K = 4
 
 
-def _engine(tb, method):
+def _engine(tb, method, **kw):
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
@@ -34,7 +34,7 @@ def _engine(tb, method):
     draft = tb.eagle3_dir if method.startswith("eagle3") else None
     cfg = SpecRolloutConfig.from_dict({"enable": True, "method": method, "draft_path": draft, "max_k": K,
                                        "planner": {"mode": "static"}})
-    return make_llm(tb.target_dir, cfg, max_num_seqs=64, max_model_len=256)
+    return make_llm(tb.target_dir, cfg, max_num_seqs=64, max_model_len=256, **kw)
 
 
 def _generate(llm, prompts, params):
@@ -49,6 +49,7 @@ def runs():
     pytest.importorskip("vllm")
     from vllm import SamplingParams
 
+    from verl_specrollout import compat
     from verl_specrollout.testing.testbed import build_testbed
     from verl_specrollout.testing.testbed.measure import task_prompts
     from verl_specrollout.vllm_adapter.group_proposer import worker_stats
@@ -65,7 +66,9 @@ def runs():
     del llm
     gc.collect()
     for method in ("eagle3", "eagle3+group", "group"):
-        llm = _engine(tb, method)
+        # `group` runs with our worker extension, as veRL's server starts it, and is read by name.
+        ext = {"worker_extension_cls": compat.SPECROLLOUT_WORKER_EXTENSION} if method == "group" else {}
+        llm = _engine(tb, method, **ext)
         r = res[method] = {"epochs": [], "counters": [], "stats": []}
         for _ in range(2):
             c0 = read_counters(llm)
@@ -73,9 +76,9 @@ def runs():
             r["counters"].append(read_counters(llm) - c0)
             r["stats"].append(llm.collective_rpc(worker_stats)[0])
         if method == "group":
-            before = llm.collective_rpc(worker_stats)[0]
+            before = llm.collective_rpc(compat.WORKER_GROUP_STATS_METHOD)[0]
             _generate(llm, fresh, SamplingParams(n=G, temperature=1.0, max_tokens=MAX_TOKENS))
-            r["t1"] = (before, llm.collective_rpc(worker_stats)[0])
+            r["t1"] = (before, llm.collective_rpc(compat.WORKER_GROUP_STATS_METHOD)[0])
         del llm
         gc.collect()
     return res

@@ -97,7 +97,7 @@ class Replay:
             b.num_tokens_no_spec[i] = len(seq)
             b.num_prompt_tokens[i] = self.prompt_len[r]
 
-    def step(self, k=None, discard=()) -> dict:
+    def step(self, k=None, discard=(), skip_proposer=False) -> dict:
         """One engine step over every live request; returns the drafts the proposer produced."""
         k = self.k if k is None else k
         ids = [r for r in self.reqs if r not in self.finished]
@@ -135,7 +135,13 @@ class Replay:
                 self.runner.discard_request_mask.np[i] = r in discard
             arg = t
         drafter = gp._group_drafter(self.runner)
-        if drafter is None:
+        if drafter is not None:  # what the execute_model wrapper does before the model runs
+            drafter.begin_step(so.finished_req_ids)
+        if drafter is not None and skip_proposer:  # vLLM does not call the proposer this step
+            self._write_rows(ids, {r: len(self.reqs[r]) + (0 if self.post_bookkeeping else len(sampled[r]))
+                                   for r in ids})
+            out = [[0] * k for _ in ids]  # vLLM's zeroed drafts
+        elif drafter is None:
             out = self.original(self.runner, so, arg)
         else:
             out = gp.propose_with_group(self.runner, drafter, self.original, so, arg, (), {})
@@ -234,19 +240,23 @@ def test_both_call_orders_index_the_same_tokens():
     assert all(len(x) >= 24 for x in ha)
 
 
-def test_a_step_the_proposer_missed_is_caught_up_from_the_token_rows():
+def test_a_step_the_proposer_missed_is_caught_up_and_not_credited():
+    """vLLM skips the proposer when the input does not fit the drafter: bookkeeping still runs and
+    the next step verifies vLLM's zeroed drafts, which must not be credited to our last draft."""
     r = Replay("eagle3+group")
     r.add("a", PROMPTS[0], 30)
     r.step()
     r.step()
-    # vLLM skips the proposer (input does not fit the drafter): bookkeeping runs, we see nothing.
-    seq = r.reqs["a"]
-    seq.append(target_next(seq))
-    r.drafts = {"a": []}
+    def settled():
+        return {s: (c["proposed"], c["accepted"]) for s, c in r.stats()["sources"].items()}
+
+    before = settled()
+    r.step(skip_proposer=True)
     r.step()
     g = r.runner.__dict__[gp.STATE_ATTR]
     assert g._fed["a"] == len(r.reqs["a"])
     assert r.stats()["index"]["indexed_tokens"] == len(r.reqs["a"])
+    assert settled() == before  # vLLM's zeroed drafts were verified: nothing credited to our draft
 
 
 def test_prefill_chunks_get_no_draft_and_no_tokens():

@@ -26,8 +26,8 @@ subclasses that class. A runner reads its engine's ``additional_config`` once: w
 drafting both wrappers call vLLM's method and nothing else. vLLM's ``custom_class`` proposer
 method cannot do this: it sees neither request ids nor prompt lengths and replaces the model
 drafter instead of joining it. ``execute_model`` is wrapped only to see every step's
-``finished_req_ids``: a step that schedules no tokens, or whose input does not fit the drafter,
-never reaches the proposer.
+``finished_req_ids`` and to count steps: a step that schedules no tokens, or whose input does not
+fit the drafter, never reaches the proposer.
 
 Where this step's tokens are. vLLM drafts with ngram (``group``) after its CPU bookkeeping: the
 step's tokens are in ``input_batch.token_ids_cpu`` and ``sampled_token_ids`` is a list. EAGLE and
@@ -130,7 +130,8 @@ class GroupDrafter:
         self.has_model = has_model
         self.skip_draft_at_k0 = skip_draft_at_k0  # planner.skip_draft_at_k0 (k0_skip.py)
         self._fed: Dict[str, int] = {}  # tokens of each live request the index has
-        self._pending: Dict[str, tuple] = {}  # req_id -> (source, n) drafted at the previous step
+        self._pending: Dict[str, tuple] = {}  # req_id -> (source, n, step drafted at)
+        self._step = 0  # engine steps seen (execute_model calls)
         self.counts = {s: {"proposed": 0, "accepted": 0, "chosen": 0} for s in REPORTED_SOURCES}
         self.request_steps = 0  # request-steps that asked for a draft (K > 0)
         self.no_draft = 0  # ... of which drafted nothing
@@ -148,6 +149,13 @@ class GroupDrafter:
         return cls(index, SourceChooser(), has_model, skip_draft_at_k0=cfg.planner.skip_draft_at_k0)
 
     # ------------------------------------------------------------------ per step
+    def begin_step(self, finished_req_ids: Iterable[str]) -> None:
+        """Every engine step, before the model runs: count it and retire finished requests.
+        A draft is settled only at the step right after the one that proposed it: when vLLM skips
+        the proposer in between (input too long for the drafter), what it verifies is not ours."""
+        self._step += 1
+        self.finish(finished_req_ids)
+
     def finish(self, req_ids: Iterable[str]) -> None:
         """Finished (or aborted) requests: their responses become the group's history."""
         for r in req_ids:
@@ -173,8 +181,8 @@ class GroupDrafter:
             self.index.extend(s.req_id, new)
         self._fed[s.req_id] = fed
         pending = self._pending.pop(s.req_id, None)
-        if pending is not None and s.verified > 0 and s.sampled:
-            source, n = pending
+        if pending is not None and pending[2] == self._step - 1 and s.verified > 0 and s.sampled:
+            source, n, _ = pending
             proposed = min(n, s.verified)
             accepted = max(0, min(len(s.sampled) - 1, proposed))
             c = self.counts.setdefault(source, {"proposed": 0, "accepted": 0, "chosen": 0})
@@ -198,7 +206,7 @@ class GroupDrafter:
             choice = Choice("", 0)
         if choice.n:
             self.counts.setdefault(choice.source, {"proposed": 0, "accepted": 0, "chosen": 0})["chosen"] += 1
-            self._pending[s.req_id] = (choice.source, choice.n)
+            self._pending[s.req_id] = (choice.source, choice.n, self._step)
         else:
             self.no_draft += 1
         return choice
@@ -317,7 +325,6 @@ def _rows(draft) -> List[List[int]]:
 def propose_with_group(runner, drafter: GroupDrafter, original, scheduler_output, sampled_token_ids,
                        args: tuple, kwargs: dict):
     k = compat.scheduled_k(scheduler_output)
-    drafter.finish(getattr(scheduler_output, compat.SCHED_OUT_FINISHED_ATTR, None) or ())
     try:
         choices = drafter.step(_batch(runner, scheduler_output, sampled_token_ids), k)
     except Exception:
@@ -373,7 +380,7 @@ def install() -> bool:
     def execute_model(self, scheduler_output, *args, **kwargs):
         drafter = _group_drafter(self)
         if drafter is not None:
-            drafter.finish(getattr(scheduler_output, compat.SCHED_OUT_FINISHED_ATTR, None) or ())
+            drafter.begin_step(getattr(scheduler_output, compat.SCHED_OUT_FINISHED_ATTR, None) or ())
         return execute_orig(self, scheduler_output, *args, **kwargs)
 
     propose_draft_token_ids.__wrapped__ = propose_orig
