@@ -18,7 +18,12 @@ Per method, ONE engine runs, in order (the group index must see epoch 1 to draft
 Methods (--methods): ``eagle3`` (EAGLE-3 alone), ``ngram`` (vLLM's prompt lookup), ``group`` (group
 suffix drafts only, on vLLM's ngram path), ``eagle3+group`` (Best-of-N per request and step), and
 ``suffix`` (vLLM's SuffixDecoding; needs the ``arctic_inference`` package, skipped with the reason
-when it does not import). Every method runs at a static K = --k by default (--planner adaptive lets
+when it does not import). arctic-inference 0.3.0 is an sdist only; it adds no dependency, but it
+registers a vLLM plugin, so keep it out of the shared .venv: on this machine its CMake build needs
+the Python headers named, then install it aside and put it on PYTHONPATH for this benchmark:
+``CMAKE_ARGS="-DPython_EXECUTABLE=$PWD/.venv/bin/python -DPython_INCLUDE_DIR=<python include dir>"
+.venv/bin/pip wheel --no-deps arctic-inference -w W && .venv/bin/pip install --no-deps --target SITE
+W/arctic_inference-*.whl``, then ``PYTHONPATH=SITE python -m benchmarks.group_draft ...``. Every method runs at a static K = --k by default (--planner adaptive lets
 the planner choose) with synchronous scheduling (--async-scheduling as-deployed keeps each method's
 default: on GPUs vLLM schedules EAGLE-3 alone asynchronously, which group drafting gives up).
 
