@@ -269,6 +269,11 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             return {}
         now = next((r for r in results or [] if r), None)
         if not now:
+            if not getattr(self, "_sr_warned_group_off", False):
+                self._sr_warned_group_off = True
+                logger.warning("verl-specrollout: method=%s but no worker runs the group drafter (async scheduling "
+                               "or vLLM's V2 model runner; see the workers' log): drafts come from the base method "
+                               "alone", self._sr_cfg().method)
             return {}
         prev = getattr(self, "_sr_prev_group", None)
         self._sr_prev_group = now
