@@ -163,27 +163,21 @@ class TLT(Static):
 
 
 class Ours(Static):
-    """The project's planner, fed like vllm_adapter/scheduler.py feeds it, on simulated time."""
+    """The project's planner, fed like vllm_adapter/scheduler.py feeds it, on simulated time
+    (verl_specrollout.policy.trace.PlannerPolicy: the feed the hindsight replay tests use)."""
 
     def __init__(self, max_k, max_batch):
         from verl_specrollout.policy.planner import Planner
+        from verl_specrollout.policy.trace import PlannerPolicy
 
-        self.now = 0.0
-        self.planner = Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=0, clock=lambda: self.now,
-                               overhead_budget=None)
+        self.policy = PlannerPolicy(Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=0, overhead_budget=None))
+        self.planner = self.policy.planner
 
     def choose(self, b):
-        return self.planner.k_for(b)
+        return self.policy.choose(b)
 
     def observe(self, b, k, seconds, accepted):
-        self.now += seconds
-        tokens = b * (k + 1)
-        self.planner.observe_step(b, tokens, k, None)
-        self.planner.observe_time(b, tokens, k, seconds)
-        if k:
-            outcomes, counts = np.unique(accepted - 1, return_counts=True)
-            self.planner.observe_drafts([(k, int(a)) for a, c in zip(outcomes, counts) for _ in range(int(c))])
-        self.planner.tick()
+        self.policy.observe(b, k, seconds, np.bincount(accepted - 1, minlength=k + 1))
 
 
 def make_policy(name: str, max_k: int, max_batch: int):

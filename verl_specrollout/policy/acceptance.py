@@ -9,7 +9,7 @@ acc_i / trials_i are exponentially decayed observed counts (multiplied by `decay
 engine step that carried drafts); w0 is a small constant pseudo-count, so the prior matters
 only until a few dozen drafts have been seen. prior_1 = prior_acceptance; prior_i for i > 1 is
 the current estimate of alpha_{i-1} times the depth ratio alpha_i / alpha_{i-1} measured over a
-much longer memory (`shape_decay`; ratio 1 until position i was ever drafted). So a position K
+much longer memory (`shape_decay`; ratio 1 until position i was ever drafted, never above 1). So a position K
 has not reached lately inherits the level of the positions seen now and the depth profile seen
 before: without the ratio, a deep position whose counts decayed away (e.g. a GRPO rollout's long
 K <= 1 phase at large batch) reverted to alpha_{i-1}, an optimistic E[K] for large K
@@ -40,6 +40,10 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+
+# Pseudo-trials of the depth profile's shrinkage (see depth_ratios).
+SHAPE_WEIGHT = 8.0
 
 
 def expected_tokens(alphas: Sequence[float], k: int) -> float:
@@ -203,9 +207,12 @@ class AcceptanceEstimator:
 
     # ------------------------------------------------------------ estimates
     def depth_ratios(self) -> List[float]:
-        """[1, alpha_2 / alpha_1, ...] over the long memory (1 where a position was never drafted)."""
-        shape = chained_alphas(self._shape_acc, self._shape_trials, self.prior, [1.0] * self.max_k, self.prior_weight)
-        return [1.0] + [b / a if a > 0 else 1.0 for a, b in zip(shape, shape[1:])]
+        """[1, alpha_2 / alpha_1, ...] over the long memory, each position shrunk toward the one
+        before it with SHAPE_WEIGHT pseudo-trials (ratio 1 where a position was never drafted) and
+        capped at 1: a deep position that only a handful of drafts reached would otherwise make a
+        ratio of 2 from two lucky tokens, and with it a long draft look best."""
+        shape = chained_alphas(self._shape_acc, self._shape_trials, self.prior, [1.0] * self.max_k, SHAPE_WEIGHT)
+        return [1.0] + [min(1.0, b / a) if a > 0 else 1.0 for a, b in zip(shape, shape[1:])]
 
     def alphas(self, batch_size: Optional[int] = None) -> List[float]:
         """Pooled estimates, or those of `batch_size`'s class (see class_alphas)."""

@@ -373,6 +373,11 @@ class Planner:
     def k_for(self, b: int) -> int:
         return self.dense[min(max(b, 1), self.max_batch)]
 
+    def planned(self) -> List[int]:
+        """The dense lookup the planner exploits: the installed one without probes (adaptive;
+        before the first plan, the cold-start table)."""
+        return list(self._plan)
+
     def set_mode(self, mode: str, table: Optional[Sequence[Sequence[int]]] = None) -> List[int]:
         """Switch policy live (benchmarks: compare policies inside ONE engine)."""
         if mode not in MODES:

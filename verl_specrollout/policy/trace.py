@@ -111,10 +111,12 @@ def synthetic_trace(
     steps_per_cell: int = 8,
     noise: float = 0.03,
     seed: int = 0,
+    requests_per_cell: int = 0,
 ) -> StepTrace:
     """A trace of an engine with known costs and acceptance: step_seconds(B, K) (times a lognormal
     noise of relative size `noise`) and conditional per-position acceptance alphas(B)[0..max_k-1],
-    each request drawing its own accepted prefix."""
+    each request drawing its own accepted prefix. A cell holds steps_per_cell steps, more at small
+    batch sizes if needed to hold `requests_per_cell` requests (a hindsight answer, not noise)."""
     rng = np.random.default_rng(seed)
     trace = StepTrace(max_k)
     for b in batch_sizes:
@@ -125,7 +127,7 @@ def synthetic_trace(
             p = reach[:-1] * (1.0 - al[:k]) if k else np.zeros(0)
             p = np.append(p, reach[-1])
             t = step_seconds(b, k)
-            for _ in range(steps_per_cell):
+            for _ in range(max(steps_per_cell, -(-requests_per_cell // b))):
                 hist = rng.multinomial(b, p / p.sum())
                 trace.add(b, k, t * float(np.exp(noise * rng.standard_normal())), hist)
     return trace
@@ -182,17 +184,19 @@ class ReplayResult:
 
 
 def replay(trace: StepTrace, policy, lengths: Sequence[int], concurrency: Optional[int] = None,
-           seed: int = 0) -> ReplayResult:
+           seed: int = 0, cursor: Optional[Dict[Tuple[int, int], int]] = None) -> ReplayResult:
     """Decode every request to its length, at most `concurrency` at a time (default: all at once,
     a GRPO rollout), in simulated time: each step costs the next recorded step of the cell
     (running requests, the policy's K) and commits 1 + accepted tokens per request, the step's
-    outcomes dealt to its requests in a seeded random order."""
+    outcomes dealt to its requests in a seeded random order. `cursor` (cell -> steps read) carries
+    the reading position over calls: pass the same dict to successive rollouts of one policy, or
+    each rollout re-reads a cell's first steps."""
     rng = np.random.default_rng(seed)
     left = np.asarray(lengths, dtype=np.int64).copy()
     cap = len(left) if concurrency is None else int(concurrency)
     started = min(cap, len(left))
     running = list(range(started))
-    cursor: Dict[Tuple[int, int], int] = {}
+    cursor = {} if cursor is None else cursor
     seconds, steps, ks = 0.0, 0, []
     while running:
         b = len(running)
