@@ -2,10 +2,12 @@ import argparse
 import json
 import sys
 
+from .build import SIZES
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m verl_specrollout.testing.testbed")
-    ap.add_argument("--size", default="tiny", choices=["tiny", "medium"])
+    ap.add_argument("--size", default="tiny", choices=SIZES)
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
     ap.add_argument("--measure", action="store_true",
                     help="also measure T=0 acceptance length of both drafts with vLLM")

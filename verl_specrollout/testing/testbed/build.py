@@ -49,11 +49,37 @@ RECIPES = {
 COMMON = dict(seed=1234, vocab_pad_to=128, max_position_embeddings=1024, rope_theta=10000.0,
               rms_norm_eps=1e-6, threads=2)
 
+# Sizes made from a trained one by function-preserving expansion (expand.py): the base testbed's
+# function (same logits, same task accuracy, same draft acceptance) at a bigger model's matrix
+# work, so a decode step costs many draft passes and is memory-bound at small B, as on a GPU.
+EXPANDED = {
+    # medium (20 M) -> 210 M: 26 identity layers spread between the 6 trained ones, width 512 -> 640,
+    # 8 -> 10 heads, MLP 1536 -> 2560; the EAGLE-3 head widens with it (one layer of the new target).
+    "regime": {"base": "medium",
+               "expand": dict(hidden_size=640, num_attention_heads=10, num_key_value_heads=10,
+                              intermediate_size=2560, num_hidden_layers=32, new_layers="spread", seed=0)},
+}
+SIZES = sorted(RECIPES) + sorted(EXPANDED)
+
 
 def get_recipe(size: str) -> dict:
+    if size in EXPANDED:
+        return _expanded_recipe(size)
     if size not in RECIPES:
-        raise ValueError(f"unknown testbed size {size!r}; choose from {sorted(RECIPES)}")
+        raise ValueError(f"unknown testbed size {size!r}; choose from {SIZES}")
     return {"version": RECIPE_VERSION, "size": size, **COMMON, **RECIPES[size]}
+
+
+def _expanded_recipe(size: str) -> dict:
+    """The base's whole recipe is part of this one, so a new base also names a new cache dir."""
+    from .expand import ExpandShape, layer_plan
+
+    spec = EXPANDED[size]
+    base = get_recipe(spec["base"])
+    shape = ExpandShape.from_dict(spec["expand"])
+    plan = layer_plan(base["target"]["num_hidden_layers"], shape.num_hidden_layers, shape.new_layers)
+    return {"version": RECIPE_VERSION, "size": size, "base_recipe": base, "expand": dict(spec["expand"]),
+            "aux_layer_ids": [plan.aux_id(i) for i in base["aux_layer_ids"]], "threads": base["threads"]}
 
 
 def _log(msg):
@@ -280,6 +306,8 @@ def build_into(root: str, recipe: dict) -> dict:
 
     from verl_specrollout.draft.eagle3 import save_vllm_checkpoint
 
+    if "base_recipe" in recipe:
+        return build_expanded_into(root, recipe)
     torch.set_num_threads(int(recipe["threads"]))
     t_start = time.time()
     stats: dict = {"recipe": recipe}
@@ -330,4 +358,56 @@ def build_into(root: str, recipe: dict) -> dict:
     with open(os.path.join(root, "stats.json"), "w") as f:
         json.dump(stats, f, indent=2)
     _log(f"built in {stats['build_seconds']:.0f}s")
+    return stats
+
+
+def build_expanded_into(root: str, recipe: dict) -> dict:
+    """An EXPANDED size: the base testbed (built first if not cached) with its target and EAGLE-3
+    head expanded; tokenizer, data and the draft LM (an independent small model) copied as they are."""
+    import shutil
+
+    from .cache import build_testbed
+    from .expand import ExpandShape, expand_checkpoint, expand_eagle3_checkpoint, logits_check
+
+    torch.set_num_threads(int(recipe["threads"]))
+    t_start = time.time()
+    base_recipe = recipe["base_recipe"]
+    base = build_testbed(base_recipe["size"], recipe=base_recipe)
+    t0 = time.time()
+    shape = ExpandShape.from_dict(recipe["expand"])
+    for name in ("tokenizer", "data", "draft_lm"):
+        shutil.copytree(os.path.join(base.root, name), os.path.join(root, name))
+    target_dir, eagle3_dir = os.path.join(root, "target"), os.path.join(root, "eagle3")
+    info = expand_checkpoint(base.target_dir, target_dir, shape)
+    head = expand_eagle3_checkpoint(base.eagle3_dir, eagle3_dir, base.target_dir, shape, info["plan"])
+    if head["aux_layer_ids"] != recipe["aux_layer_ids"]:
+        raise RuntimeError(f"expanded head reads layers {head['aux_layer_ids']}, recipe says "
+                           f"{recipe['aux_layer_ids']}")
+    expand_seconds = time.time() - t0
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(os.path.join(root, "tokenizer"))
+    heldout = encode_examples(tok, task_mod.make_examples(4, base_recipe["seed"] + 2000))
+    ids, am, _ = make_batch(heldout, list(range(len(heldout))), tok.pad_token_id)
+    check = logits_check(base.target_dir, target_dir, ids, am)
+    _log(f"expanded {base.size} -> {recipe['size']}: {info['source_params'] / 1e6:.1f} M -> "
+         f"{info['params'] / 1e6:.1f} M params, logits max |diff| {check['max_abs_diff']:.2e}, "
+         f"argmax agreement {check['argmax_agreement']:.4f}")
+    bs = base.stats
+    stats = {
+        "recipe": recipe, "base_root": base.root, "base_build_seconds": base.build_seconds,
+        "target_params": info["params"], "base_target_params": info["source_params"],
+        "eagle3_params": head["params"], "base_eagle3_params": bs.get("eagle3_params"),
+        "draft_lm_params": bs.get("draft_lm_params"), "layer_positions": info["plan"].positions,
+        "aux_layer_ids": head["aux_layer_ids"], "logits_check": check,
+        # the function is the base's: its measured quality carries over
+        "target_response_stats": bs.get("target_response_stats"),
+        "target_greedy_accuracy": bs.get("target_greedy_accuracy"),
+        "eagle3_train_stats": bs.get("eagle3_train_stats"),
+        "expand_seconds": expand_seconds, "build_seconds": time.time() - t_start,
+    }
+    with open(os.path.join(root, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    _log(f"built in {stats['build_seconds']:.0f}s (expansion {expand_seconds:.0f}s)")
     return stats
