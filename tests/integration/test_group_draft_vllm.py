@@ -96,9 +96,9 @@ def runs():
             r["stats"].append(llm.collective_rpc(worker_stats)[0])
         if method == "group":  # the T=1 rollout, measured the way veRL's server reports a step
             server = _server_for(llm, method)
-            asyncio.run(server._sr_group_stats())
+            asyncio.run(server.specrollout_step_metrics())
             _generate(llm, fresh, SamplingParams(n=G, temperature=1.0, max_tokens=MAX_TOKENS))
-            r["t1"] = asyncio.run(server._sr_group_stats())
+            r["t1"] = asyncio.run(server.specrollout_step_metrics())
         del llm
         gc.collect()
     return res
@@ -141,14 +141,17 @@ def test_group_accepts_at_least_what_eagle3_alone_accepts_at_t0(runs):
 
 
 def test_siblings_draft_and_are_accepted_at_t1(runs):
-    from verl_specrollout.metrics import group_metrics
+    from verl_specrollout.metrics import step_metrics
 
-    d = runs["group"]["t1"]  # the server's per-step delta
+    step = runs["group"]["t1"]  # what the server answers the trainer for this rollout
+    d = step["group"]
     sib = d["sources"]["siblings"]
     print("T=1 per-source delta:", d["sources"])
     assert sib["proposed"] > 0 and sib["accepted"] > 0 and sib["chosen"] > 0
-    m = group_metrics([{"group": d}])  # what the trainer logs for this rollout
+    m = step_metrics([step])  # what the trainer logs for this rollout
     assert m["specrollout/source/siblings/accepted"] == sib["accepted"]
     assert 0 < m["specrollout/source/siblings/share"] <= 1
     assert m["specrollout/source/model/share"] == 0 and m["specrollout/source/model/proposed"] == 0
     assert m["specrollout/group/live_requests"] >= 0 and m["specrollout/group/indexed_tokens"] > 0
+    if "vllm" in step:  # vLLM's own counters of this process, when its metrics registry is up
+        assert m["specrollout/num_accepted_tokens"] >= sib["accepted"]

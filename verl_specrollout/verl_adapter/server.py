@@ -41,6 +41,16 @@ vLLMHttpServer = compat.resolve(compat.VERL_VLLM_SERVER)
 vLLMReplica = compat.resolve(compat.VERL_VLLM_REPLICA)
 
 
+def _k_hist_delta(new: dict, old: dict) -> dict:
+    out = {}
+    for b, h in (new or {}).items():
+        prev = (old or {}).get(b, {})
+        d = {k: int(n) - int(prev.get(k, 0)) for k, n in h.items()}
+        d = {k: n for k, n in d.items() if n > 0}
+        if d:
+            out[b] = d
+    return out
+
 
 class SpecRolloutHttpServer(vLLMHttpServer):
     """vLLMHttpServer whose engine starts with our speculative_config and scheduler."""
@@ -255,7 +265,6 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             except (OSError, ValueError) as exc:
                 logger.warning("verl-specrollout: cannot read planner stats %s: %r", path, exc)
         return out
-
 
     async def _sr_group_stats(self) -> dict:
         """Per-step delta of the group drafter's counts (group_proposer.GroupDrafter.stats). TP ranks
