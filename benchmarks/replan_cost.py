@@ -96,7 +96,7 @@ def measure(max_batch: int, n_steps: int, repeats: int) -> dict:
                       replan_interval=10 * n_steps, overhead_budget=None)
     steps = synthetic_steps(max_batch, n_steps)
     costs = feed(planner, steps)
-    for _ in range(len(planner.explore_ks)):  # the cold-start exploration re-plans fit nothing
+    for _ in range(len(planner.explore_ks)):  # past the cold start (at most one re-plan per exploration K)
         planner.replan()
     big = [c for c, s in zip(costs, steps) if s[0] >= 256]
     return {

@@ -4,12 +4,18 @@ One engine step verifies `tokens` target tokens for `requests` running requests 
 drafts `passes` draft forward passes over those requests (vLLM drafts the next step's K
 inside the same step). We model::
 
-    t = a + b*tokens + c*requests + e*max(0, tokens - knot)      # target forward + framework
-        + passes * (d0 + d1*requests)                            # drafting
+    t = a + b*tokens + g*sqrt(tokens) + c*requests + e*max(0, tokens - knot)   # target + framework
+        + passes * (d0 + d1*requests)                                         # drafting
 
-The hinge term captures the memory-bound -> compute-bound knee of the target: below the
+The hinge term captures the memory-bound -> compute-bound knee of the target (a GPU): below the
 knot extra verified tokens are nearly free (small b), above it they cost b + e each. The
-knot is not a constant: it is picked from the observed token counts by the fit.
+knot is not a constant: it is picked from the observed token counts by the fit. The sqrt term
+captures the opposite shape, a surface whose cost per token falls as a step grows (a CPU, where
+batching amortises per-step work: 14, 15, 19, 41, 71 ms for 1, 2, 4, 16, 64 tokens on the medium
+testbed). A linear fit of such a surface, dominated by the large steps, prices the extra tokens
+of a longer draft at small batches at the large batches' marginal cost (a third of the real one
+there) and its intercept far above the small steps' time, which made K = 3-4 look best at B <= 4
+where K = 1 was (tests/unit/test_planner_hindsight.py, the CPU-shaped regime).
 
 Robustness: observations are grouped into buckets (geometric buckets of tokens and of
 requests above 16, exact passes); each bucket contributes its median time, weighted by
@@ -17,9 +23,10 @@ sqrt(count), so single slow steps (GC, another process) do not move the fit. Aft
 least-squares fit, buckets whose relative residual is beyond 3.5 median absolute
 deviations are dropped and the fit is repeated. Coefficients other than the intercept are
 kept >= 0 (a negative per-token cost is always an artefact of noise or collinearity) by
-solving the bounded problem exactly (scipy's BVLS). A small ridge on standardised features
+solving the bounded problem exactly (scipy's nnls). A small ridge on standardised features
 keeps the solve defined when features are collinear (e.g. K never varied, so
-tokens == requests*(1+K)); the planner explores K to make the draft terms identifiable.
+tokens == requests*(1+K)); the planner explores K to make the draft terms identifiable, and a fit
+over a window that holds one K only keeps the previous coefficients.
 
 Nothing here is a hardware constant; everything comes from observations. Numpy and scipy
 only: this module runs inside vLLM's scheduler and must not import torch or vLLM.
@@ -33,10 +40,10 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import lsq_linear
+from scipy.optimize import nnls
 
-FEATURES = ("intercept", "tokens", "requests", "hinge", "passes", "passes_x_requests")
-NONNEG_FEATURES = np.array([False, True, True, True, True, True])  # all but the intercept
+FEATURES = ("intercept", "tokens", "requests", "hinge", "passes", "passes_x_requests", "sqrt_tokens")
+NONNEG_FEATURES = np.array([False, True, True, True, True, True, True])  # all but the intercept
 # Ridge per feature (standardised). The per-pass constant gets a stronger one: when K has varied
 # only over a narrow range of batch sizes (a cold start at B ~ 1000), a draft pass's constant and
 # the per-token cost of verifying its token are nearly collinear (K vs K*B), and any non-linearity
@@ -45,7 +52,7 @@ NONNEG_FEATURES = np.array([False, True, True, True, True, True])  # all but the
 # drafts at small batches, where trying them is cheap and corrects the model; the other way round
 # locks the planner at K = 0 where it never measures. Data that do separate the two (K varied at
 # small and large B) outweigh the penalty.
-RIDGE = np.array([0.0, 1e-6, 1e-6, 1e-6, 1e-2, 1e-6])
+RIDGE = np.array([0.0, 1e-6, 1e-6, 1e-6, 1e-2, 1e-6, 1e-6])
 
 # Batch sizes up to this many requests get a bucket each; above it, geometric buckets.
 EXACT_REQUESTS = 16
@@ -82,8 +89,14 @@ def weighted_least_squares(
     rhs = np.concatenate([y * root_w, np.zeros(len(ridge_rows))])
     bounded = nonneg[used]
     solution = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-    if (solution[bounded] < 0).any():  # a bound binds: solve the bounded problem exactly (BVLS)
-        solution = lsq_linear(lhs, rhs, bounds=(np.where(bounded, 0.0, -np.inf), np.inf), method="bvls").x
+    if (solution[bounded] < 0).any():
+        # A bound binds: solve the bounded problem exactly, as non-negative least squares (scipy's
+        # Lawson-Hanson nnls; several times faster than lsq_linear's BVLS, and a re-plan runs one
+        # per knot tried) with each free column split into a positive and a negative part.
+        free = np.flatnonzero(~bounded)
+        split = nnls(np.hstack([lhs, -lhs[:, free]]), rhs, maxiter=50 * lhs.shape[1])[0]
+        solution = split[: lhs.shape[1]]
+        solution[free] -= split[lhs.shape[1]:]
     beta = np.zeros(design.shape[1])
     beta[used] = solution / scale[used]
     return beta
@@ -93,7 +106,7 @@ def design_matrix(tokens, requests, passes, knot: float) -> np.ndarray:
     """One row of FEATURES per step (or bucket); knot = inf leaves the hinge column at zero."""
     tokens, requests, passes = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (tokens, requests, passes)))
     return np.stack([np.ones_like(tokens), tokens, requests, np.maximum(0.0, tokens - knot),
-                     passes, passes * requests], axis=-1)
+                     passes, passes * requests, np.sqrt(tokens)], axis=-1)
 
 
 @dataclass
@@ -298,7 +311,8 @@ class StepCostModel:
     def target_time(self, tokens, requests):
         """Target forward + per-step framework time for `tokens` over `requests` (no drafting)."""
         c = self._coef()
-        return c[0] + c[1] * tokens + c[2] * requests + c[3] * _at_least(tokens - self.knot, 0.0)
+        return (c[0] + c[1] * tokens + c[2] * requests + c[3] * _at_least(tokens - self.knot, 0.0)
+                + c[6] * np.sqrt(tokens))
 
     def draft_time(self, passes, requests):
         c = self._coef()
