@@ -21,7 +21,8 @@ requires K >= 0) and the dense 1-indexed lookup the scheduler reads
 
 Modes (PlannerConfig.mode):
 - adaptive: plan from the fitted models every `replan_interval` steps, with hysteresis, after a
-  short cold start, and with probes of a neighbouring K that cost little (below).
+  short cold start, within a trust region, and with probes of a neighbouring K that cost little
+  (below).
 - static: the user's table, else max_k for every batch size. Never re-plans.
 - off: K = 0 for every batch size (speculation configured but nothing drafted).
 
@@ -30,29 +31,38 @@ batch: verifying B*(1+K) tokens is nearly free while the target is memory-bound 
 costs in proportion once it is compute-bound (large B; a K=8 step at B ~ 1000 costs ~9x a K=0
 one). So:
 
-- Cold start (no trusted cost model yet): one re-plan interval per K in `explore_ks`
+- Cold start (no identified cost model yet): one re-plan interval per K in `explore_ks`
   ([max_k, 0, 1, max_k // 2]), but at batch size B never above the cold cap
   max(1, cold_tokens // B - 1): K verifies at most ~`cold_tokens` tokens per step, a size that
   is memory-bound on any accelerator for a multi-billion-parameter target. Large batches try
-  only K = 0 and 1 (what a hand table uses there); long drafts are tried where the batch is
-  small, the tail of a rollout. The first table the engine gets is the first of these
-  (`cold_start_dense`, also vllm_adapter/engine_kwargs.initial_table).
-- After it, every `explore_every`-th re-plan installs a probe table: at each batch size, K*+-1
-  (the sign alternates) but only where the fitted model predicts the probe's throughput within
-  `explore_tolerance` of the chosen K*'s, so a probe interval loses at most that fraction where
-  it runs; elsewhere the probe table keeps K*. Probes at near-ties are where measurements change
-  the choice; a K the model prices far worse is not run again to find out.
+  only K = 1 and 0 (what a hand table uses there; 1, 0, 1, 0 rather than 1, 0, 1, 1); long
+  drafts are tried where the batch is small, the tail of a rollout. It ends after two or more
+  intervals, once the window holds two K and the model fits. The first table the engine gets
+  is the first of these (`initial_rows`, also vllm_adapter/engine_kwargs.initial_table).
+- Trust region: the plan picks, at each batch size, among the K timed (min_probe_steps steps) in
+  its batch-size class or the class above it, or within the cold cap (`trusted_max_k`). Probes
+  may go one K beyond, and never verify more tokens per step than some timed step did: past
+  both, the model extrapolates over a knee it has not seen (e.g. K = 2 at B = 128 past a
+  256-token knee, after the cold start saw K = 0 and 1 there, priced as cheap and costing 2.5x).
+- Probes only where the model predicts they cost little: every `explore_every`-th re-plan, K*+-1
+  (the sign alternates) where the probe's predicted throughput is within `explore_tolerance` of
+  K*'s (near-ties, where a measurement can change the choice); and at every re-plan, once per
+  batch-size class, a neighbour K never timed in that class if predicted within
+  `cover_tolerance` (`cover`), since a rollout visits each class for a few intervals only. A K
+  the model prices far worse is not run again to find out: what it could gain is small next to
+  what trying it costs at a compute-bound batch.
 - Identifiability: the cost model separates drafting from verification only from steps at
   several K (tokens = B*(1+K) and passes = K move together at one K). The cold start runs K = 0
-  and 1 at every batch size it meets and up to max_k where B is small; afterwards the planned K
-  itself changes with B (0-1 in the crowded start, larger in the tail), and probes add the
-  neighbours at the boundaries between K. When the window holds one K only (a long run at one
-  batch size), StepCostModel.fit keeps the previous coefficients rather than fit an
-  unidentified model.
+  and 1 at the batch sizes it meets, and up to max_k where B is small; afterwards the planned K
+  itself changes with B (0-1 in the crowded start, larger in the tail), coverage probes add the
+  neighbours of each class's K, and periodic probes those at the boundaries between K. When the
+  window holds one K only (a long run at one batch size), StepCostModel.fit keeps the previous
+  coefficients rather than fit an unidentified model; what the data cannot split between a
+  draft pass's constant and per-token cost goes to per-token cost (StepCostModel's RIDGE).
 
 Acceptance is estimated per batch-size class (policy/acceptance.py), so E[K] at B comes from
-the steps at about that B (a rollout's tail is its long responses, late in them) shrunk toward
-the pooled estimate.
+the steps at about that B (a rollout's tail is its long responses, late in them), shrunk toward
+the next larger batches'.
 
 A verification budget (`allocate_verification_budget`) splits a cap of draft tokens per
 step across requests by their running acceptance: the j-th draft token of a request with
