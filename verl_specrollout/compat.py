@@ -254,8 +254,11 @@ VLLM_RUNNER_EXECUTE_METHOD = "execute_model"       # execute_model(self, schedul
 VLLM_RUNNER_INPUT_BATCH_ATTR = "input_batch"
 VLLM_RUNNER_ASYNC_SCHED_ATTR = "use_async_scheduling"
 VLLM_RUNNER_SPEC_CONFIG_ATTR = "speculative_config"
+VLLM_RUNNER_VLLM_CONFIG_ATTR = "vllm_config"
 # CpuGpuBuffer (.np) of the requests whose sampled token is dropped (a prefill chunk).
 VLLM_RUNNER_DISCARD_MASK_ATTR = "discard_request_mask"
+VLLM_CPU_GPU_BUFFER = "vllm.v1.utils:CpuGpuBuffer"
+VLLM_CPU_GPU_BUFFER_NP_ATTR = "np"
 VLLM_INPUT_BATCH = "vllm.v1.worker.gpu_input_batch:InputBatch"
 VLLM_INPUT_BATCH_REQ_IDS = "req_ids"               # property: request ids by row
 VLLM_INPUT_BATCH_ARRAYS = ("num_prompt_tokens", "token_ids_cpu", "num_tokens_no_spec", "vocab_size")
@@ -264,6 +267,7 @@ SCHED_OUT_SPEC_TOKENS_ATTR = "scheduled_spec_decode_tokens"
 # Valid sampled tokens per row of the rejection sampler's output (-1 / out-of-vocab slots dropped).
 VLLM_REJECTION_SAMPLER = "vllm.v1.sample.rejection_sampler:RejectionSampler"
 VLLM_PARSE_SAMPLER_OUTPUT = "parse_output"
+VLLM_SPEC_METHOD_ATTR = "method"  # SpeculativeConfig.method: the base method the engine runs
 VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR = "draft_sample_method"  # "greedy" | "probabilistic" (0.31+)
 
 # HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----

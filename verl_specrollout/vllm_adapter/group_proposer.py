@@ -254,7 +254,8 @@ def _group_drafter(runner) -> Optional[GroupDrafter]:
 
 
 def _make_drafter(runner) -> Optional[GroupDrafter]:
-    raw = compat.additional_config(getattr(runner, "vllm_config", None)).get(ADDITIONAL_CONFIG_KEY) or {}
+    raw = compat.additional_config(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None)).get(
+        ADDITIONAL_CONFIG_KEY) or {}
     method = raw.get("method")
     if not raw.get("enable") or method not in GROUP_BASE_METHODS:
         return None
@@ -263,9 +264,10 @@ def _make_drafter(runner) -> Optional[GroupDrafter]:
         _warn_once("nospec", "specrollout: method=%s but the engine has no speculative_config; no group drafts",
                    method)
         return None
-    if getattr(spec, "method", None) != GROUP_BASE_METHODS[method]:
+    base = getattr(spec, compat.VLLM_SPEC_METHOD_ATTR, None)
+    if base != GROUP_BASE_METHODS[method]:
         _warn_once("base", "specrollout: method=%s needs vLLM method %s, the engine runs %s; no group drafts",
-                   method, GROUP_BASE_METHODS[method], getattr(spec, "method", None))
+                   method, GROUP_BASE_METHODS[method], base)
         return None
     if getattr(spec, compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR, "greedy") == "probabilistic":
         raise ValueError(
@@ -287,7 +289,8 @@ def _sampled_rows(runner, sampled_token_ids, num_reqs: int) -> tuple:
         return [list(r) for r in sampled_token_ids[:num_reqs]], True
     batch = getattr(runner, compat.VLLM_RUNNER_INPUT_BATCH_ATTR)
     mask = getattr(runner, compat.VLLM_RUNNER_DISCARD_MASK_ATTR, None)
-    discard = mask.np[:num_reqs].nonzero()[0].tolist() if mask is not None else []
+    flags = getattr(mask, compat.VLLM_CPU_GPU_BUFFER_NP_ATTR) if mask is not None else None
+    discard = flags[:num_reqs].nonzero()[0].tolist() if flags is not None else []
     parse = getattr(compat.resolve(compat.VLLM_REJECTION_SAMPLER), compat.VLLM_PARSE_SAMPLER_OUTPUT)
     rows, _ = parse(sampled_token_ids, batch.vocab_size, discard)
     return rows, False
