@@ -117,6 +117,7 @@ def test_trace_round_trips_through_json_lines(tmp_path):
     for cell, steps in trace.cells.items():
         assert [(s, h.tolist()) for s, h in back.cells[cell]] == [(s, h.tolist()) for s, h in steps]
         assert back.throughput(*cell) == pytest.approx(trace.throughput(*cell))
+    assert len(back.well_sampled(2).cells) == 6 and not back.well_sampled(3).cells
 
 
 def test_recorder_hook_records_steady_steps_as_cells():

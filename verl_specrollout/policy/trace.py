@@ -51,6 +51,13 @@ class StepTrace:
         hist[0] += batch_size - len(acc)
         self.add(batch_size, k, seconds, hist)
 
+    def well_sampled(self, min_steps: int) -> "StepTrace":
+        """The cells with at least min_steps recorded steps (a live engine also records the few
+        steps at the batch sizes its requests pass through as they finish)."""
+        out = StepTrace(self.max_k)
+        out.cells = {c: v for c, v in self.cells.items() if len(v) >= min_steps}
+        return out
+
     def __len__(self) -> int:
         return sum(len(v) for v in self.cells.values())
 
