@@ -250,10 +250,24 @@ VERL_ROWS: List[Dict[str, Any]] = [
     dict(id="VERL_SERVER_MANAGER_HANDLES_ATTR", kind="instance-attr",
          target="verl.workers.rollout.llm_server:LLMServerManager", attr="{VERL_SERVER_MANAGER_HANDLES_ATTR}",
          need=REQ),
+    # Prompt-affinity router for group drafting (verl_adapter/group_router.py); without it, group
+    # drafting still works but a prompt's samples may be split over replicas.
+    dict(id="VERL_LOAD_BALANCER", kind="class", target="{VERL_LOAD_BALANCER}", need=OPT),
+    dict(id="{*}", kind="instance-attr", target="{VERL_LOAD_BALANCER}", attr="{{*}}", need=OPT,
+         each=("VERL_LB_STICKY_ATTR", "VERL_LB_INFLIGHT_ATTR", "VERL_LB_SERVERS_ATTR")),
+    dict(id="VERL_LOAD_BALANCER.require_acquire_fields", kind="method", target="{VERL_LOAD_BALANCER}",
+         attr="require_acquire_fields", need=OPT),
+    dict(id="VERL_SERVER_MANAGER_CLASS", kind="params",
+         target="{VERL_SERVER_MANAGER_MODULE}:{VERL_SERVER_MANAGER_CLASS}", attr="__init__",
+         params=("config", "worker_group", "rollout_resource_pool", "start_rank", "load_balancer_cls"), need=OPT),
+    dict(id="VERL_ROUTER_CONFIG_PATH_KEY", kind="string-literal", under="verl/workers/rollout/llm_server.py",
+         value="{VERL_ROUTER_CONFIG_PATH_KEY}", need=OPT),
 ]
 
 # compat constants that name nothing inside vLLM or veRL, with the reason.
 NOT_CHECKED = {
+    "VERL_ACQUIRE_PROMPT_IDS": "keyword-only argument LLMServerClient.generate hands to the router's acquire_server "
+                               "(no string to find); exercised against installed veRL by tests/unit/test_group_router.py",
     "SUPPORTED_VERL": "version range, not a name",
     "SUPPORTED_VLLM": "version range, not a name",
     "VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K": "version boundary (see the per-version facts this tool prints)",

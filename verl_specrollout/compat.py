@@ -55,6 +55,17 @@ VERL_TRAINER_SERVER_MANAGER_ATTR = "llm_server_manager"
 VERL_TRAINER_LOG_ROLLOUT_DATA = "_log_rollout_data"
 VERL_SERVER_MANAGER_HANDLES_ATTR = "server_handles"  # LLMServerManager.server_handles (Ray actors)
 VERL_TRAINER_GLOBAL_STEPS_ATTR = "global_steps"
+# Rollout router (verl_adapter/group_router.py): veRL's default load balancer, whose request-id
+# sticky cache, in-flight counts and server handles our subclass reads, the generate() kwarg it asks
+# veRL to send at acquire time, the server manager that builds it, and the user's router-YAML key.
+VERL_LOAD_BALANCER = "verl.workers.rollout.router:GlobalRequestLoadBalancer"
+VERL_LB_STICKY_ATTR = "_request_id_to_server"
+VERL_LB_INFLIGHT_ATTR = "_inflight_requests"
+VERL_LB_SERVERS_ATTR = "_servers"
+VERL_ACQUIRE_PROMPT_IDS = "prompt_ids"
+VERL_SERVER_MANAGER_MODULE = "verl.workers.rollout.llm_server"
+VERL_SERVER_MANAGER_CLASS = "LLMServerManager"
+VERL_ROUTER_CONFIG_PATH_KEY = "router_config_path"
 # vLLMHttpServer methods our server subclass overrides (verl_adapter/server.py); checked to exist.
 VERL_SERVER_OVERRIDES = ("_preprocess_engine_kwargs", "_get_worker_extension_cls", "set_global_steps",
                          "wake_up", "generate")

@@ -226,6 +226,11 @@ class GroupConfig:
     max_match: int = key(
         8, "Longest context suffix (tokens) the index matches before proposing what followed it; the shortest "
         "is 2 tokens. Each token costs one index entry per length in 2..max_match.", ge=2, le=32)
+    route_by_prompt: bool = key(
+        True, "Send all samples of a prompt (and its later epochs) to one rollout replica, so its index sees "
+        "every sibling and its history: veRL's router with consistent hashing under bounded loads "
+        "(verl_adapter/group_router.py; a replica takes no new request past 1.25x the mean in-flight load, "
+        "then the prompt's next replica is used). Only when `rollout.router_config_path` is unset.")
 
 
 @dataclass
