@@ -211,7 +211,7 @@ def test_group_methods_start_vllm_with_the_base_method(tmp_path, method, base):
     # The workers read the group method and section from additional_config.
     sent = kw["additional_config"]["specrollout"]
     assert sent["method"] == method and sent["group"] == {"max_index_tokens": 1_000_000, "history_depth": 4,
-                                                          "max_match": 6}
+                                                          "max_match": 6, "route_by_prompt": True}
     assert kw["async_scheduling"] is False  # group drafting needs synchronous scheduling
 
 
