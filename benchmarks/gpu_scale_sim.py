@@ -257,18 +257,22 @@ def plot(rows: list, path: str) -> None:
         return
     keys = sorted({(r["model"], r["gpu"]) for r in rows})
     policies = [p for p in dict.fromkeys(r["policy"] for r in rows) if p != "plain"]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    statics = [p for p in policies if p.startswith("static-")]
+    # Static K in shades of grey (darker = longer), the other policies in colours of their own.
+    colours = {p: plt.cm.Greys(0.3 + 0.6 * i / max(len(statics) - 1, 1)) for i, p in enumerate(statics)}
+    colours.update({"vllm-table": "tab:green", "fastgrpo": "tab:purple", "tlt": "tab:brown", "ours": "tab:red"})
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(policies)
     for i, p in enumerate(policies):
         ys = []
         for key in keys:
             g = {r["policy"]: r for r in rows if (r["model"], r["gpu"]) == key}
             ys.append(g["plain"]["seconds"] / g[p]["seconds"])
-        ax.bar([j + i * width for j in range(len(keys))], ys, width, label=p)
+        ax.bar([j + i * width for j in range(len(keys))], ys, width, label=p, color=colours.get(p))
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 for j in range(len(keys))], [f"{m} {g}" for m, g in keys])
     ax.set_ylabel("rollout speed-up vs plain (simulated)")
-    ax.legend(fontsize=7, ncol=4)
+    ax.legend(fontsize=7, ncol=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
