@@ -159,3 +159,21 @@ def test_inconsistent_counts_are_clipped_and_logged_once(caplog):
         ch.observe("r", MODEL, 2, -1)
     assert len([r for r in caplog.records if "clipped" in r.message]) == 1
     assert ch.counters()[MODEL] == {"proposed": 4, "accepted": 2, "chosen": 0}
+
+
+def test_a_source_passed_over_is_tried_again_later():
+    """A source shut out by a bad stretch (siblings in lock-step at T=0) returns once its evidence ages."""
+    ch = SourceChooser()
+    for i in range(40):  # siblings fail on every request at first
+        src, n = ch.choose(f"bad{i}", 4, draft([1.0] * 4), model_alpha=0.5)
+        if src == "siblings":
+            ch.observe(f"bad{i}", src, n, 0)
+    assert ch.choose("probe", 4, draft([1.0] * 4), model_alpha=0.5)[0] == MODEL
+    back = None
+    for step in range(2000):  # offered, passed over, forgotten a little each time
+        src, _ = ch.choose("r", 4, draft([1.0] * 4), model_alpha=0.5)
+        if src == "siblings":
+            back = step
+            break
+        ch.observe("r", MODEL, 4, 2)
+    assert back is not None and back > 10

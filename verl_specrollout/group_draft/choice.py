@@ -23,9 +23,13 @@ P(tokens 1..j accepted) = sum_j prod_{i<=j} alpha_i. With one per-token rate for
 shares). What it ignores: that the model's acceptance falls with depth (one rate for all
 positions), the draft model's forward cost (the suffix is free; the tie rule is the only nod to
 it), the difference in verification cost between n and k tokens beyond the `min_gain` cut,
-correlation between successive tokens, and exploration: an option the chooser stops choosing
-for a request keeps its last estimate for that request (the global estimates keep moving with
-other requests).
+and correlation between successive tokens.
+
+Forgetting instead of exploration: a suffix source offered but not chosen loses part of its
+evidence (its request and global accepted/predicted counts decay by `global_decay` per such
+step: slowly, a source shut out is retried after ~1/(1 - global_decay) passes, not every few steps), so its calibration drifts back to the prior (1) and it is tried again. Without
+it one bad stretch -- e.g. siblings in lock-step at T = 0, which never win a verification --
+would shut a source out for the rest of the run while the data changes (T = 1, next epoch).
 """
 
 from __future__ import annotations
@@ -135,12 +139,22 @@ class SourceChooser:
             st.pending = (suffix.source, list(suffix.probs[:n]))
             self._counts[suffix.source]["chosen"] += 1
             return suffix.source, n
+        if suffix.source:
+            self._forget_some(st, suffix.source)
         if e_model > 0.0:
             st.pending = (MODEL, [])
             self._counts[MODEL]["chosen"] += 1
             return MODEL, k
         self._counts[NONE]["chosen"] += 1
         return "", 0
+
+    def _forget_some(self, st: _RequestState, source: str) -> None:
+        """`source` was offered and passed over: age its evidence (see the module docstring)."""
+        g = self._g_cal[source]
+        g[0], g[1] = g[0] * self.global_decay, g[1] * self.global_decay
+        cal = st.cal.get(source)
+        if cal is not None:
+            cal[0], cal[1] = cal[0] * self.global_decay, cal[1] * self.global_decay
 
     def observe(self, req_id: str, source: str, proposed: int, accepted: int) -> None:
         """Verification result of the request's draft this step."""
