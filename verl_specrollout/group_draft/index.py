@@ -56,7 +56,7 @@ Defaults and why:
 - max_tokens=1_000_000: ~0.45 GB at the measured ~435 bytes per indexed token (7 orders), e.g. a
   replica's rollout of 64 prompts x 8 samples x 1k tokens plus one earlier rollout of each.
 
-Measured (``python -m verl_specrollout.group_draft.step_cost``: 8 groups of 32 live requests,
+Measured (``python -m benchmarks.group_index_cost``: 8 groups of 32 live requests,
 responses of 500 tokens sharing stretches, vocab 32k, k=4; CPython 3.11 on the 2-core x86 dev
 machine while other jobs held it at load 9-10, so CPU time of the process is quoted): one engine
 step of extend (1 new token per request) + propose for all 256 requests costs 2.5-3.3 ms of CPU,

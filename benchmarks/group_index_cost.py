@@ -1,6 +1,6 @@
 """Per-step cost of the group suffix index on a GRPO-shaped synthetic rollout.
 
-    python -m verl_specrollout.group_draft.step_cost [--groups 8 --group-size 32 --length 500 --k 4]
+    python -m benchmarks.group_index_cost [--groups 8 --group-size 32 --length 500 --k 4]
 
 Each group's responses follow a few shared templates with random deviations (a sibling copies a
 stretch of another's text, then wanders), vocabulary 32k. Every engine step extends each live
