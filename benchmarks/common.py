@@ -25,12 +25,20 @@ class ModelPair:
     testbed: object = None  # the project testbed when no --target is given
 
     def draft_for(self, method: str) -> Optional[str]:
-        if method == "ngram":
+        base = base_method(method)
+        if base == "ngram":
             return None
-        draft = self.drafts.get(method)
+        draft = self.drafts.get(base)
         if not draft:
             raise SystemExit(f"--method {method} needs a draft: pass --draft DIR")
         return draft
+
+
+def base_method(method: str) -> str:
+    """The draft a method needs: `eagle3+group` drafts with the EAGLE-3 head, `group` with none."""
+    from verl_specrollout.config import GROUP_BASE_METHODS
+
+    return GROUP_BASE_METHODS.get(method, method)
 
 
 def add_model_args(ap) -> None:
@@ -43,7 +51,7 @@ def add_model_args(ap) -> None:
 
 def model_pair(args) -> ModelPair:
     if args.target:
-        return ModelPair(args.target, {args.method: args.draft}, args.prompts_file)
+        return ModelPair(args.target, {base_method(args.method): args.draft}, args.prompts_file)
     from verl_specrollout.testing.testbed import build_testbed
 
     tb = build_testbed(args.size)

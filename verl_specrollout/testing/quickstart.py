@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.config import GROUP_BASE_METHODS, METHODS, SpecRolloutConfig
 
 
 def _rollout(llm, prompts, params, repeats):
@@ -43,7 +43,7 @@ def parse_args(argv=None):
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8, help="G samples per prompt")
     ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--method", default="eagle3", choices=["eagle3", "draft_model", "ngram"])
+    ap.add_argument("--method", default="eagle3", choices=list(METHODS))
     ap.add_argument("--mode", default="adaptive", choices=["adaptive", "static"])
     ap.add_argument("--max-k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
@@ -95,7 +95,7 @@ def _rollouts(tb, args) -> dict:
     del llm
     gc.collect()
 
-    draft = {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[args.method]
+    draft = _draft_dir(tb, args.method)
     spec = SpecRolloutConfig.from_dict(
         {"enable": True, "method": args.method, "draft_path": draft, "max_k": args.max_k,
          "planner": {"mode": args.mode, "max_batch": max(256, args.prompts * args.group)}}
@@ -130,6 +130,12 @@ def _rollouts(tb, args) -> dict:
     return summary
 
 
+def _draft_dir(tb, method: str):
+    """The testbed draft a method runs with (`eagle3+group` -> the EAGLE-3 head; `ngram`, `group`: none)."""
+    base = GROUP_BASE_METHODS.get(method, method)
+    return {"eagle3": tb.eagle3_dir, "draft_model": tb.draft_lm_dir, "ngram": None}[base]
+
+
 def _grpo(tb, args) -> dict:
     """Part 2: veRL GRPO with and without the speculative rollout (same seeds, same data)."""
     from verl_specrollout.testing.e2e.grpo_cpu import run
@@ -141,10 +147,10 @@ def _grpo(tb, args) -> dict:
         f"+actor_rollout_ref.rollout.custom.specrollout.max_k={args.max_k}",
         f"+actor_rollout_ref.rollout.custom.specrollout.planner.mode={args.mode}",
     ]
-    if args.method != "ngram":
-        draft = tb.eagle3_dir if args.method == "eagle3" else tb.draft_lm_dir
+    draft = _draft_dir(tb, args.method)
+    if draft is not None:
         spec_overrides.append(f"+actor_rollout_ref.rollout.custom.specrollout.draft_path={draft}")
-    if args.method == "eagle3" and not args.no_learner:
+    if GROUP_BASE_METHODS.get(args.method, args.method) == "eagle3" and not args.no_learner:
         spec_overrides.append("+actor_rollout_ref.rollout.custom.specrollout.learner.enable=true")
     runs = {}
     for name, extra in (("plain", []), ("spec", spec_overrides)):
