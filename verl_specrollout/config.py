@@ -134,7 +134,8 @@ class PlannerConfig:
     hysteresis: float = key(
         0.03, "Relative gain a new K must show over the current one before the table changes.", ge=0.0, lt=1.0)
     explore_every: int = key(
-        8, "Every this many re-plans, try K+-1 so the draft's cost stays measured (0: never).", ge=0)
+        8, "Every this many re-plans, probe K+-1 where the fitted cost model predicts it within 3 % of the "
+        "chosen K, so neighbouring costs stay measured (0: never).", ge=0)
     verify_budget: Optional[Union[str, int]] = key(
         None,
         "Per-request trimming of draft lists: null (off), `auto` (keep a draft token only if its "

@@ -623,7 +623,7 @@ class Planner:
         """From a SpecRolloutConfig (verl_specrollout.config)."""
         p = cfg.planner
         if zero_k_passes is None:
-            zero_k_passes = 0 if cfg.method == "ngram" or p.skip_draft_at_k0 else 1
+            zero_k_passes = 0 if cfg.base_method == "ngram" or p.skip_draft_at_k0 else 1
         return cls(
             max_k=cfg.max_k,
             max_batch=max_batch or p.max_batch,
