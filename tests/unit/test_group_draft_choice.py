@@ -177,3 +177,112 @@ def test_a_source_passed_over_is_tried_again_later():
             break
         ch.observe("r", MODEL, 4, 2)
     assert back is not None and back > 10
+
+
+# ------------------------------------------------ the model's rate where a suffix is offered
+TRUTH = [100, 101, 102, 103, 104]  # what the target emits at this step (position 1..5)
+
+
+def _draft_tokens(rng, rate, wrong_base):
+    """A 4-token draft right at each position with probability `rate` (independently)."""
+    return [t if rng.random() < rate else wrong_base + j for j, t in enumerate(TRUTH[:4])]
+
+
+def _common(a, b):
+    m = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        m += 1
+    return m
+
+
+def _offered_run(model_rate, suffix_rate, engine_rate, counterfactual=True, steps=60, seed=0):
+    """One request, a suffix offered at every step with shares 0.9; the target emits TRUTH. The
+    model drafts for the batch every step (other requests chose it), so its draft is at hand."""
+    rng = random.Random(seed)
+    ch = SourceChooser()
+    choices = []
+    for _ in range(steps):
+        suffix = _draft_tokens(rng, suffix_rate, 200)
+        model = _draft_tokens(rng, model_rate, 300)
+        src, n = ch.choose("r", 4, SuffixDraft(suffix, "siblings", 4, [0.9] * 4), model_alpha=engine_rate)
+        choices.append(src)
+        drafted = model if src == MODEL else suffix[:n]
+        acc = _common(drafted, TRUTH)
+        ch.observe("r", src, len(drafted), acc)
+        emitted = TRUTH[:acc + 1]
+        if src != MODEL and counterfactual:
+            ch.observe_counterfactual("r", model, emitted)
+    return ch, choices
+
+
+def test_model_strong_where_a_suffix_is_offered_wins_there():
+    """The request average (engine rate 0.5) undersells the model in the stretches a good suffix
+    (right at 0.85 a position, shares 0.9) covers; the model is right at 0.98 there. Counterfactual
+    comparisons reveal it without the model ever drafting there."""
+    ch, choices = _offered_run(model_rate=0.98, suffix_rate=0.85, engine_rate=0.5)
+    assert choices[0] == "siblings"
+    assert choices[-20:] == [MODEL] * 20
+    assert ch.offered_alpha("r", 0.5) > 0.9
+    # without the comparisons (this seed: no unlucky suffix stretch hands the model a step) the
+    # suffix keeps every step: the model is judged by its average alone
+    _, blind = _offered_run(model_rate=0.98, suffix_rate=0.85, engine_rate=0.5, counterfactual=False)
+    assert MODEL not in blind
+
+
+def test_model_weak_where_a_suffix_is_offered_loses_there():
+    """The reverse: the engine's rate (0.95) oversells the model in these stretches."""
+    ch, choices = _offered_run(model_rate=0.3, suffix_rate=0.95, engine_rate=0.95)
+    assert choices[0] == MODEL
+    assert choices[-20:].count("siblings") >= 18
+    assert ch.offered_alpha("r", 0.95) < 0.6
+
+
+def test_counterfactual_censoring():
+    ch = SourceChooser()
+    ch.choose("r", 4, draft([0.9] * 4))  # a suffix offered at this step: the offered class
+    st = ch._reqs["r"]
+
+    def fed(model_draft, emitted):
+        a0, t0 = st.off_acc * ch.decay, st.off_tried * ch.decay
+        ch.observe_counterfactual("r", model_draft, emitted)
+        return round(st.off_acc - a0, 9), round(st.off_tried - t0, 9)
+
+    assert fed([1, 2, 3, 4], [1, 2]) == (2, 2)  # matches up to the last emitted token: no rejection
+    assert fed([1, 2, 3, 4], [1, 2, 3, 4, 5]) == (4, 4)  # the whole model draft would be accepted
+    assert fed([1, 9, 3, 4], [1, 2, 3]) == (1, 2)  # rejected at position 2
+    assert fed([7, 2, 3, 4], [1]) == (0, 1)  # rejected at once (one emitted token: still a trial)
+    assert st.model_tried == 0  # offered-class evidence only
+    # all-censored evidence drives the offered rate up, never down
+    for _ in range(30):
+        ch.choose("q", 4, draft([0.9] * 4))
+        ch.observe_counterfactual("q", [5, 6, 7, 8], [5])
+    assert ch.offered_alpha("q") > 0.95
+    # where no suffix was offered the comparison feeds the request average
+    ch.choose("p", 4, SuffixDraft([], "", 0, []))
+    ch.observe_counterfactual("p", [5, 6], [5, 1, 2])
+    assert (ch._reqs["p"].model_acc, ch._reqs["p"].model_tried, ch._reqs["p"].off_tried) == (1, 2, 0)
+
+
+def test_reconsider_when_the_first_tokens_differ():
+    ch = SourceChooser()
+    # suffix 0.7 then certain: E = 2.8 against the model's 2.36 at 0.8 -> suffix
+    assert ch.choose("r", 4, draft([0.7, 1, 1, 1]), model_alpha=0.8) == ("siblings", 4)
+    # given they differ: model 2.36 * (1 - 0.7) = 0.71 > suffix 2.8 * (1 - 0.8) = 0.56
+    assert ch.reconsider("r", 4) == (MODEL, 4)
+    assert ch.reconsider("r", 4) is None  # once per choice
+    assert ch.counters()[MODEL]["chosen"] == 1 and ch.counters()["siblings"]["chosen"] == 0
+    ch.observe("r", MODEL, 4, 1)  # what is settled is the model's draft
+    assert ch.counters()[MODEL]["proposed"] == 4
+    # a model chosen over a short, near-certain suffix gives way when they differ
+    assert ch.choose("q", 4, draft([0.95]), model_alpha=0.6) == (MODEL, 4)
+    assert ch.reconsider("q", 4) == ("siblings", 1)
+    # a suffix certain at position 1 is kept
+    assert ch.choose("s", 4, draft([1.0, 1.0]), model_alpha=0.99)[0] == MODEL
+    assert ch.reconsider("s", 4) == ("siblings", 2)
+    assert ch.choose("t", 4, draft([1.0] * 4), model_alpha=0.9)[0] == "siblings"
+    assert ch.reconsider("t", 4) is None
+    # only one option at the choice: nothing to reconsider
+    assert ch.choose("u", 4, SuffixDraft([], "", 0, []), model_alpha=0.9) == (MODEL, 4)
+    assert ch.reconsider("u", 4) is None

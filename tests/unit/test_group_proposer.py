@@ -375,3 +375,77 @@ def test_server_turns_cumulative_counts_into_deltas():
     b = {"sources": {"model": {"proposed": 10, "accepted": 3}, "history": {"proposed": 2}}, "request_steps": 9}
     assert _counts_delta(b, a) == {"sources": {"model": {"proposed": 6, "accepted": 1}, "history": {"proposed": 2}},
                                    "request_steps": 4}
+
+
+class OracleReplay(Replay):
+    """A draft model right at its first token and wrong at its second (62: never emitted), so it is
+    worth running for a request without a suffix and differs from an exact history draft."""
+
+    def original(self, runner, so, sampled, *args, **kwargs):
+        k = compat.scheduled_k(so)
+        self.model_calls.append(k)
+        rows = []
+        for i, r in enumerate(runner.input_batch.req_ids):
+            seq = self.reqs[r] + [t for t in sampled[i].tolist() if t >= 0]  # pre-bookkeeping order
+            rows.append(([target_next(seq), 62] + [MODEL_TOKEN] * k)[:k])
+        self.model_rows.append(dict(zip(runner.input_batch.req_ids, rows)))
+        return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), k)
+
+
+def test_counterfactual_gets_the_model_draft_of_a_suffix_request_and_the_next_emitted_tokens():
+    r = OracleReplay("eagle3+group")
+    r.model_rows = []
+    _grpo(r, epoch=0)
+    g = gp._group_drafter(r.runner)
+    seen = []
+    real = g.chooser.observe_counterfactual
+    g.chooser.observe_counterfactual = lambda rid, d, e: (seen.append((rid, list(d), list(e))), real(rid, d, e))
+    # epoch 2 drafts from history; a fresh prompt (no suffix) keeps the draft model running
+    for p, prompt in enumerate(PROMPTS):
+        for j in range(4):
+            r.add(f"e1-p{p}-s{j}", prompt, 24)
+    r.add("fresh", [40, 44, 48, 52, 56], 24)
+    compared, prev, model_chosen = [], {}, set()
+    for _ in range(40):
+        if all(x in r.finished for x in r.reqs):
+            break
+        n_seen, n_rows = len(seen), len(r.model_rows)
+        lens = {x: len(r.reqs[x]) for x in r.reqs}
+        r.step()
+        got = {rid: (d, e) for rid, d, e in seen[n_seen:]}
+        for x, row in prev.items():  # the model's draft of last step, the tokens this step emitted
+            assert got.get(x) == (row, r.reqs[x][lens[x]:]), x
+            compared.append(x)
+        assert not set(got) & model_chosen  # a request the model drafted for is settled for real
+        prev, model_chosen = {}, set()
+        if len(r.model_rows) > n_rows:
+            model = r.model_rows[-1]
+            live = [x for x in r.drafts if x not in r.finished]
+            model_chosen = {x for x in live if r.drafts[x] == model[x]}
+            prev = {x: model[x] for x in live if x.startswith("e1-") and len(r.drafts[x]) > 1
+                    and x not in model_chosen}
+    assert compared  # suffix-drafting requests were compared with the model's draft of their step
+    # exact history drafts: the model's first token is right, its second (62) wrong -> 1 of 2 trials
+    assert all(d[:2] == e[:1] + [62] and len(e) >= 2 for x, d, e in seen if x in compared)
+    assert g.chooser.offered_alpha(compared[0]) < 0.9
+
+
+def test_first_tokens_that_differ_switch_the_draft_and_its_credit():
+    from verl_specrollout.group_draft import GroupSuffixIndex, SourceChooser, SuffixDraft
+
+    g = gp.GroupDrafter(GroupSuffixIndex(), SourceChooser(), has_model=True)
+    choices = []
+    for rid, probs, first in (("a", [0.7, 1, 1, 1], 5), ("b", [0.7, 1, 1, 1], 9), ("c", [1.0] * 4, 5)):
+        sfx = SuffixDraft([first, 6, 7, 8], "siblings", 4, probs)
+        src, n = g.chooser.choose(rid, 4, sfx, model_alpha=0.8)  # the suffix (2.8 or 4 vs the model's 2.36)
+        assert src == "siblings"
+        choices.append(gp.Choice(src, n, list(sfx.tokens[:n]), req_id=rid, suffix=sfx))
+        g.counts[src]["chosen"] += 1
+        g._pending[rid] = (src, n, g._step)
+    out = g.assemble(choices, [[9, 1, 2, 3]] * 3)
+    # a: first tokens differ and the suffix's 0.7 is not worth the model's draft -> the model's
+    # b: they agree -> the suffix stands; c: they differ but the suffix is certain -> it stands
+    assert out == [[9, 1, 2, 3], [9, 6, 7, 8], [5, 6, 7, 8]]
+    assert g._pending["a"][:2] == (gp.MODEL, 4) and g._pending["b"][:2] == ("siblings", 4)
+    assert g.counts[gp.MODEL]["chosen"] == 1 and g.counts["siblings"]["chosen"] == 2
+    assert set(g._counterfactual) == {"b", "c"}  # the model's draft kept where it is not used

@@ -7,6 +7,7 @@ The rule, per request and step, within the planner's k:
   with `prior_weight` pseudo-trials; the base is `model_alpha` -- the engine's running acceptance
   -- when given, else the chooser's own decayed estimate over all requests shrunk to
   `prior_model_alpha`). "Tried" positions are those up to and including the first rejection.
+  Where a suffix is offered, a is the model's rate on such steps instead (below).
 - suffix option: the draft's per-token count shares p_j, calibrated: p'_j = min(1, c * p_j), where
   c = observed accepted / predicted (sum of p over tried positions) for this request and source,
   shrunk towards the same ratio over all requests for the source (itself shrunk towards 1). An
@@ -24,6 +25,41 @@ shares). What it ignores: that the model's acceptance falls with depth (one rate
 positions), the draft model's forward cost (the suffix is free; the tie rule is the only nod to
 it), the difference in verification cost between n and k tokens beyond the `min_gain` cut,
 and correlation between successive tokens.
+
+The model's side where a suffix is offered. Suffix drafts exist in easy, templated stretches, where
+the draft model is far above its request average too; comparing the suffix with that average
+hands the suffix steps the model would have won (selection bias). So the model's rate on steps
+where a suffix draft was offered (n > 0, the "offered" class) is estimated apart, per request
+(decay `decay`) and over all requests (`global_decay`), and replaces the average there; with no
+such evidence yet it falls back to the average (request level: `prior_weight` pseudo-trials
+towards the global offered rate, which has `prior_weight` pseudo-trials towards the request's
+average). Its evidence:
+(a) real model drafts verified on offered steps, counted as always (accepted up to and including
+    the first rejection);
+(b) counterfactual drafts: when the draft model ran this step (some request chose it, so it drafts
+    for the whole batch), the model's draft d_1..d_K of a request that drafted otherwise is kept
+    and compared at the next step with the tokens the request emitted, e_1..e_L (accepted draft
+    tokens, then the recovered / bonus token). vLLM's rejection sampler with one-hot q emits at
+    every verified position an exact sample of the target's p given the context, whatever was
+    drafted (module group_proposer: "Lossless"), and d_j is fixed by the past; so given
+    d_1..d_{j-1} = e_1..e_{j-1} (same context), P(e_j = d_j) = p(d_j) = P(the model's d_j would be
+    accepted). Each compared position up to the first mismatch is one trial, as for a real
+    draft: with m the common prefix length, accepted m, trials min(m + 1, L, K). Censoring: when
+    the prefix runs to the end of the emitted tokens (m = L < K) the model's next token was never
+    put to the target -- "at least m", so m trials and no rejection; m = K is a fully accepted
+    draft (K trials, no rejection). Steps with no suffix offered feed the same comparison into
+    the request average (a model rated below `min_gain` there is never run for the request
+    otherwise, and could not come back).
+
+Disagreement, when both drafts are at hand (the model ran this step and a suffix was offered; see
+`reconsider`): if the two first tokens differ, at most one of them is accepted. With a the model's
+offered rate and p = p'_1 the suffix's first calibrated share, treating the two first-token events
+as independent, P(model right | they differ) : P(suffix right | they differ) = a (1 - p) :
+p (1 - a), and the rest of each draft is unchanged; so the expected accepted tokens given the
+disagreement compare as E_model (1 - p) against E_suffix (1 - a), and the larger wins (the option
+with the likelier first token, weighted by what follows it; a suffix with p = 1 is kept). When the
+first tokens agree the choice stands (the longer-expected draft, as above). Only steps where the
+model runs get this check: the model is not run for the check alone.
 
 Forgetting instead of exploration: a suffix source offered but not chosen loses part of its
 evidence (its request and global accepted/predicted counts decay by `global_decay` per such
@@ -47,13 +83,18 @@ OPTIONS = (MODEL,) + SOURCES
 
 
 class _RequestState:
-    __slots__ = ("model_acc", "model_tried", "cal", "pending")
+    __slots__ = ("model_acc", "model_tried", "off_acc", "off_tried", "cal", "pending", "offered", "plan")
 
     def __init__(self):
         self.model_acc = 0.0
         self.model_tried = 0.0
+        self.off_acc = 0.0  # model evidence on offered steps (real and counterfactual), decayed
+        self.off_tried = 0.0
         self.cal: Dict[str, list] = {}  # source -> [accepted, predicted], decayed
         self.pending: Optional[Tuple[str, list]] = None  # last choice: (source, raw probs drafted)
+        self.offered = False  # a suffix draft (n > 0) was offered at the last choice
+        # last choice's options, for `reconsider`: (source, n, probs, e_suffix, model alpha, k), or None
+        self.plan: Optional[tuple] = None
 
 
 class SourceChooser:
@@ -72,6 +113,7 @@ class SourceChooser:
         self.min_gain = min_gain
         self._reqs: Dict[str, _RequestState] = {}
         self._g_model = [0.0, 0.0]  # accepted, tried (decayed)
+        self._g_off = [0.0, 0.0]  # accepted, tried on offered steps (decayed)
         self._g_cal = {s: [0.0, 0.0] for s in SOURCES}  # accepted, predicted (decayed)
         self._counts = {s: {"proposed": 0, "accepted": 0, "chosen": 0} for s in OPTIONS + (NONE,)}
         self._warned_bad_counts = False
@@ -89,6 +131,20 @@ class SourceChooser:
         if st is None:
             return base
         return (st.model_acc + w * base) / (st.model_tried + w)
+
+    def offered_alpha(self, req_id: str, model_alpha: Optional[float] = None) -> float:
+        """The model's per-token acceptance on steps where a suffix is offered (module docstring)."""
+        w = self.prior_weight
+        acc, tried = self._g_off
+        g = (acc + w * self.model_alpha(req_id, model_alpha)) / (tried + w)
+        st = self._reqs.get(req_id)
+        if st is None:
+            return g
+        return (st.off_acc + w * g) / (st.off_tried + w)
+
+    @staticmethod
+    def _expected_model(a: float, k: int) -> float:
+        return a * (1.0 - a ** k) / (1.0 - a) if a < 1.0 else float(k)
 
     def calibration(self, req_id: str, source: str) -> float:
         """Observed / predicted accepted tokens of `source`'s drafts for the request (1 = shares are right)."""
@@ -125,16 +181,19 @@ class SourceChooser:
         st = self._reqs.get(req_id)
         if st is None:
             st = self._reqs[req_id] = _RequestState()
-        st.pending = None
+        st.pending, st.offered, st.plan = None, False, None
         if k <= 0:
             self._counts[NONE]["chosen"] += 1
             return "", 0
         n, e_suffix = self.suffix_plan(req_id, k, suffix)
+        st.offered = n > 0
         e_model = 0.0
         if model:
-            a = self.model_alpha(req_id, model_alpha)
+            a = self.offered_alpha(req_id, model_alpha) if n else self.model_alpha(req_id, model_alpha)
             if a >= self.min_gain:
-                e_model = a * (1.0 - a ** k) / (1.0 - a) if a < 1.0 else float(k)
+                e_model = self._expected_model(a, k)
+            if n and e_model > 0.0:
+                st.plan = (suffix.source, n, list(suffix.probs[:n]), e_suffix, a, k)
         if n and e_suffix >= e_model:
             st.pending = (suffix.source, list(suffix.probs[:n]))
             self._counts[suffix.source]["chosen"] += 1
@@ -147,6 +206,65 @@ class SourceChooser:
             return MODEL, k
         self._counts[NONE]["chosen"] += 1
         return "", 0
+
+    def reconsider(self, req_id: str, model_n: int) -> Optional[Tuple[str, int]]:
+        """Both drafts of the last choice are at hand and their first tokens differ: the choice by
+        the expected accepted tokens given the disagreement (module docstring), with the model's
+        draft `model_n` tokens long. Returns the new (source, n) when it changes, else None.
+        Nothing changes unless the last choice had both options (a suffix with n > 0, a model
+        worth running)."""
+        st = self._reqs.get(req_id)
+        if st is None or st.plan is None or st.pending is None or model_n <= 0:
+            return None
+        source, n, probs, e_suffix, a, k = st.plan
+        st.plan = None  # once per step
+        p1 = min(1.0, self.calibration(req_id, source) * probs[0])
+        e_model = self._expected_model(a, min(k, model_n))
+        now = st.pending[0]
+        if now == MODEL and e_suffix * (1.0 - a) > e_model * (1.0 - p1):
+            st.pending = (source, list(probs))
+            new = (source, n)
+        elif now == source and e_model * (1.0 - p1) > e_suffix * (1.0 - a):
+            st.pending = (MODEL, [])
+            new = (MODEL, model_n)
+        else:
+            return None
+        self._counts[now]["chosen"] -= 1
+        self._counts[new[0]]["chosen"] += 1
+        return new
+
+    def observe_counterfactual(self, req_id: str, model_draft, emitted) -> None:
+        """The model's draft for a step where the request drafted otherwise, against the tokens the
+        request emitted at that step (module docstring): a censored geometric observation of the
+        model's acceptance, for the offered class when a suffix was offered, else the request
+        average."""
+        model_draft, emitted = list(model_draft), list(emitted)
+        if not model_draft or not emitted:
+            return
+        m = 0
+        for d, e in zip(model_draft, emitted):
+            if d != e:
+                break
+            m += 1
+        tried = min(m + 1, len(emitted), len(model_draft))  # censored past the emitted tokens
+        st = self._reqs.get(req_id)
+        if st is None:
+            st = self._reqs[req_id] = _RequestState()
+        self._credit_model(st, m, tried, st.offered, request_average=not st.offered)
+
+    def _credit_model(self, st: _RequestState, accepted: int, tried: int, offered: bool,
+                      request_average: bool) -> None:
+        d, gd = self.decay, self.global_decay
+        if request_average:
+            st.model_acc = st.model_acc * d + accepted
+            st.model_tried = st.model_tried * d + tried
+            g = self._g_model
+            g[0], g[1] = g[0] * gd + accepted, g[1] * gd + tried
+        if offered:
+            st.off_acc = st.off_acc * d + accepted
+            st.off_tried = st.off_tried * d + tried
+            g = self._g_off
+            g[0], g[1] = g[0] * gd + accepted, g[1] * gd + tried
 
     def _forget_some(self, st: _RequestState, source: str) -> None:
         """`source` was offered and passed over: age its evidence (see the module docstring)."""
@@ -180,10 +298,7 @@ class SourceChooser:
         tried = min(accepted + 1, proposed)
         d, gd = self.decay, self.global_decay
         if source == MODEL:
-            st.model_acc = st.model_acc * d + accepted
-            st.model_tried = st.model_tried * d + tried
-            g = self._g_model
-            g[0], g[1] = g[0] * gd + accepted, g[1] * gd + tried
+            self._credit_model(st, accepted, tried, st.offered, request_average=True)
             return
         if pending is None or pending[0] != source or not pending[1]:
             return  # no shares known for what was verified: nothing to calibrate against

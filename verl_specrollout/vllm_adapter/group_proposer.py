@@ -18,7 +18,12 @@ and running request this module
    when none did: its first pass still runs over every token the target processed this step, so
    the draft's KV cache stays in sync whatever drafted the previous step (the planner's own K = 0
    skip, k0_skip.py, is bypassed for such steps, since K is not 0 for the step);
-5. returns one draft list per request, ragged (vLLM's ngram method returns the same shape).
+5. where the model drafted for the whole batch, checks each request whose suffix draft was offered
+   against the model's draft (first tokens that differ: the chooser reconsiders, choice.py), and
+   keeps the model's draft of each request that drafts otherwise: at the next step it is compared
+   with the tokens the request emitted, the chooser's counterfactual evidence of how the model
+   would have done on that step;
+6. returns one draft list per request, ragged (vLLM's ngram method returns the same shape).
 
 How it is installed: vLLM's ``GPUModelRunner.propose_draft_token_ids`` and ``execute_model``
 are wrapped at class level, once per process, by the vLLM plugin (plugin.py); the CPU runner
@@ -118,6 +123,8 @@ class Choice:
     source: str  # MODEL, an index source, or "" (no draft)
     n: int
     tokens: List[int] = field(default_factory=list)  # the suffix draft (empty for MODEL)
+    req_id: str = ""  # set when the chooser decided (a decode step with K > 0)
+    suffix: Optional[Any] = None  # the index's SuffixDraft offered at that decision
 
 
 class GroupDrafter:
@@ -131,6 +138,7 @@ class GroupDrafter:
         self.skip_draft_at_k0 = skip_draft_at_k0  # planner.skip_draft_at_k0 (k0_skip.py)
         self._fed: Dict[str, int] = {}  # tokens of each live request the index has
         self._pending: Dict[str, tuple] = {}  # req_id -> (source, n, step drafted at)
+        self._counterfactual: Dict[str, tuple] = {}  # req_id -> (model's unused draft, step drafted at)
         self._step = 0  # engine steps seen (execute_model calls)
         self.counts = {s: {"proposed": 0, "accepted": 0, "chosen": 0} for s in REPORTED_SOURCES}
         self.request_steps = 0  # request-steps that asked for a draft (K > 0)
@@ -162,6 +170,7 @@ class GroupDrafter:
             if self._fed.pop(r, None) is not None:
                 self.index.finish(r, keep=True)
             self._pending.pop(r, None)
+            self._counterfactual.pop(r, None)
             self.chooser.forget(r)
 
     def update(self, s: RequestStep) -> None:
@@ -189,6 +198,10 @@ class GroupDrafter:
             c["proposed"] += proposed
             c["accepted"] += accepted
             self.chooser.observe(s.req_id, source, proposed, accepted)
+        cf = self._counterfactual.pop(s.req_id, None)
+        if cf is not None and cf[1] == self._step - 1 and s.sampled:
+            # s.sampled: the tokens emitted for the step that drafted (accepted + recovered / bonus)
+            self.chooser.observe_counterfactual(s.req_id, cf[0], s.sampled)
 
     def choose(self, s: RequestStep, k: int) -> Choice:
         if k <= 0 or not s.sampled:  # no draft asked, or a prefill chunk (vLLM drops its drafts)
@@ -204,6 +217,7 @@ class GroupDrafter:
             choice = Choice(source, len(tokens), tokens) if tokens else Choice("", 0)
         else:
             choice = Choice("", 0)
+        choice.req_id, choice.suffix = s.req_id, suffix
         if choice.n:
             self.counts.setdefault(choice.source, {"proposed": 0, "accepted": 0, "chosen": 0})["chosen"] += 1
             self._pending[s.req_id] = (choice.source, choice.n, self._step)
@@ -221,7 +235,38 @@ class GroupDrafter:
         """The draft model's K this step: the longest draft any request asked it for."""
         return max((c.n for c in choices if c.source == MODEL), default=0)
 
+    def _with_model_draft(self, choices: List[Choice], model_rows: List[List[int]]) -> None:
+        """The model drafted for every request this step: where its first token and the offered
+        suffix's differ, the chooser reconsiders; the model's draft of a request that drafts
+        otherwise is kept for the counterfactual comparison at the next step."""
+        for i, c in enumerate(choices):
+            if not c.req_id or i >= len(model_rows) or not model_rows[i]:
+                continue
+            row = [int(t) for t in model_rows[i]]
+            sfx = c.suffix
+            if (sfx is not None and sfx.tokens and c.source in (MODEL, sfx.source)
+                    and int(sfx.tokens[0]) != row[0]):
+                new = self.chooser.reconsider(c.req_id, len(row))
+                if new is not None:
+                    self._switch(c, new, row)
+            if c.source != MODEL:
+                self._counterfactual[c.req_id] = (row, self._step)
+
+    def _switch(self, c: Choice, new: tuple, row: List[int]) -> None:
+        source, n = new
+        old = c.source
+        if source == MODEL:
+            c.source, c.n, c.tokens = MODEL, len(row), []
+        else:
+            c.tokens = list(c.suffix.tokens[:n])
+            c.source, c.n = source, len(c.tokens)
+        self.counts[old]["chosen"] -= 1
+        self.counts.setdefault(c.source, {"proposed": 0, "accepted": 0, "chosen": 0})["chosen"] += 1
+        self._pending[c.req_id] = (c.source, c.n, self._step)
+
     def assemble(self, choices: List[Choice], model_rows: Optional[List[List[int]]]) -> List[List[int]]:
+        if model_rows is not None:
+            self._with_model_draft(choices, model_rows)
         out = []
         for i, c in enumerate(choices):
             if c.source == MODEL:
