@@ -125,9 +125,10 @@ def test_parameter_count_grows_as_configured(tiny, expanded):
     assert (c.hidden_size, c.target_hidden_size, c.num_attention_heads, c.intermediate_size) == (
         SHAPE.hidden_size, SHAPE.hidden_size, SHAPE.num_attention_heads, SHAPE.intermediate_size)
     assert sum(p.numel() for p in head.parameters()) == expanded["head"]["params"] > tiny.stats["eagle3_params"]
-    # nowhere a whole matrix of zeros where the function allows random values
-    sd = model.state_dict()
-    assert torch.count_nonzero(sd["lm_head.weight"][:, 256:]) == sd["lm_head.weight"][:, 256:].numel()
+    # readers of the new residual units get random (non-zero) weights: the kernels do real work
+    sd, H = model.state_dict(), src["hidden_size"]
+    for name in ("lm_head.weight", "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        assert torch.count_nonzero(sd[name][:, H:]) == sd[name][:, H:].numel(), name
 
 
 @pytest.mark.parametrize("new_layers", ["end", (0, 3, 6)])
