@@ -190,3 +190,17 @@ def test_regime_recipe_derives_from_medium_and_tiny_is_unchanged():
                           r["expand"]["num_key_value_heads"], base["hidden_size"] // base["num_attention_heads"],
                           r["expand"]["intermediate_size"], r["expand"]["num_hidden_layers"])
     assert n >= 100_000_000
+
+
+def test_cli_expands_target_and_head(tiny, tmp_path, capsys):
+    from verl_specrollout.testing.testbed.expand import main
+
+    main([tiny.target_dir, str(tmp_path / "t"), "--hidden-size", "320", "--num-attention-heads", "5",
+          "--num-key-value-heads", "5", "--intermediate-size", "640", "--num-hidden-layers", "6",
+          "--new-layers", "0,5", "--eagle3", tiny.eagle3_dir, "--eagle3-out", str(tmp_path / "e3")])
+    assert "aux layers [2, 3, 4]" in capsys.readouterr().out  # original layers sit at 1..4
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert os.path.isfile(tmp_path / "t" / name), name
+    with pytest.raises(SystemExit, match="must not shrink"):
+        main([tiny.target_dir, str(tmp_path / "u"), "--hidden-size", "128", "--num-attention-heads", "4",
+              "--num-key-value-heads", "4", "--intermediate-size", "512", "--num-hidden-layers", "4"])

@@ -406,3 +406,46 @@ def logits_check(source_dir: str, expanded_dir: str, input_ids: torch.Tensor, at
         raise ExpandError(f"{expanded_dir} does not compute {source_dir}'s logits: max |diff| "
                           f"{res['max_abs_diff']:.3e} > {tol:g}")
     return res
+
+
+def main(argv=None) -> None:
+    """python -m verl_specrollout.testing.testbed.expand SRC OUT --hidden-size ... [--eagle3 HEAD --eagle3-out DIR]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m verl_specrollout.testing.testbed.expand",
+                                 description="Expand an HF Llama checkpoint (and its EAGLE-3 head) "
+                                             "function-preservingly to a bigger shape.")
+    ap.add_argument("src")
+    ap.add_argument("out")
+    for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "num_hidden_layers"):
+        ap.add_argument("--" + k.replace("_", "-"), type=int, required=True)
+    ap.add_argument("--new-layers", default="spread",
+                    help="'spread', 'end' or comma-separated indices of the identity layers in the expanded model")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eagle3", default=None, help="EAGLE-3 head trained on SRC, to widen with it")
+    ap.add_argument("--eagle3-out", default=None)
+    a = ap.parse_args(argv)
+    if bool(a.eagle3) != bool(a.eagle3_out):
+        ap.error("--eagle3 and --eagle3-out go together")
+    new_layers = a.new_layers
+    if new_layers not in ("spread", "end"):
+        try:
+            new_layers = tuple(int(x) for x in new_layers.split(","))
+        except ValueError:
+            ap.error(f"--new-layers: 'spread', 'end' or comma-separated integers, got {a.new_layers!r}")
+    shape = ExpandShape(hidden_size=a.hidden_size, num_attention_heads=a.num_attention_heads,
+                        num_key_value_heads=a.num_key_value_heads, intermediate_size=a.intermediate_size,
+                        num_hidden_layers=a.num_hidden_layers, new_layers=new_layers, seed=a.seed)
+    try:
+        info = expand_checkpoint(a.src, a.out, shape)
+        print(f"{a.out}: {info['source_params'] / 1e6:.1f} M -> {info['params'] / 1e6:.1f} M params, original layers at "
+              f"{info['plan'].positions}")
+        if a.eagle3:
+            head = expand_eagle3_checkpoint(a.eagle3, a.eagle3_out, a.src, shape, info["plan"])
+            print(f"{a.eagle3_out}: {head['params'] / 1e6:.1f} M params, aux layers {head['aux_layer_ids']}")
+    except ExpandError as exc:
+        raise SystemExit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
