@@ -41,10 +41,13 @@ def base_method(method: str) -> str:
     return GROUP_BASE_METHODS.get(method, method)
 
 
-def add_model_args(ap) -> None:
+def add_model_args(ap, dtype_default: str = "float32") -> None:
     """--target / --draft / --prompts-file: measure your own pair; default: the project testbed."""
     ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
     ap.add_argument("--draft", default=None, help="draft dir for --method (EAGLE-3 head or draft LM)")
+    ap.add_argument("--dtype", default=dtype_default, choices=["float32", "bfloat16"],
+                    help="engine dtype; use bfloat16 on the regime testbed (docs/benchmarks.md: float32 verification "
+                         "is not memory-bound on this CPU)")
     ap.add_argument("--prompts-file", default=None,
                     help="prompts, one per line (plain text, or JSONL with a 'prompt' string or chat 'messages')")
 

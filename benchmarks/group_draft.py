@@ -51,6 +51,8 @@ BASELINE = "eagle3"
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--plot", default=None, help="also draw acceptance and tokens/s per method to this PNG")
+    ap.add_argument("--replot", default=None, help="only draw --plot (else --out) from this saved JSON")
     ap.add_argument("--size", default="tiny", help="testbed size (tiny, medium)")
     ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
     ap.add_argument("--draft", default=None, help="EAGLE-3 head dir for the eagle3 methods (with --target)")
@@ -260,8 +262,43 @@ def ratios_of(rows: list) -> dict:
     return out
 
 
+def plot(rows: list, path: str, title: str = "") -> None:
+    """Acceptance length and tokens/s per method, grouped by workload (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["workload"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(methods)
+    for ax, key, label in ((axes[0], "mean_acceptance_length", "mean acceptance length (vLLM counters)"),
+                           (axes[1], "tokens_per_s", "output tokens/s (one engine per method)")):
+        for i, m in enumerate(methods):
+            ys = [by[(m, w)][key] if (m, w) in by else 0 for w in WORKLOADS]
+            ax.bar([j + i * width for j in range(len(WORKLOADS))], ys, width, label=m)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(WORKLOADS))], list(WORKLOADS))
+        ax.set_ylabel(label)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=len(methods), loc="upper center", frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.02)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        import json
+
+        with open(args.replot) as f:
+            saved = json.load(f)
+        plot(saved["results"], args.plot or args.out)
+        return saved.get("ratios_vs_eagle3")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -314,6 +351,8 @@ def main(argv=None):
                           "drift": {k: v for k, v in drift.items() if k != "dir"} if drift else None,
                           "seconds_total": round(time.perf_counter() - t_start, 1),
                           "ratios_vs_eagle3": ratios, "results": rows})
+    if args.plot:
+        plot(rows, args.plot)
     return ratios
 
 

@@ -109,7 +109,7 @@ def main(argv=None):
     pair = model_pair(args)
     prompts = load_prompts(pair, args.prompts, seed=4242)
     max_bs = max(256, args.prompts * args.group)
-    engines = make_engines(pair, args.method, max(ks), max_bs)
+    engines = make_engines(pair, args.method, max(ks), max_bs, dtype=args.dtype)
     plain, spec, sched = engines
     hand = [[lo, min(hi, max_bs), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max_bs]
     if args.lengths == "natural":

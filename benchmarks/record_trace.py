@@ -52,7 +52,8 @@ def record(args) -> StepTrace:
     max_b = max(batches)
     cfg = SpecRolloutConfig.from_dict({"enable": True, "method": args.method, "draft_path": pair.draft_for(args.method),
                                        "max_k": args.max_k, "planner": {"mode": "adaptive", "max_batch": max_b}})
-    llm = make_llm(pair.target_dir, cfg, max_num_seqs=max_b, max_num_batched_tokens=max(2048, max_b * (args.max_k + 1)))
+    llm = make_llm(pair.target_dir, cfg, max_num_seqs=max_b, max_num_batched_tokens=max(2048, max_b * (args.max_k + 1)),
+                   dtype=args.dtype)
     sched = compat.in_process_scheduler(llm)
     prompts = load_prompts(pair, max_b)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True)

@@ -46,10 +46,7 @@ def parse_args(argv=None):
     ap.add_argument("--draft-steps", type=int, default=64, help="decode steps timed for the draft pass")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                    help="engine dtype; bfloat16 (what GPUs serve) is memory-bound at small B here, "
-                         "while float32's oneDNN kernels for 2..16 rows are slower per byte than for one")
-    add_model_args(ap)
+    add_model_args(ap, dtype_default="bfloat16")
     args = ap.parse_args(argv)
     for name in ("steps", "draft_steps", "prompt_len", "repeats", "k"):
         if getattr(args, name) < 1:
