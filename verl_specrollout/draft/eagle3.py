@@ -432,11 +432,8 @@ def save_vllm_checkpoint(model: Eagle3Draft, out_dir: str, target_config=None, *
     if target_config is not None:
         assert cfg.vocab_size == target_config.vocab_size, "vocab_size must equal the target's"
         assert cfg.target_hidden_size == target_config.hidden_size
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+
+    def write(tmp: str) -> None:
         sd = vllm_state_dict(model)
         if dtype is not None:
             sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
@@ -448,6 +445,19 @@ def save_vllm_checkpoint(model: Eagle3Draft, out_dir: str, target_config=None, *
             json.dump(vcfg, f, indent=2)
         with open(os.path.join(tmp, EXTRA_NAME), "w") as f:
             json.dump({"eagle3_config": asdict(cfg), **(extra or {})}, f, indent=2)
+
+    return write_dir_atomically(out_dir, write)
+
+
+def write_dir_atomically(out_dir: str, write) -> str:
+    """Write into a temp dir beside ``out_dir`` via ``write(tmp)``, then rename it into place: a
+    reader (a live reload, a second process) sees the old directory or the new one, never half."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        write(tmp)
         if os.path.exists(out_dir):
             old = out_dir + ".old-" + os.path.basename(tmp)
             os.rename(out_dir, old)

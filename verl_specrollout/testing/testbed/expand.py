@@ -34,11 +34,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
+
+from verl_specrollout.draft.eagle3 import write_dir_atomically
 
 WEIGHTS_NAME = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
@@ -311,27 +312,6 @@ def _read_state(src_dir: str) -> dict:
     return read_weights(src_dir, files)
 
 
-def _atomic_dir(out_dir: str, write) -> str:
-    """Write into a temp dir beside ``out_dir`` via ``write(tmp)``, then rename it into place."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        write(tmp)
-        if os.path.exists(out_dir):
-            old = out_dir + ".old-" + os.path.basename(tmp)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def expand_checkpoint(src_dir: str, out_dir: str, shape: ExpandShape) -> dict:
     """Expand the HF Llama checkpoint ``src_dir`` into ``out_dir`` (model.safetensors, config.json and
     every other non-weight file, e.g. the tokenizer, copied). Returns a summary with the LayerPlan."""
@@ -352,7 +332,7 @@ def expand_checkpoint(src_dir: str, out_dir: str, shape: ExpandShape) -> dict:
                 continue
             shutil.copy2(src, os.path.join(tmp, name))
 
-    _atomic_dir(out_dir, write)
+    write_dir_atomically(out_dir, write)
     return {"plan": plan, "params": sum(v.numel() for v in sd2.values()),
             "source_params": sum(v.numel() for v in sd.values()), "config": cfg2}
 
