@@ -53,7 +53,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--plot", default=None, help="also draw acceptance and tokens/s per method to this PNG")
     ap.add_argument("--replot", default=None, help="only draw --plot (else --out) from this saved JSON")
-    ap.add_argument("--size", default="tiny", help="testbed size (tiny, medium)")
+    ap.add_argument("--size", default="tiny", help="testbed size (tiny, medium, regime)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="engine dtype (bfloat16 on the regime testbed: docs/benchmarks.md)")
     ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
     ap.add_argument("--draft", default=None, help="EAGLE-3 head dir for the eagle3 methods (with --target)")
     ap.add_argument("--prompts-file", default=None, help="prompts, one per line (text or JSONL), see common.py")
@@ -158,7 +160,7 @@ def make_engine(method: str, pair: ModelPair, args, max_bs: int):
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
-    overrides = dict(max_num_seqs=max_bs, max_num_batched_tokens=max(2048, max_bs * (args.k + 1)))
+    overrides = dict(max_num_seqs=max_bs, max_num_batched_tokens=max(2048, max_bs * (args.k + 1)), dtype=args.dtype)
     if args.async_scheduling == "off":
         overrides["async_scheduling"] = False
     if method == "suffix":  # not a specrollout method: vLLM's own speculative_config, vLLM's scheduler
