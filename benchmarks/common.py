@@ -137,11 +137,13 @@ def set_k0_skip(spec, sched, flag: bool) -> None:
 
 def run_policy(policy, plain, spec, sched, prompts, params, max_bs, table=None) -> tuple:
     """One timed generate under `policy`: "plain", "adaptive", "adaptive-skip0" (adaptive with
-    no draft pass at K=0), "table" or "static-K" (K=0 allowed: speculation on, nothing drafted)."""
+    no draft pass at K=0), "adaptive-vb" (adaptive with `planner.verify_budget=auto`: per-request
+    draft trimming), "table" or "static-K" (K=0 allowed: speculation on, nothing drafted)."""
     if policy == "plain":
         return timed_generate(plain, prompts, params)
     set_k0_skip(spec, sched, policy == "adaptive-skip0")
-    if policy in ("adaptive", "adaptive-skip0"):
+    sched.set_verify_budget("auto" if policy == "adaptive-vb" else None)
+    if policy in ("adaptive", "adaptive-skip0", "adaptive-vb"):
         sched.set_policy("adaptive")
     elif policy == "table":
         sched.set_policy("static", table)

@@ -49,6 +49,8 @@ def parse_args(argv=None):
     ap.add_argument("--ks", default="1,2,3,4,6,8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--verify-budget", action="store_true",
+                    help="also time adaptive with planner.verify_budget=auto (policy adaptive-vb)")
     ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
                     help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
                          "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
@@ -93,7 +95,9 @@ def ratios_of(results: list) -> dict:
     ratios = {"best_static_k": best["k"],
               "best_static_over_plain": round(best["tokens_per_s"] / plain["tokens_per_s"], 3),
               "spec_k0_over_plain": round(by[("static-K", 0)]["tokens_per_s"] / plain["tokens_per_s"], 3)}
-    for name in ("adaptive", "adaptive-skip0"):
+    for name in ("adaptive", "adaptive-skip0", "adaptive-vb"):
+        if (name, None) not in by:
+            continue
         ad, key = by[(name, None)], name.replace("-", "_")
         ratios[f"{key}_over_best_static"] = round(ad["tokens_per_s"] / best["tokens_per_s"], 3)
         ratios[f"{key}_over_plain"] = round(ad["tokens_per_s"] / plain["tokens_per_s"], 3)
@@ -118,12 +122,14 @@ def main(argv=None):
         prompts, params = heavy_tail_requests(prompts, args.group, args.max_tokens, args.temperature)
 
     # Warm-up: compile paths and give the planner its cold-start exploration.
-    for p in ("adaptive", "adaptive-skip0"):
+    for p in ("adaptive", "adaptive-skip0") + (("adaptive-vb",) if args.verify_budget else ()):
         run_policy(p, plain, spec, sched, prompts, params, max_bs)
     plain.generate(prompts[:4], params[:4] if isinstance(params, list) else params, use_tqdm=False)
 
     # static-0: speculation on, nothing drafted; adaptive-skip0: no draft pass at K=0 steps.
     policies = ["plain", "static-0"] + [f"static-{k}" for k in ks] + ["table", "adaptive", "adaptive-skip0"]
+    if args.verify_budget:  # adaptive-vb: the planner plus per-request draft trimming (planner.verify_budget=auto)
+        policies.append("adaptive-vb")
     t_start = time.perf_counter()
     results = summarise(time_policies(policies, engines, prompts, params, max_bs, hand, args.repeats))
     ratios = ratios_of(results)
