@@ -91,6 +91,7 @@ def test_cache_key_tracks_recipe(monkeypatch, tmp_path):
 
     monkeypatch.setenv("SPECROLLOUT_CACHE", str(tmp_path))
     r = build_mod.get_recipe("tiny")
+    h0 = cache.recipe_hash(r)
     d0 = cache.testbed_dir("tiny", r)
     assert d0.startswith(str(tmp_path)) and os.path.basename(d0).startswith("tiny-")
     assert cache.testbed_dir("tiny") == d0  # stable
@@ -101,6 +102,9 @@ def test_cache_key_tracks_recipe(monkeypatch, tmp_path):
     assert cache.testbed_dir("tiny", build_mod.get_recipe("tiny")) != d0
     assert cache.testbed_dir("medium") != d0
     assert not cache.is_built("tiny", r)
+    monkeypatch.undo()
+    # Editing a returned recipe (r2 above) must not move later builds to another cache dir.
+    assert cache.recipe_hash(build_mod.get_recipe("tiny")) == cache.recipe_hash(r) == h0
 
 
 def _tiny_target_config():

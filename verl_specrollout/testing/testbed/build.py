@@ -6,6 +6,7 @@ whose hash names the cache directory (see :mod:`.cache`).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -68,7 +69,9 @@ def get_recipe(size: str) -> dict:
         return _expanded_recipe(size)
     if size not in RECIPES:
         raise ValueError(f"unknown testbed size {size!r}; choose from {SIZES}")
-    return {"version": RECIPE_VERSION, "size": size, **COMMON, **RECIPES[size]}
+    # A deep copy: callers may edit the nested dicts (a test bumps target_train.steps), and an edit
+    # of the shared table would silently move every later build to another cache dir.
+    return copy.deepcopy({"version": RECIPE_VERSION, "size": size, **COMMON, **RECIPES[size]})
 
 
 def _expanded_recipe(size: str) -> dict:
