@@ -236,26 +236,30 @@ def _route_expand(impl):
     dispatcher.register_kernels({vllm_plugin.EXPAND_KERNEL_NAME: impl})
 
 
-@pytest.fixture(scope="module")
-def runs():
+def _in_process_vllm_cpu(run):
+    """run() with an in-process vLLM engine (fast), skipped unless vLLM-CPU with our kernel fix."""
     pytest.importorskip("vllm")
-    mp = pytest.MonkeyPatch()  # in-process engine (fast); restored when the fixture is done
+    mp = pytest.MonkeyPatch()  # restored when the fixture is done
     mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     mp.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     try:
-        return _runs()
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            pytest.skip("vLLM-CPU only")
+        if os.environ.get("SPECROLLOUT_CPU_FIX", "1") == "0":
+            pytest.skip("SPECROLLOUT_CPU_FIX=0")
+        return run()
     finally:
         mp.undo()
 
 
+@pytest.fixture(scope="module")
+def runs():
+    return _in_process_vllm_cpu(_runs)
+
+
 def _runs():
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        pytest.skip("vLLM-CPU only")
-    if os.environ.get("SPECROLLOUT_CPU_FIX", "1") == "0":
-        pytest.skip("SPECROLLOUT_CPU_FIX=0")
-
     target, draft, name = _model_pair()
     rows = _exact(target, draft)
     prompts = [r["prompt"] for r in rows]
@@ -405,28 +409,16 @@ N_GROUP = 1000  # samples per prompt (one GRPO group per prompt)
 
 @pytest.fixture(scope="module")
 def group_run():
-    pytest.importorskip("vllm")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    mp.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    try:
-        return _group_run()
-    finally:
-        mp.undo()
+    return _in_process_vllm_cpu(_group_run)
 
 
 def _group_run():
     from vllm import LLM
-    from vllm.platforms import current_platform
 
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs
     from verl_specrollout.vllm_adapter.group_proposer import worker_stats
 
-    if not current_platform.is_cpu():
-        pytest.skip("vLLM-CPU only")
-    if os.environ.get("SPECROLLOUT_CPU_FIX", "1") == "0":
-        pytest.skip("SPECROLLOUT_CPU_FIX=0")
     target, draft, name = _model_pair()
     method = "draft_model+group"
     if name == "testbed-tiny":
