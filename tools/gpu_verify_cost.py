@@ -56,6 +56,7 @@ JSON schema (``schema: "specrollout.gpu_verify_cost/1"``)
         "layers_timed": int,          # decoder layers actually built and timed
         "layer_scale": float,         # layers / layers_timed, applied to body times
         "cuda_graphs": bool,          # false: eager timing (capture failed or --no-graphs)
+        "attention": str,             # k > 0 attention: "unmasked" | "lower-right" | "mask (why)"
         "batches": [int], "ks": [int],                # the grid asked for
         "points": [{                  # the step-cost table, one row per (batch, k)
           "batch": int, "k": int, "tokens": int,      # tokens = batch * (k + 1)
@@ -106,6 +107,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+
+try:  # torch >= 2.3
+    from torch.nn.attention.bias import causal_lower_right
+except ImportError:
+    causal_lower_right = None
 
 SCHEMA = "specrollout.gpu_verify_cost/1"
 THRESHOLD = 1.3
@@ -207,6 +213,44 @@ class Model:
         self.draft_head = rand(s.draft_vocab, s.hidden, device=device, dtype=dtype)
         half = s.head_dim // 2
         self.inv_freq = 1.0 / (1e6 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+        self.attention = "mask"  # k > 0 attention, set by choose_attention
+
+
+def choose_attention(model: "Model", wanted: str) -> str:
+    """The k > 0 attention the timing uses, recorded in the JSON.
+
+    "lower-right" is checked against the mask on one layer (batch 2, q 3) first and falls
+    back to the mask when it fails or differs. Measured on an H200 (torch 2.11): "mask" puts
+    the memory-efficient kernel on every k > 0 step (+25 % at batch 1 from k = 0 to k = 1,
+    the kernel switch alone), "lower-right" took a materialised path 4x slower at batch 256,
+    so "unmasked" (the default) is what the step-cost tables are made with.
+    """
+    model.attention = wanted
+    if wanted != "lower-right":
+        return wanted
+    if causal_lower_right is None:
+        model.attention = "mask"
+        return "mask (no causal_lower_right in this torch)"
+    inp = StepInputs(model, 2, 3)
+    layer, cache = model.layers[0], model.caches[0]
+    x = rms_norm(F.embedding(inp.ids, model.embed), layer["ln1"])
+    try:
+        with torch.inference_mode():
+            fast = attention(model, layer, cache, x, inp).float()
+            model.attention = "mask"
+            ref = attention(model, layer, cache, x, inp).float()
+    except RuntimeError as exc:
+        model.attention = "mask"
+        print(f"[verify-cost] bottom-right causal attention failed, using the mask: "
+              f"{first_line(exc)}", flush=True)
+        return "mask (lower-right failed)"
+    err = (fast - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6)
+    if not err < 2e-2:
+        print(f"[verify-cost] bottom-right causal attention differs from the mask "
+              f"(relative {err:.3g}), using the mask", flush=True)
+        return f"mask (lower-right differs by {err:.3g})"
+    model.attention = "lower-right"
+    return "lower-right"
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,10 +317,22 @@ def attention(model: Model, layer, cache, x_norm, inp: StepInputs) -> torch.Tens
     ctx = model.context
     kc[:b, :, ctx:ctx + q].copy_(kh.view(b, q, hkv, d).transpose(1, 2))
     vc[:b, :, ctx:ctx + q].copy_(vh.view(b, q, hkv, d).transpose(1, 2))
+    keys, values = kc[:b, :, :ctx + q], vc[:b, :, :ctx + q]
+    if q > 1 and model.attention == "lower-right":
+        # Each new token sees the cache and the new tokens before it: a causal mask aligned
+        # to the bottom right, which torch hands to flash attention (with native GQA) when
+        # it can, and otherwise materialises.
+        qt = qh.view(b, q, hq, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            qt, keys, values, attn_mask=causal_lower_right(q, ctx + q), enable_gqa=True)
+        return out.transpose(1, 2).reshape(b * q, hq * d)
     # GQA without copying K/V: the q heads sharing one kv head become extra query rows.
+    # "unmasked" leaves out the causal triangle among the q new tokens: the same kernel and
+    # the same K/V traffic as vLLM's varlen flash kernel on a verification step, with
+    # q^2/2 of q*(ctx+q) scores computed needlessly (< 0.5 % at ctx 1024, q 9).
+    mask = inp.mask if model.attention == "mask" else None
     qf = qh.view(b, q, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, group * q, d)
-    out = F.scaled_dot_product_attention(
-        qf, kc[:b, :, :ctx + q], vc[:b, :, :ctx + q], attn_mask=inp.mask)
+    out = F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask)
     return out.view(b, hkv, group, q, d).permute(0, 3, 1, 2, 4).reshape(b * q, hq * d)
 
 
@@ -550,9 +606,11 @@ class Run:
                 "target_ms = body_ms * layer_scale + head_ms; layer_scale > 1 means only "
                 "layers_timed layers were built and timed",
                 "draft_ms = draft_first_ms + (k - 1) * draft_next_ms; 0 at k = 0",
-                "k = 0 attention runs unmasked (flash kernel on CUDA), k > 0 with an additive "
-                "causal mask (memory-efficient kernel): a small step between k = 0 and k = 1 "
-                "can come from the kernel switch",
+                "k = 0 attention runs unmasked (flash kernel on CUDA); k > 0 per model's "
+                "'attention': 'unmasked' = the same flash kernel over cache + new tokens "
+                "(vLLM's kernel and K/V traffic; the causal triangle among new tokens left "
+                "out), 'lower-right' = torch's bottom-right causal bias, 'mask' = an additive "
+                "mask (memory-efficient kernel, whose switch inflates the k = 0 -> 1 step)",
             ],
             "models": [], "skipped_models": [],
         }
@@ -580,6 +638,7 @@ class Run:
                  "points": [], "draft_next": [], "errors": []}
         t0 = time.monotonic()
         model = Model(plan, self.args.context, self.device, self.dtype)
+        entry["attention"] = choose_attention(model, self.args.attention)
         timer = Timer(self.device, self.args.warmup, self.args.repeats, not self.args.no_graphs)
         print(f"[verify-cost] {plan.name}: built {plan.layers_timed}/{plan.shape.layers} layers "
               f"in {time.monotonic() - t0:.1f}s", flush=True)
@@ -706,6 +765,12 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="default 3 (tiny 1)")
     p.add_argument("--repeats", type=int, default=None, help="default 10 (tiny 3)")
     p.add_argument("--no-graphs", action="store_true", help="time eagerly, without CUDA graphs")
+    p.add_argument("--attention", choices=["unmasked", "lower-right", "mask"], default="unmasked",
+                   help="attention of k > 0 steps: the unmasked flash kernel over cache and new "
+                        "tokens (default: vLLM's kernel and K/V traffic, the causal triangle "
+                        "among the k+1 new tokens left out); flash with torch's bottom-right "
+                        "causal bias (checked against the mask first); an additive mask "
+                        "(memory-efficient kernel)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 with --tiny)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
