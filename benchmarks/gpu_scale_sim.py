@@ -15,10 +15,12 @@ choose the draft length K from the live batch size B:
 * ``ours``: this project's planner (``verl_specrollout.policy.Planner``, the code the scheduler runs),
   fed the simulated step times and per-request acceptance exactly as the scheduler feeds it.
 
-Assumptions (the numbers are assumptions, not measurements; ``tools/gpu_smoke.sh`` measures the step
-costs on a real GPU and its JSON can replace the roofline when one is lent):
+Assumptions (``benchmarks/gpu_calibration.Costs`` holds the constants; with ``--calibration FILE``
+the bandwidth and FLOP efficiencies, the fixed kernel time and the draft pass's fixed cost are fitted
+to a step-cost table that ``tools/gpu_smoke.sh`` measured on a GPU; the engine's own per-step time
+stays an assumption, ``--engine-overhead-ms``):
 
-* step time = max(memory time, compute time) + a fixed per-step overhead; memory = weights + the KV
+* step time = max(memory time, compute time) + fixed kernel and engine time; memory = weights + the KV
   cache read (per request: prompt + tokens so far), over achieved HBM bandwidth; compute = 2 x params
   x tokens in the step over achieved dense bf16 FLOP/s; weights and FLOPs split over tensor-parallel
   ranks (7B TP1, 32B TP2, 70B TP4), all-reduce time ignored;
@@ -40,20 +42,16 @@ import os
 
 import numpy as np
 
-# Achieved fractions of peak: decode kernels reach most of HBM bandwidth, prefill-like (large
-# token count) matmuls a bit over half of dense peak.
-BANDWIDTH_EFFICIENCY = 0.8
-FLOPS_EFFICIENCY = 0.6
-STEP_OVERHEAD_S = 3e-3   # scheduling, sampling, CUDA-graph launch per target step
-DRAFT_OVERHEAD_S = 4e-4  # per draft pass
+from benchmarks import gpu_calibration
+from benchmarks.gpu_calibration import GPUS, Costs
+
+# Measured with tools/gpu_smoke.sh on one H200 (Qwen2.5-7B, Llama-3-8B, Qwen2.5-32B shapes, 1024
+# tokens of context per request, CUDA graphs).
+DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration", "h200.json")
 DRAFT_VOCAB = 32000
 ALPHA = (0.75, 0.70, 0.66, 0.62, 0.58, 0.55, 0.52, 0.50)
 PROMPT_TOKENS = 256
 
-GPUS = {  # dense bf16 peak FLOP/s (no sparsity), HBM bandwidth in bytes/s
-    "H100-SXM": {"flops": 989e12, "bandwidth": 3.35e12},
-    "H200": {"flops": 989e12, "bandwidth": 4.8e12},
-}
 MODELS = {  # Qwen2.5-7B, Qwen2.5-32B, Llama-3-70B shapes
     "7B": {"params": 7.6e9, "layers": 28, "hidden": 3584, "kv_heads": 4, "head_dim": 128, "tp": 1},
     "32B": {"params": 32.8e9, "layers": 64, "hidden": 5120, "kv_heads": 8, "head_dim": 128, "tp": 2},
@@ -66,11 +64,12 @@ HAND_TABLE = ((1, 4, 4), (5, 16, 2), (17, 1 << 30, 1))
 class Hardware:
     model: dict
     gpu: dict
+    costs: Costs = Costs()
 
     def _roofline(self, params: float, tokens: int, kv_bytes: float) -> float:
-        tp = self.model["tp"]
-        memory = (2.0 * params + kv_bytes) / tp / (self.gpu["bandwidth"] * BANDWIDTH_EFFICIENCY)
-        compute = 2.0 * params * tokens / tp / (self.gpu["flops"] * FLOPS_EFFICIENCY)
+        tp, c = self.model["tp"], self.costs
+        memory = (2.0 * params + kv_bytes) / tp / (self.gpu["bandwidth"] * c.bandwidth_efficiency)
+        compute = 2.0 * params * tokens / tp / (self.gpu["flops"] * c.flops_efficiency)
         return max(memory, compute)
 
     def kv_bytes(self, context_tokens: float) -> float:
@@ -79,13 +78,13 @@ class Hardware:
 
     def target_step(self, requests: int, k: int, context_tokens: float) -> float:
         return self._roofline(self.model["params"], requests * (k + 1), self.kv_bytes(context_tokens)) \
-            + STEP_OVERHEAD_S
+            + self.costs.kernel_s + self.costs.step_overhead_s
 
     def draft_pass(self, requests: int, context_tokens: float) -> float:
         m = self.model
         params = m["params"] / m["layers"] + 3 * m["hidden"] * m["hidden"] + m["hidden"] * DRAFT_VOCAB
         kv = self.kv_bytes(context_tokens) / m["layers"]  # one layer's cache
-        return self._roofline(params, requests, kv) + DRAFT_OVERHEAD_S
+        return self._roofline(params, requests, kv) + self.costs.draft_overhead_s
 
     def step(self, requests: int, k: int, context_tokens: float) -> float:
         draft = k * self.draft_pass(requests, context_tokens) if k else 0.0
@@ -216,12 +215,12 @@ def simulate(hw: Hardware, policy, lengths: np.ndarray, seed: int) -> dict:
     return {"seconds": seconds, "steps": steps, "tokens": int(lengths.sum()), "trace": trace}
 
 
-def run_grid(models, gpus, policies, prompts, group, max_tokens, max_k, seed) -> list:
+def run_grid(models, gpus, policies, prompts, group, max_tokens, max_k, seed, costs: Costs = Costs()) -> list:
     lengths = rollout_lengths(prompts, group, max_tokens, seed)
     rows = []
     for model in models:
         for gpu in gpus:
-            hw = Hardware(MODELS[model], GPUS[gpu])
+            hw = Hardware(MODELS[model], GPUS[gpu], costs)
             for name in policies:
                 res = simulate(hw, make_policy(name, max_k, len(lengths)), lengths, seed)
                 rows.append({"model": model, "gpu": gpu, "policy": name, "seconds": round(res["seconds"], 3),
@@ -287,20 +286,29 @@ def parse_args(argv=None):
     ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--max-k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calibration", default=DEFAULT_CALIBRATION,
+                    help="step-cost table of tools/gpu_verify_cost.py measured on a GPU: fit the roofline's "
+                         "efficiencies and fixed kernel time to it (benchmarks/gpu_calibration.py); default: "
+                         "the H200 table in benchmarks/calibration/; 'none': the assumed constants")
+    ap.add_argument("--engine-overhead-ms", type=float, default=Costs.step_overhead_s * 1e3,
+                    help="the engine's own time per step (scheduling, sampling): an assumption either way")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     policies = ["plain"] + [f"static-{k}" for k in range(1, args.max_k + 1)] + ["vllm-table", "fastgrpo", "tlt", "ours"]
+    overhead = args.engine_overhead_ms / 1e3
+    costs = gpu_calibration.load(args.calibration, overhead) if args.calibration != "none" \
+        else dataclasses.replace(Costs(), step_overhead_s=overhead)
+    print(json.dumps({"costs": dataclasses.asdict(costs)}))
     rows = run_grid(args.models.split(","), args.gpus.split(","), policies, args.prompts, args.group,
-                    args.max_tokens, args.max_k, args.seed)
+                    args.max_tokens, args.max_k, args.seed, costs)
     summary = ratios(rows)
     for s in summary:
         print(json.dumps(s))
     payload = {"benchmark": "gpu_scale_sim", "assumptions": {
-        "bandwidth_efficiency": BANDWIDTH_EFFICIENCY, "flops_efficiency": FLOPS_EFFICIENCY,
-        "step_overhead_s": STEP_OVERHEAD_S, "draft_overhead_s": DRAFT_OVERHEAD_S, "alpha": ALPHA,
+        "costs": dataclasses.asdict(costs), "alpha": ALPHA,
         "draft_vocab": DRAFT_VOCAB, "prompt_tokens": PROMPT_TOKENS, "gpus": GPUS, "models": MODELS},
         "config": vars(args), "summary": summary, "results": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
