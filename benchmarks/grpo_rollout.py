@@ -54,20 +54,32 @@ def parse_args(argv=None):
     ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
                     help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
                          "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
+    ap.add_argument("--plot", default=None, help="PNG: running requests and K over time per policy")
     add_model_args(ap)
     return ap.parse_args(argv)
 
 
-def time_policies(policies, engines, prompts, params, max_bs, hand, repeats) -> dict:
-    """Per policy: lists of seconds, tokens and acceptance length, policies interleaved per repeat."""
+TIMELINE_POLICIES = ("adaptive", "adaptive-skip0", "table", "static-1")
+
+
+def time_policies(policies, engines, prompts, params, max_bs, hand, repeats, timelines=None) -> dict:
+    """Per policy: lists of seconds, tokens and acceptance length, policies interleaved per repeat.
+    `timelines`, when a dict, gets each speculative policy's (seconds, running requests, K) per
+    step of its last repeat."""
     from verl_specrollout.vllm_adapter.spec_counters import read_counters
 
     plain, spec, sched = engines
     runs = {p: {"seconds": [], "tokens": [], "acceptance": []} for p in policies}
     for rep in range(repeats):
         for p in policies:
+            record = timelines is not None and rep == repeats - 1 and p in TIMELINE_POLICIES
+            sched.record_timeline(record)
             c0 = read_counters(spec)
             sec, n = run_policy(p, plain, spec, sched, prompts, params, max_bs, hand)
+            steps = sched.record_timeline(False)
+            if record and steps:
+                t0 = steps[0][0]
+                timelines[p] = [[round(t - t0, 4), b, k] for t, b, k in steps]
             d = read_counters(spec) - c0
             runs[p]["seconds"].append(sec)
             runs[p]["tokens"].append(n)
@@ -131,7 +143,8 @@ def main(argv=None):
     if args.verify_budget:  # adaptive-vb: the planner plus per-request draft trimming (planner.verify_budget=auto)
         policies.append("adaptive-vb")
     t_start = time.perf_counter()
-    results = summarise(time_policies(policies, engines, prompts, params, max_bs, hand, args.repeats))
+    timelines = {}
+    results = summarise(time_policies(policies, engines, prompts, params, max_bs, hand, args.repeats, timelines))
     ratios = ratios_of(results)
     for k, v in ratios.items():
         print(f"{k}: {v}")
@@ -139,8 +152,33 @@ def main(argv=None):
                           "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
                           "temperature": args.temperature, "lengths": args.lengths, "hand_table": hand,
                           "seconds_total": round(time.perf_counter() - t_start, 1),
-                          "ratios": ratios, "planner_table": sched.planner.rows(), "results": results})
+                          "ratios": ratios, "planner_table": sched.planner.rows(), "results": results,
+                          "timelines": timelines})
+    if args.plot:
+        plot_timelines(timelines, args.plot, f"{args.prompts} x {args.group} requests, {args.size}")
     return ratios
+
+
+def plot_timelines(timelines: dict, path: str, title: str) -> None:
+    """Running requests and K per step over wall time, one line per policy (the last repeat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    for name, steps in timelines.items():
+        t = [s[0] for s in steps]
+        top.plot(t, [s[1] for s in steps], label=name, lw=1.2)
+        bottom.step(t, [s[2] for s in steps], where="post", label=name, lw=1.0, alpha=0.8)
+    top.set_ylabel("running requests")
+    top.set_yscale("log")
+    bottom.set_ylabel("K (draft tokens)")
+    bottom.set_xlabel("seconds into the rollout")
+    top.set_title(f"GRPO-shaped rollout: {title}")
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

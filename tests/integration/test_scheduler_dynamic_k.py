@@ -147,8 +147,16 @@ def test_table_by_batch_size(engine):
     llm, sched = engine
     sched.set_policy("static", [[1, 4, MAX_K], [5, 16, 0]])
     sched.planner.k_hist.clear()
+    assert sched.record_timeline(True) is None  # off until asked
     drafts, draft_tokens, _ = _generate(llm, staggered=True)
+    steps = sched.record_timeline(False)
     hist = sched.planner.k_hist  # keys: batch size; values: {K vLLM scheduled: steps}
+    # The recorded timeline is the same story step by step: time ordered, B falling 8 -> 1.
+    assert steps and sum(hist[b][k] for b in hist for k in hist[b]) == len(steps)
+    assert [t for t, _, _ in steps] == sorted(t for t, _, _ in steps)
+    assert steps[0][1] == N_PROMPTS and steps[-1][1] == 1
+    assert all(k == (MAX_K if b <= 4 else 0) for _, b, k in steps), steps
+    assert sched.record_timeline(False) is None
     assert any(b > 4 for b in hist) and any(b <= 4 for b in hist), hist
     assert all(k == 0 for b, h in hist.items() if b > 4 for k in h), hist
     assert all(k == MAX_K for b, h in hist.items() if b <= 4 for k in h), hist

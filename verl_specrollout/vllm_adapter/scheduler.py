@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any, List, Optional
 
 from verl_specrollout import compat
@@ -51,6 +52,7 @@ from verl_specrollout.policy.planner import Planner, allocate_verification_budge
 from verl_specrollout.vllm_adapter.step_timer import StepTimer
 
 logger = logging.getLogger("verl_specrollout.scheduler")
+_TIMELINE_MAX = 1 << 20  # steps; a recorder left on must not grow without bound
 
 Scheduler = compat.resolve(compat.VLLM_BASE_SCHEDULER)
 try:
@@ -87,6 +89,7 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_timer = StepTimer()
         self._sr_pairs: List[tuple] = []
         self._sr_req_acc = PerRequestAcceptance()
+        self._sr_timeline: Optional[List[tuple]] = None
         vcfg = self.vllm_config
         extra = compat.additional_config(vcfg)
         raw = extra.get(ADDITIONAL_CONFIG_KEY)
@@ -156,6 +159,12 @@ class SpecRolloutScheduler(Scheduler):
             raise RuntimeError("verify_budget needs synchronous scheduling (async scheduling is on)")
         self._sr_budget = budget
 
+    def record_timeline(self, on: bool) -> Optional[List[tuple]]:
+        """Starts (on) or stops recording (perf_counter, running requests, K) per engine step;
+        returns what was recorded since the last call. Off by default: benchmarks plot it."""
+        got, self._sr_timeline = self._sr_timeline, ([] if on else None)
+        return got
+
     def specrollout_stats(self) -> dict:
         return self.planner.stats() if self.planner is not None else {}
 
@@ -223,6 +232,8 @@ class SpecRolloutScheduler(Scheduler):
         pure_decode = total == n_req + n_spec
         planner = self.planner
         k = compat.scheduled_k(so)
+        if self._sr_timeline is not None and len(self._sr_timeline) < _TIMELINE_MAX:
+            self._sr_timeline.append((time.perf_counter(), n_req, k))
         planner.observe_step(n_req, total, k, None)
         if pure_decode and seconds is not None:
             planner.observe_time(n_req, total, k, seconds)
