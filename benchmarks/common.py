@@ -50,6 +50,8 @@ def add_model_args(ap, dtype_default: str = "float32") -> None:
                          "is not memory-bound on this CPU)")
     ap.add_argument("--prompts-file", default=None,
                     help="prompts, one per line (plain text, or JSONL with a 'prompt' string or chat 'messages')")
+    ap.add_argument("--draft-sampling", default="greedy", choices=["greedy", "probabilistic"],
+                    help="specrollout.draft_sampling of the speculative engine")
 
 
 def model_pair(args) -> ModelPair:
@@ -98,7 +100,8 @@ def load_prompts(pair: ModelPair, n: int, seed: int = 777) -> list:
     return [tok.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False) for e in exs]
 
 
-def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, **overrides):
+def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, draft_sampling: str = "greedy",
+                 **overrides):
     """(plain engine, speculative engine, its SpecRolloutScheduler)."""
     from verl_specrollout import compat
     from verl_specrollout.config import SpecRolloutConfig
@@ -106,7 +109,7 @@ def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, **ove
 
     cfg = SpecRolloutConfig.from_dict(
         {"enable": True, "method": method, "draft_path": pair.draft_for(method), "max_k": max_k,
-         "planner": {"mode": "adaptive", "max_batch": max_batch}}
+         "planner": {"mode": "adaptive", "max_batch": max_batch}, "draft_sampling": draft_sampling}
     )
     common = dict(max_num_seqs=max_batch, max_num_batched_tokens=max(2048, max_batch * (max_k + 1)))
     common.update(overrides)

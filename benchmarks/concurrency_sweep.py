@@ -45,7 +45,7 @@ class Sweep:
         pair = model_pair(args)
         self.prompts = load_prompts(pair, max(self.batches))
         self.plain, self.spec, self.sched = make_engines(pair, args.method, max(self.ks), max(self.batches),
-                                                         dtype=args.dtype)
+                                                         args.draft_sampling, dtype=args.dtype)
         # static-0: speculation on, nothing drafted (vLLM still runs one draft pass); adaptive-skip0:
         # the planner with that pass skipped at K=0 (planner.skip_draft_at_k0, vllm_adapter/k0_skip.py).
         self.policies = ["plain", "static-0"] + [f"static-{k}" for k in self.ks] + ["adaptive", "adaptive-skip0"]

@@ -125,7 +125,7 @@ def main(argv=None):
     pair = model_pair(args)
     prompts = load_prompts(pair, args.prompts, seed=4242)
     max_bs = max(256, args.prompts * args.group)
-    engines = make_engines(pair, args.method, max(ks), max_bs, dtype=args.dtype)
+    engines = make_engines(pair, args.method, max(ks), max_bs, args.draft_sampling, dtype=args.dtype)
     plain, spec, sched = engines
     hand = [[lo, min(hi, max_bs), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max_bs]
     if args.lengths == "natural":
@@ -149,6 +149,7 @@ def main(argv=None):
     for k, v in ratios.items():
         print(f"{k}: {v}")
     write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,
+                          "draft_sampling": args.draft_sampling,
                           "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
                           "temperature": args.temperature, "lengths": args.lengths, "hand_table": hand,
                           "seconds_total": round(time.perf_counter() - t_start, 1),

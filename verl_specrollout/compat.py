@@ -165,6 +165,16 @@ def vllm_has_draft_load_config() -> bool:
     )
 
 
+def vllm_has_draft_sample_method() -> bool:
+    """SpeculativeConfig.draft_sample_method ("greedy" | "probabilistic"): vLLM 0.31+ (absent in
+    the 0.24 that veRL 0.9.1 pins for GPUs, where drafts are always greedy)."""
+    try:
+        from vllm.config.speculative import SpeculativeConfig
+    except ImportError:
+        return False
+    return VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR in getattr(SpeculativeConfig, "__dataclass_fields__", {})
+
+
 # vLLM dynamic speculation (scheduler side) ----------------------------------------
 # Present in vLLM 0.24 to 0.33 (v1/core/sched/scheduler.py).
 # Dense 1-indexed batch_size -> K lookup read by Scheduler.schedule() every step.

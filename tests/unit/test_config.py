@@ -251,3 +251,25 @@ def test_learner_trains_the_eagle3_head_of_eagle3_group(tmp_path):
     group = _cfg(method="group")  # no draft model: nothing on disk to check, nothing to reload
     group.validate()
     assert not group.has_draft_model
+
+
+# ----------------------------------------------------------------------------- draft sampling
+def test_probabilistic_draft_sampling_reaches_vllm(tmp_path, monkeypatch):
+    from verl_specrollout import compat
+
+    draft = _ckpt(tmp_path, "draft", 100)
+    assert "draft_sample_method" not in build_engine_kwargs(_cfg(draft_path=draft))["speculative_config"]
+    cfg = _cfg(draft_path=draft, draft_sampling="probabilistic")
+    assert build_engine_kwargs(cfg)["speculative_config"]["draft_sample_method"] == "probabilistic"
+    # vLLM 0.24 (veRL 0.9.1's GPU pin) has no such field: one clear error, not a silently greedy draft.
+    monkeypatch.setattr(compat, "vllm_has_draft_sample_method", lambda: False)
+    with pytest.raises(SpecRolloutConfigError, match="needs vLLM >= 0.31"):
+        build_engine_kwargs(cfg)
+
+
+@pytest.mark.parametrize("method", ["ngram", "group", "eagle3+group", "draft_model+group"])
+def test_probabilistic_draft_sampling_needs_a_draft_distribution(tmp_path, method):
+    with pytest.raises(SpecRolloutConfigError, match="draft_sampling=probabilistic needs method=eagle3 or draft_model"):
+        _cfg(method=method, draft_path=_ckpt(tmp_path, "draft", 100), draft_sampling="probabilistic")
+    with pytest.raises(SpecRolloutConfigError, match="draft_sampling"):
+        _cfg(draft_sampling="topk")

@@ -72,6 +72,14 @@ def build_engine_kwargs(
             # veRL loads the target with load_format=dummy and syncs weights later; the draft is
             # never synced by veRL, so it must be read from disk for real.
             spec["draft_load_config"] = {"load_format": "auto"}
+    if cfg.draft_sampling == "probabilistic":
+        from verl_specrollout import compat
+
+        if not compat.vllm_has_draft_sample_method():
+            raise SpecRolloutConfigError(
+                "specrollout.draft_sampling=probabilistic needs vLLM >= 0.31 (SpeculativeConfig."
+                f"{compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}); this vLLM drafts greedily only: use greedy")
+        spec[compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR] = "probabilistic"
     # The per-batch-size table turns on vLLM's dynamic K path, which our scheduler rewrites live.
     spec["num_speculative_tokens_per_batch_size"] = initial_table(cfg)
 
