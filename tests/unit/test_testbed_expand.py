@@ -192,6 +192,16 @@ def test_regime_recipe_derives_from_medium_and_tiny_is_unchanged():
     assert n >= 100_000_000
 
 
+def test_regime_tiny_recipe_derives_from_tiny_at_the_regime_shape():
+    from verl_specrollout.testing.testbed import get_recipe, recipe_hash
+
+    r, regime = get_recipe("regime-tiny"), get_recipe("regime")
+    assert r["base_recipe"] == get_recipe("tiny") and r["expand"] == regime["expand"]
+    plan = layer_plan(4, r["expand"]["num_hidden_layers"], r["expand"]["new_layers"])
+    assert r["aux_layer_ids"] == [plan.aux_id(i) for i in get_recipe("tiny")["aux_layer_ids"]]
+    assert recipe_hash(r) != recipe_hash(regime)  # its own cache dir
+
+
 def test_cli_expands_target_and_head(tiny, tmp_path, capsys):
     from verl_specrollout.testing.testbed.expand import main
 
