@@ -50,7 +50,7 @@ def add_model_args(ap, dtype_default: str = "float32") -> None:
                          "is not memory-bound on this CPU)")
     ap.add_argument("--prompts-file", default=None,
                     help="prompts, one per line (plain text, or JSONL with a 'prompt' string or chat 'messages')")
-    ap.add_argument("--draft-sampling", default="greedy", choices=["greedy", "probabilistic"],
+    ap.add_argument("--draft-sampling", default="auto", choices=["auto", "greedy", "probabilistic"],
                     help="specrollout.draft_sampling of the speculative engine")
 
 
@@ -100,7 +100,7 @@ def load_prompts(pair: ModelPair, n: int, seed: int = 777) -> list:
     return [tok.apply_chat_template(prompt_messages(e), add_generation_prompt=True, tokenize=False) for e in exs]
 
 
-def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, draft_sampling: str = "greedy",
+def make_engines(pair: ModelPair, method: str, max_k: int, max_batch: int, draft_sampling: str = "auto",
                  **overrides):
     """(plain engine, speculative engine, its SpecRolloutScheduler)."""
     from verl_specrollout import compat

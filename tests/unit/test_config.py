@@ -258,13 +258,22 @@ def test_probabilistic_draft_sampling_reaches_vllm(tmp_path, monkeypatch):
     from verl_specrollout import compat
 
     draft = _ckpt(tmp_path, "draft", 100)
-    assert "draft_sample_method" not in build_engine_kwargs(_cfg(draft_path=draft))["speculative_config"]
-    cfg = _cfg(draft_path=draft, draft_sampling="probabilistic")
-    assert build_engine_kwargs(cfg)["speculative_config"]["draft_sample_method"] == "probabilistic"
-    # vLLM 0.24 (veRL 0.9.1's GPU pin) has no such field: one clear error, not a silently greedy draft.
+
+    def sent(**kw):
+        return build_engine_kwargs(_cfg(draft_path=draft, **kw))["speculative_config"].get("draft_sample_method")
+
+    assert sent() == "probabilistic"  # auto, on a vLLM that has it
+    assert sent(draft_sampling="greedy") == "greedy" and sent(draft_sampling="probabilistic") == "probabilistic"
+    # Group drafting and ngram: auto means greedy (copied tokens have no draft distribution).
+    group = build_engine_kwargs(_cfg(method="eagle3+group", draft_path=draft))["speculative_config"]
+    assert group["draft_sample_method"] == "greedy"
+    assert "draft_sample_method" not in build_engine_kwargs(_cfg(method="ngram"))["speculative_config"]
+    # vLLM 0.24 (veRL 0.9.1's GPU pin) has no such field: auto drafts greedily and sends nothing;
+    # an explicit probabilistic is one clear error, not a silently greedy draft.
     monkeypatch.setattr(compat, "vllm_has_draft_sample_method", lambda: False)
+    assert sent() is None
     with pytest.raises(SpecRolloutConfigError, match="needs vLLM >= 0.31"):
-        build_engine_kwargs(cfg)
+        sent(draft_sampling="probabilistic")
 
 
 @pytest.mark.parametrize("method", ["ngram", "group", "eagle3+group", "draft_model+group"])

@@ -72,14 +72,7 @@ def build_engine_kwargs(
             # veRL loads the target with load_format=dummy and syncs weights later; the draft is
             # never synced by veRL, so it must be read from disk for real.
             spec["draft_load_config"] = {"load_format": "auto"}
-    if cfg.draft_sampling == "probabilistic":
-        from verl_specrollout import compat
-
-        if not compat.vllm_has_draft_sample_method():
-            raise SpecRolloutConfigError(
-                "specrollout.draft_sampling=probabilistic needs vLLM >= 0.31 (SpeculativeConfig."
-                f"{compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}); this vLLM drafts greedily only: use greedy")
-        spec[compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR] = "probabilistic"
+    _set_draft_sampling(cfg, spec)
     # The per-batch-size table turns on vLLM's dynamic K path, which our scheduler rewrites live.
     spec["num_speculative_tokens_per_batch_size"] = initial_table(cfg)
 
@@ -101,6 +94,22 @@ def build_engine_kwargs(
     additional[ADDITIONAL_CONFIG_KEY] = cfg.to_dict()
     kwargs["additional_config"] = additional
     return kwargs
+
+
+def _set_draft_sampling(cfg: SpecRolloutConfig, spec: dict) -> None:
+    from verl_specrollout import compat
+
+    supported = compat.vllm_has_draft_sample_method()
+    if cfg.draft_sampling == "probabilistic" and not supported:
+        raise SpecRolloutConfigError(
+            "specrollout.draft_sampling=probabilistic needs vLLM >= 0.31 (SpeculativeConfig."
+            f"{compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}); this vLLM drafts greedily only: use greedy or auto")
+    method = cfg.draft_sample_method(supported)
+    if supported and cfg.has_draft_model:
+        spec[compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR] = method
+    if cfg.draft_sampling == "auto":
+        logger.info("verl-specrollout: draft_sampling=auto -> %s (vLLM %s draft_sample_method)", method,
+                    "has" if supported else "has no")
 
 
 def _sync_scheduling_for_group(existing: dict, kwargs: dict) -> None:
