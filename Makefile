@@ -8,7 +8,7 @@ export SPECROLLOUT_PLATFORM ?= cpu
 setup:
 	bash tools/setup_cpu.sh
 
-# Main job on the embedded tiny default: builds (or reuses) the testbed, then runs it.
+# Main job on the embedded defaults: builds (or reuses) the tiny testbed and its regime-tiny expansion, then runs it.
 quickstart: setup
 	$(PY) -m verl_specrollout.testing.quickstart
 
