@@ -37,7 +37,7 @@ def task_prompts(testbed, n_prompts: int, split: str = "test"):
     return out
 
 
-def make_llm(testbed, method: str | None, k: int = 4, **llm_kwargs):
+def make_llm(testbed, method: str | None, k: int = 4, draft_sampling: str = "auto", **llm_kwargs):
     """In-process vLLM engine on the testbed target, with ``method`` in
     {"eagle3", "draft_model", None}; built through the same kwargs path as veRL's server."""
     from verl_specrollout.config import SpecRolloutConfig
@@ -49,13 +49,14 @@ def make_llm(testbed, method: str | None, k: int = 4, **llm_kwargs):
     if method is not None:
         draft = testbed.eagle3_dir if method == "eagle3" else testbed.draft_lm_dir
         spec = SpecRolloutConfig.from_dict({"enable": True, "method": method, "draft_path": draft,
-                                            "max_k": k, "planner": {"mode": "static"}})
+                                            "max_k": k, "planner": {"mode": "static"},
+                                            "draft_sampling": draft_sampling})
     llm_kwargs.setdefault("max_num_seqs", 64)
     return _make_llm(testbed.target_dir, spec, **llm_kwargs)
 
 
 def measure_acceptance(testbed, method: str = "eagle3", k: int = 4, temperature: float = 0.0,
-                       n_prompts: int = 32, max_tokens: int = 160, llm=None,
+                       n_prompts: int = 32, max_tokens: int = 160, llm=None, draft_sampling: str = "auto",
                        **llm_kwargs) -> dict:
     """Mean acceptance length (1 + accepted / drafts) of ``method`` at ``k`` draft tokens.
 
@@ -70,7 +71,7 @@ def measure_acceptance(testbed, method: str = "eagle3", k: int = 4, temperature:
 
     own = llm is None
     if own:
-        llm = make_llm(testbed, method, k, **llm_kwargs)
+        llm = make_llm(testbed, method, k, draft_sampling, **llm_kwargs)
     try:
         prompts = task_prompts(testbed, n_prompts)
         sp = SamplingParams(temperature=temperature, max_tokens=max_tokens)
