@@ -25,8 +25,11 @@ def test_grpo_with_speculation_and_online_learner(grpo_spec_run):
         assert 0.0 <= s["specrollout/spec_off_fraction"] <= 1.0
         assert "specrollout/accepted_per_draft/pos1" in s
         assert s["specrollout/draft_reload_failures"] == 0, s
-        # veRL's own dashboard keys, filled from vLLM's per-request stats
-        assert 1.0 < s["rollout/spec_accept_length"] <= 5.0, s
+        # veRL's own dashboard keys, filled from vLLM's per-request stats. veRL averages
+        # 1 + accepted / verify steps over samples and counts a sample never verified (all its steps
+        # at K=0: the planner picks K=0 more often once a K=0 step costs what plain decoding costs) as
+        # 0, so the mean can fall below 1; it is > 0 as soon as one sample was drafted for.
+        assert 0.0 < s["rollout/spec_accept_length"] <= 5.0, s
         assert 0.0 < s["rollout/spec_accept_rate"] <= 1.0, s
     versions = [s["specrollout/draft_version"] for s in steps]
     # Step 1 runs the draft_path checkpoint (v0); the learner publishes after each compute_log_prob
