@@ -186,6 +186,7 @@ VERL_SERVER_MOD = "verl.workers.rollout.vllm_rollout.vllm_async_server"
 VERL_ENGINE = "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead"
 VERL_TRAINING_WORKER = "{VERL_ACTOR_WORKER_MODULE}:TrainingWorker"
 VERL_TRAINER = "{VERL_TRAINER_MODULE}:{VERL_TRAINER_CLASS}"
+VERL_V1_TRAINER = "{VERL_V1_TRAINER_MODULE}:{VERL_V1_TRAINER_CLASS}"
 
 VERL_ROWS: List[Dict[str, Any]] = [
     dict(id="VERL_REPLICA_REGISTRY", kind="class", target="{VERL_REPLICA_REGISTRY}", need=REQ),
@@ -237,19 +238,25 @@ VERL_ROWS: List[Dict[str, Any]] = [
     dict(id="{*}", kind="string-literal", under="verl/trainer/ppo/ray_trainer.py", value="{{*}}", need=REQ,
          each=("VERL_SPEC_DRAFT_TOKENS_FIELD", "VERL_SPEC_ACCEPTED_TOKENS_FIELD", "VERL_SPEC_VERIFY_STEPS_FIELD")),
     dict(id="VERL_TRAINER_CLASS", kind="class", target=VERL_TRAINER, need=REQ),
-    dict(id="VERL_TRAINER_INIT_WORKERS", kind="method", target=VERL_TRAINER, attr="{VERL_TRAINER_INIT_WORKERS}",
-         need=REQ),
-    dict(id="VERL_TRAINER_SPEC_METRICS_FN", kind="module-attr", target="{VERL_TRAINER_MODULE}:{VERL_TRAINER_SPEC_METRICS_FN}",
-         need=REQ),
-    dict(id="VERL_TRAINER_SERVER_MANAGER_ATTR", kind="instance-attr", target=VERL_TRAINER,
-         attr="{VERL_TRAINER_SERVER_MANAGER_ATTR}", need=REQ),
+    dict(id="VERL_V1_TRAINER_CLASS", kind="class", target=VERL_V1_TRAINER, need=OPT),  # veRL 0.9.1+
+    dict(id="VERL_V1_TRAINER_MODES[{*}]", kind="string-literal", under="verl/trainer/ppo/v1",
+         value="{*}", each="VERL_V1_TRAINER_MODES", need=OPT),
+    dict(id="VERL_SPEC_METRICS_FN", kind="module-attr", target="{VERL_SPEC_METRICS_FN}", need=REQ),
+    dict(id="{*}", kind="string-literal", under="verl/trainer/ppo/ray_trainer.py", value="{{*}}", need=REQ,
+         each=("VERL_SPEC_ACCEPT_RATE_KEY", "VERL_SPEC_ACCEPT_LENGTH_KEY", "VERL_STEP_METRIC_KEY")),
+    dict(id="VERL_TRACKING_CLASS", kind="method", target="{VERL_TRACKING_MODULE}:{VERL_TRACKING_CLASS}",
+         attr="{VERL_TRACKING_LOG}", need=REQ),
+    dict(id="VERL_REPLICA_SERVER_HANDLE_ATTR", kind="instance-attr",
+         target="verl.workers.rollout.replica:RolloutReplica", attr="{VERL_REPLICA_SERVER_HANDLE_ATTR}", need=REQ),
     dict(id="VERL_TRAINER_GLOBAL_STEPS_ATTR", kind="instance-attr", target=VERL_TRAINER,
          attr="{VERL_TRAINER_GLOBAL_STEPS_ATTR}", need=REQ),
     dict(id="VERL_TRAINER_LOG_ROLLOUT_DATA", kind="method", target=VERL_TRAINER,
          attr="{VERL_TRAINER_LOG_ROLLOUT_DATA}", need=OPT),  # CPU test rig only
-    dict(id="VERL_SERVER_MANAGER_HANDLES_ATTR", kind="instance-attr",
-         target="verl.workers.rollout.llm_server:LLMServerManager", attr="{VERL_SERVER_MANAGER_HANDLES_ATTR}",
-         need=REQ),
+    dict(id="VERL_V1_TRAINER_LOG_ROLLOUT_DATA", kind="method", target=VERL_V1_TRAINER,
+         attr="{VERL_TRAINER_LOG_ROLLOUT_DATA}", need=OPT),  # CPU test rig only
+    dict(id="VERL_V1_TRAINER_DUMP_GENERATIONS", kind="params", target=VERL_V1_TRAINER,
+         attr="{VERL_V1_TRAINER_DUMP_GENERATIONS}",
+         params=("inputs", "outputs", "gts", "scores", "reward_extra_infos_dict", "dump_path"), need=OPT),
     # Prompt-affinity router for group drafting (verl_adapter/group_router.py); without it, group
     # drafting still works but a prompt's samples may be split over replicas.
     dict(id="VERL_LOAD_BALANCER", kind="class", target="{VERL_LOAD_BALANCER}", need=OPT),
@@ -269,6 +276,7 @@ NOT_CHECKED = {
     "VERL_ACQUIRE_PROMPT_IDS": "keyword-only argument LLMServerClient.generate hands to the router's acquire_server "
                                "(no string to find); exercised against installed veRL by tests/unit/test_group_router.py",
     "SUPPORTED_VERL": "version range, not a name",
+    "VERL_TRAINER_CLASSES": "pairs of the trainer module/class names checked on their own rows",
     "SUPPORTED_VLLM": "version range, not a name",
     "VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K": "version boundary (see the per-version facts this tool prints)",
     "SPECROLLOUT_WORKER_EXTENSION": "our own class",

@@ -44,16 +44,28 @@ VERL_BATCH_INPUT_IDS = "input_ids"
 VERL_BATCH_POSITION_IDS = "position_ids"
 VERL_BATCH_RESPONSE_MASK = "response_mask"
 VERL_BATCH_ATTENTION_MASK = "attention_mask"
-# Legacy trainer: __init__ (config), init_workers (builds llm_server_manager), and the
-# module-level per-step spec-decode metric function that fit() looks up at call time.
+# Trainers (verl_adapter/trainer_hooks.py). The legacy trainer (trainer.use_v1=false) and the V1
+# base class whose __init__ every V1 mode (sync, colocate_async, separate_async) runs.
 VERL_TRAINER_MODULE = "verl.trainer.ppo.ray_trainer"
 VERL_TRAINER_CLASS = "RayPPOTrainer"
-VERL_TRAINER_INIT_WORKERS = "init_workers"
-VERL_TRAINER_SPEC_METRICS_FN = "compute_spec_decode_metrics"
-VERL_TRAINER_SERVER_MANAGER_ATTR = "llm_server_manager"
+VERL_V1_TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_base"
+VERL_V1_TRAINER_CLASS = "PPOTrainer"
+VERL_TRAINER_CLASSES = ((VERL_TRAINER_MODULE, VERL_TRAINER_CLASS), (VERL_V1_TRAINER_MODULE, VERL_V1_TRAINER_CLASS))
+VERL_V1_TRAINER_MODES = ("sync", "colocate_async", "separate_async")  # trainer.v1.trainer_mode
+# veRL's per-request spec-decode aggregation (rollout/spec_accept_rate, rollout/spec_accept_length).
+VERL_SPEC_METRICS_FN = "verl.trainer.ppo.ray_trainer:compute_spec_decode_metrics"
+VERL_SPEC_ACCEPT_RATE_KEY = "rollout/spec_accept_rate"
+VERL_SPEC_ACCEPT_LENGTH_KEY = "rollout/spec_accept_length"
+# Every trainer logs each training step through Tracking.log(data, step); only training steps
+# carry this key (validation-only logs do not).
+VERL_TRACKING_MODULE = "verl.utils.tracking"
+VERL_TRACKING_CLASS = "Tracking"
+VERL_TRACKING_LOG = "log"
+VERL_STEP_METRIC_KEY = "training/global_step"
+VERL_REPLICA_SERVER_HANDLE_ATTR = "_server_handle"  # RolloutReplica: the node-0 server (Ray actor)
 # Writes trainer.rollout_data_dir/<step>.jsonl (the CPU rig adds per-sample log-probs to it).
 VERL_TRAINER_LOG_ROLLOUT_DATA = "_log_rollout_data"
-VERL_SERVER_MANAGER_HANDLES_ATTR = "server_handles"  # LLMServerManager.server_handles (Ray actors)
+VERL_V1_TRAINER_DUMP_GENERATIONS = "_dump_generations"  # V1: (inputs, outputs, gts, scores, extra, path)
 VERL_TRAINER_GLOBAL_STEPS_ATTR = "global_steps"
 # Rollout router (verl_adapter/group_router.py): veRL's default load balancer, whose request-id
 # sticky cache, in-flight counts and server handles our subclass reads, the generate() kwarg it asks

@@ -466,38 +466,33 @@ class _ServerStandIn:
                         "draft_reload_failures": self.rel.failures})
 
 
-def _trainer(pub, toy, server):
+def _spec_cfg(pub, toy):
     from omegaconf import OmegaConf
 
-    from verl_specrollout import compat
+    from verl_specrollout.verl_adapter.actor_hooks import spec_config
 
     spec = {"enable": True, "method": "eagle3", "draft_path": toy["draft"],
             "learner": {"enable": True, "publish_dir": str(pub), "actor_namespace": NAMESPACE}}
-    trainer = types.SimpleNamespace(
-        config=OmegaConf.create({"actor_rollout_ref": {"rollout": {"custom": {"specrollout": spec}}}}))
-    setattr(trainer, compat.VERL_TRAINER_SERVER_MANAGER_ATTR,
-            types.SimpleNamespace(**{compat.VERL_SERVER_MANAGER_HANDLES_ATTR: [server]}))
-    return trainer
+    return spec_config(OmegaConf.create({"custom": {"specrollout": spec}}))
 
 
 def test_weight_sync_without_draft_reload_grows_stale_steps_and_warns_once_per_stall(ray_local, toy, engine,
                                                                                     tmp_path, caplog):
-    from verl_specrollout import compat
     from verl_specrollout.metrics import DRAFT_STALE_STEPS, DRAFT_VERSION_LIVE, LEARNER
-    from verl_specrollout.verl_adapter.trainer_hooks import collect_step_metrics
+    from verl_specrollout.verl_adapter import trainer_hooks
 
     pub = tmp_path / "pub"
     a = start_learner(toy, learner_cfg(pub))  # found by the trainer by the name derived from publish_dir
     get(a.add_batch.remote(toy["samples"], 0))
     rel = reloader_on(engine, toy, pub)
-    trainer = _trainer(pub, toy, _ServerStandIn(rel))
+    cfg, server = _spec_cfg(pub, toy), _ServerStandIn(rel)
+    trainer_hooks._state = None  # a fresh job in this process
 
     def step(n, reload):
-        setattr(trainer, compat.VERL_TRAINER_GLOBAL_STEPS_ATTR, n)
         assert get(a.train_and_publish.remote(1))["published"]  # the learner is on and publishes
         if reload:
             rel.maybe_reload()
-        return collect_step_metrics(trainer)
+        return trainer_hooks.collect_step_metrics(cfg, n, handles=[server])
 
     stale, warned = [], []
     with caplog.at_level("WARNING", logger="verl_specrollout"):

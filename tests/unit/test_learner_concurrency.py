@@ -2,7 +2,6 @@
 one train call in flight, and the trainer's wait on the learner is bounded and logged."""
 import threading
 import time
-import types
 
 import pytest
 import torch
@@ -141,9 +140,9 @@ def test_trainer_waits_briefly_and_counts_misses(monkeypatch, caplog):
         time.sleep(0.05)
         return {"version": 4}
 
-    trainer = types.SimpleNamespace()
+    state = trainer_hooks._StepState()
     monkeypatch.setattr(trainer_hooks, "fetch_learner_metrics", answer)
-    learner, extra = trainer_hooks.timed_learner_metrics(trainer, LearnerConfig(publish_dir="/x"))
+    learner, extra = trainer_hooks.timed_learner_metrics(state, LearnerConfig(publish_dir="/x"), 1)
     assert learner == {"version": 4} and seen["timeout"] == trainer_hooks.LEARNER_METRICS_TIMEOUT_S
     assert 0.05 <= extra[LEARNER_WAIT_S] < 5 and extra[LEARNER_METRICS_MISSES] == 0
 
@@ -155,7 +154,7 @@ def test_trainer_waits_briefly_and_counts_misses(monkeypatch, caplog):
     monkeypatch.setattr(trainer_hooks, "fetch_learner_metrics", timeout)
     with caplog.at_level("WARNING"):
         for _ in range(2):
-            learner, extra = trainer_hooks.timed_learner_metrics(trainer, LearnerConfig(publish_dir="/x"))
+            learner, extra = trainer_hooks.timed_learner_metrics(state, LearnerConfig(publish_dir="/x"), 2)
     assert learner is None and extra[LEARNER_METRICS_MISSES] == 2 and extra[LEARNER_WAIT_S] < 1
     assert "learner metrics missed" in caplog.text
 

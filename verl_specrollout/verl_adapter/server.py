@@ -13,7 +13,8 @@ With speculation on, the server also:
 * with sleep mode on, reloads the draft after every sleep that may have discarded it (see
   `_sr_weights_may_be_discarded`), learner on or off;
 * answers `specrollout_step_metrics()` (called by the trainer once per step, see
-  verl_adapter/actor_hooks.py): per-step deltas of vLLM's spec-decode counters, of the planner's
+  verl_adapter/trainer_hooks.py): per-request (drafted, accepted, verify steps) of the requests
+  finished since the last call (veRL's rollout/spec_* where the trainer does not read them), deltas of vLLM's spec-decode counters, of the planner's
   K histogram, of the group drafter's per-source counts (group methods; read from the workers by
   `collective_rpc`), and the draft version the rollout used.
 """
@@ -21,6 +22,7 @@ With speculation on, the server also:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -33,9 +35,22 @@ from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
 from verl_specrollout.config import SpecRolloutConfig
 from verl_specrollout.metrics import counts_delta
+from verl_specrollout.verl_adapter.trainer_hooks import register_replica
 from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, pin_model_runner
 
+
+def check_rollout(rollout_config, model_config) -> None:
+    from verl_specrollout.verl_adapter import startup_checks
+
+    fn = getattr(startup_checks, "check_rollout", None)
+    if fn is not None:
+        fn(rollout_config, model_config)
+
 logger = logging.getLogger(__name__)
+
+# Per-request stats kept between two metric calls: bounded, so a trainer that never asks (metrics
+# off, a foreign trainer) cannot grow the server's memory; far above a step's requests per server.
+MAX_STEP_REQUESTS = 1 << 16
 
 vLLMHttpServer = compat.resolve(compat.VERL_VLLM_SERVER)
 vLLMReplica = compat.resolve(compat.VERL_VLLM_REPLICA)
@@ -191,6 +206,8 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         self._sr_track_request_spec()
         out = await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
         fields = self._sr_request_spec.pop(request_id, None)
+        if fields:  # for veRL's rollout/spec_* where the trainer does not read extra_fields (V1)
+            self._sr_step_requests.append(fields)
         extra = getattr(out, "extra_fields", None)
         if fields and isinstance(extra, dict):
             for key, value in fields.items():  # veRL's own MTP path may have filled them
@@ -225,6 +242,7 @@ class SpecRolloutHttpServer(vLLMHttpServer):
 
         self.engine.generate = generate
         self._sr_request_spec = table
+        self._sr_step_requests = collections.deque(maxlen=MAX_STEP_REQUESTS)
 
     # ------------------------------------------------------------------ metrics
     async def specrollout_step_metrics(self) -> dict:
@@ -249,6 +267,13 @@ class SpecRolloutHttpServer(vLLMHttpServer):
                            "num_accepted_tokens": d.num_accepted_tokens, "accepted_per_pos": d.accepted_per_pos}
         except Exception as exc:
             logger.warning("verl-specrollout: cannot read vLLM spec-decode counters: %r", exc)
+        done = list(getattr(self, "_sr_step_requests", None) or [])
+        if done:
+            self._sr_step_requests.clear()
+        if done:
+            out["requests"] = {"drafts": [int(f.get(compat.VERL_SPEC_DRAFT_TOKENS_FIELD, 0)) for f in done],
+                               "accepts": [int(f.get(compat.VERL_SPEC_ACCEPTED_TOKENS_FIELD, 0)) for f in done],
+                               "verifies": [int(f.get(compat.VERL_SPEC_VERIFY_STEPS_FIELD, 0)) for f in done]}
         if self._sr_cfg().group_drafting:
             group = await self._sr_group_stats()
             if group:
@@ -299,4 +324,8 @@ class SpecRolloutReplica(vLLMReplica):
             # Fail in the trainer process, before any engine starts, on a bad config.
             check_versions()
             spec_cfg.validate(getattr(self.model_config, "local_path", None))
+            check_rollout(self.config, self.model_config)
             self.server_class = ray.remote(SpecRolloutHttpServer)
+            # Every trainer builds its replicas in the trainer process: the per-step metrics find
+            # the servers here (verl_adapter/trainer_hooks.py), whatever the trainer class.
+            register_replica(self)
