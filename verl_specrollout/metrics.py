@@ -147,9 +147,13 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
              "num_drafts": nd, "num_draft_tokens": ndt, "num_accepted_tokens": na,
              "accepted_per_pos": [a / nd for a in per_pos] if nd else [],
              "alpha": planner.get("alpha") or [], "table": planner.get("table") or [],
-             "table_changes": planner.get("table_changes") or 0, "replans": planner.get("replans") or 0}
+             "table_changes": planner.get("table_changes") or 0, "replans": planner.get("replans") or 0,
+             "cost_model": planner.get("cost_model") or {}}
     out = planner_metrics(stats)
-    out.pop(COST_FITTED, None)
+    if not planner.get("cost_model"):
+        # The servers did not send the planner's step-cost model (specrollout_step_metrics forwards
+        # a subset of the planner's stats): no cost/* at all rather than a misleading cost/fitted=0.
+        out.pop(COST_FITTED, None)
     if versions:
         out[DRAFT_VERSION] = float(min(versions))
         out[DRAFT_VERSION_LIVE] = float(min(live))

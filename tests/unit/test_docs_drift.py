@@ -215,3 +215,182 @@ def test_troubleshooting_quotes_only_texts_the_code_emits():
     stale = stale_quotes(text, code_patterns() + config_patterns())
     assert not stale, ("docs/troubleshooting.md quotes texts no code under verl_specrollout/ emits "
                        "(fix the quote, or the message):\n  " + "\n  ".join(stale))
+
+
+# -------------------------------------------------------------------------------- metrics
+
+DOCS = [os.path.join(REPO, "README.md")] + sorted(
+    os.path.join(REPO, "docs", f) for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md"))
+SERVER = os.path.join(PKG, "verl_adapter", "server.py")
+
+
+def doc_metric_names(text: str) -> List[str]:
+    """Every `specrollout/...` metric a doc names in a code span, braces with commas expanded
+    (`source/{model,siblings}/share` -> two names). `{i}`, `{lo}-{hi}`, `*` stay as wildcards."""
+    out: List[str] = []
+    for m in re.finditer(r"`(specrollout/[^`\s]*)`", _strip_fences(text)):
+        name = m.group(1).split("=")[0]  # `specrollout/learner/state_refused=1`: a value shown
+        if name in ("specrollout/", "specrollout/*"):
+            continue  # the prefix itself
+        todo = [name]
+        while todo:
+            n = todo.pop()
+            alt = re.search(r"\{([^{}]*,[^{}]*)\}", n)
+            if alt:
+                todo += [n[:alt.start()] + a + n[alt.end():] for a in alt.group(1).split(",")]
+            else:
+                out.append(n)
+    return out
+
+
+def metric_glob(name: str) -> str:
+    return _squash(re.sub(r"\{[^{}]*\}|\*", WILD, name))
+
+
+def globs_intersect(a: str, b: str) -> bool:
+    """Does some name match both globs (full names, wildcards on both sides)?"""
+    n, k = len(a), len(b)
+    nxt = [False] * (k + 1)
+    nxt[k] = True
+    for j in range(k - 1, -1, -1):
+        nxt[j] = b[j] == WILD and nxt[j + 1]
+    for i in range(n - 1, -1, -1):
+        cur = [False] * (k + 1)
+        cur[k] = a[i] == WILD and nxt[k]
+        for j in range(k - 1, -1, -1):
+            if a[i] == WILD:
+                cur[j] = nxt[j] or cur[j + 1]
+            elif b[j] == WILD:
+                cur[j] = cur[j + 1] or nxt[j]
+            else:
+                cur[j] = a[i] == b[j] and nxt[j + 1]
+        nxt = cur
+    return nxt[0]
+
+
+def forwarded_planner_keys() -> Tuple[str, ...]:
+    """The planner stats keys the rollout server sends the trainer (server.py's
+    specrollout_step_metrics reads the planner's stats file and forwards a tuple of keys)."""
+    with open(SERVER, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple) and node.elts and all(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+            keys = tuple(e.value for e in node.elts)
+            if {"alpha", "table"} <= set(keys):
+                return keys
+    pytest.fail("server.py: cannot find the tuple of planner stats keys specrollout_step_metrics forwards; "
+                "update forwarded_planner_keys() in this test")
+
+
+def _planner_stats() -> dict:
+    """A real planner's stats after some steps (what the scheduler writes to its stats file)."""
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.policy.planner import Planner
+
+    p = Planner.from_config(SpecRolloutConfig.from_dict({"method": "ngram", "planner": {"replan_interval": 4}}),
+                            max_batch=16)
+    for step in range(64):
+        b = (1, 2, 4, 8, 16)[step % 5]
+        k = p.k_for(b)
+        p.observe_step(b, b * (1 + k), k, 0.01 + 0.001 * b * (1 + k))
+        if k:
+            p.observe_drafts([(k, step % (k + 1))] * b, b)
+        p.tick()
+    return p.stats()
+
+
+@functools.lru_cache(maxsize=None)
+def logged_metric_globs() -> Tuple[str, ...]:
+    """Every name a veRL job logs under specrollout/, as globs: metrics.step_metrics over what a
+    rollout server sends (every field it fills, the planner keys it forwards), the learner's
+    metrics (any name: `learner/{name}`), and what the trainer hook adds (stall detector)."""
+    from verl_specrollout import metrics as M
+
+    stats = _planner_stats()
+    server = {
+        "draft_version": 3, "draft_version_live": 4, "draft_reloads": 1, "draft_restores_after_sleep": 1,
+        "draft_reload_failures": 1,
+        "vllm": {"num_drafts": 10, "num_draft_tokens": 40, "num_accepted_tokens": 20, "accepted_per_pos": [8, 6, 4, 2]},
+        "k_hist": {"1": {"4": 3}, "64": {"0": 2}},
+        "group": {"sources": {s: {"proposed": 4, "accepted": 2, "chosen": 1} for s in M.GROUP_SOURCES},
+                  "request_steps": 10, "no_draft": 1, "index": {"{name}": 100}},
+        "planner": {k: stats.get(k) for k in forwarded_planner_keys()},
+    }
+    names = set(M.step_metrics([server], {"{name}": 1.0}))
+    names |= set(M.DraftStallDetector().update(1, True))
+    return tuple(sorted(metric_glob(n) for n in names))
+
+
+def metric_constants() -> dict:
+    """metrics.py's metric key constants (templates such as `alpha/pos{i}` included)."""
+    from verl_specrollout import metrics as M
+
+    return {k: v for k, v in vars(M).items()
+            if k.isupper() and isinstance(v, str) and v.startswith(M.PREFIX) and v != M.PREFIX}
+
+
+# Declared in metrics.py but not logged by a veRL job, and why (planner_metrics still gives them
+# for an in-process engine: planner_metrics(scheduler.specrollout_stats())).
+NOT_LOGGED_IN_VERL = {
+    # The rollout server does not forward the planner's cost model (see forwarded_planner_keys);
+    # step_metrics logs these once it does, and then this test asks for them to be documented.
+    "COST_FITTED", "COST_PER_TOKEN", "COST_PER_STEP", "COST_PER_DRAFT_PASS", "COST_KNOT_TOKENS",
+}
+
+
+def _doc_names() -> List[Tuple[str, str]]:
+    out = []
+    for path in DOCS:
+        with open(path, encoding="utf-8") as f:
+            out += [(os.path.relpath(path, REPO), n) for n in doc_metric_names(f.read())]
+    return out
+
+
+def test_metric_name_rules():
+    assert doc_metric_names("`specrollout/source/{model,none}/{proposed,share}` and `specrollout/`") == [
+        "specrollout/source/none/share", "specrollout/source/none/proposed",
+        "specrollout/source/model/share", "specrollout/source/model/proposed"]
+    assert globs_intersect(metric_glob("specrollout/alpha/pos{i}"), metric_glob("specrollout/alpha/pos1"))
+    assert globs_intersect(metric_glob("specrollout/learner/train/step{j}_top1"), metric_glob("specrollout/learner/{name}"))
+    assert not globs_intersect(metric_glob("specrollout/cost/*"), metric_glob("specrollout/mean_k"))
+
+
+def test_every_metric_the_docs_name_is_logged():
+    logged = logged_metric_globs()
+    learner_code = code_patterns()
+    bad = []
+    for doc, name in _doc_names():
+        g = metric_glob(name)
+        if not any(globs_intersect(g, x) for x in logged):
+            bad.append(f"{doc}: {name}")
+        elif name.startswith("specrollout/learner/"):
+            # learner/{name} is any name the learner reports: its last part must be a name the code has.
+            last = metric_glob(name.rsplit("/", 1)[1])
+            if last != WILD and not any(globs_intersect(last, _squash(p)) for p in learner_code):
+                bad.append(f"{doc}: {name} (no code produces {name.rsplit('/', 1)[1]!r})")
+    assert not bad, "docs name metrics a veRL job does not log:\n  " + "\n  ".join(bad)
+
+
+def test_every_logged_metric_constant_is_documented():
+    logged = logged_metric_globs()
+    consts = metric_constants()
+    not_logged = {k for k, v in consts.items() if not any(globs_intersect(metric_glob(v), x) for x in logged)}
+    assert not_logged == NOT_LOGGED_IN_VERL, (
+        "metrics.py constants a veRL job does not log (log them, or list them in NOT_LOGGED_IN_VERL with why): "
+        f"{sorted(not_logged)}")
+    documented = [metric_glob(n) for _, n in _doc_names()]
+    missing = sorted(f"{k} = {v!r}" for k, v in consts.items()
+                     if k not in NOT_LOGGED_IN_VERL and not any(globs_intersect(metric_glob(v), d) for d in documented))
+    assert not missing, "metrics a veRL job logs that no doc names (docs/tuning.md, Reading the metrics):\n  " + \
+        "\n  ".join(missing)
+
+
+def test_cost_model_is_logged_once_the_server_sends_it():
+    from verl_specrollout import metrics as M
+
+    stats = _planner_stats()
+    cost = dict(stats["cost_model"], fitted=True, tokens=1e-4, intercept=0.01, passes=0.002, knot=512.0)
+    out = M.step_metrics([{"planner": {"cost_model": cost}}])
+    assert out[M.COST_FITTED] == 1.0 and out[M.COST_PER_TOKEN] == 1e-4 and out[M.COST_KNOT_TOKENS] == 512.0
+    assert not any(k.startswith(M.PREFIX + "cost/") for k in M.step_metrics([{"planner": {}}]))
