@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from verl_specrollout.errors import SpecRolloutConfigError  # noqa: F401  (re-exported: users import it from here)
 
 from verl_specrollout.draft.format import draft_target_vocab, read_draft_info
+from verl_specrollout.draft.resolve import looks_like_hub_id, resolve_model_dir
 
 METHODS = ("eagle3", "draft_model", "ngram", "eagle3+group", "draft_model+group", "group")
 # Best-of-N group drafting (vllm_adapter/group_proposer.py): the method vLLM is started with.
@@ -249,7 +250,8 @@ class SpecRolloutConfig:
         "whichever is expected to be accepted longer; `group`: group drafts only (no draft model).",
         choices=METHODS)
     draft_path: Optional[str] = key(
-        None, "Checkpoint directory of the draft (vLLM format, with `config.json`). Required unless "
+        None, "Checkpoint directory of the draft (vLLM format, with `config.json`), or a Hugging Face hub id "
+        "(its cached snapshot; downloaded unless `HF_HUB_OFFLINE` is set). Required unless "
         "`method` is `ngram` or `group`; must exist when `enable=true`.", nonempty=True)
     max_k: int = key(4, "Largest draft length; the planner chooses 0..max_k per batch size.", ge=1, le=MAX_K_LIMIT)
     draft_sampling: str = key(
@@ -340,6 +342,9 @@ class SpecRolloutConfig:
     def _check_draft_files(self, target_path: Optional[str]) -> None:
         if not self.has_draft_model:
             return
+        if not os.path.isdir(self.draft_path) and looks_like_hub_id(self.draft_path):
+            # A hub id: its local snapshot (downloaded unless HF_HUB_OFFLINE), kept for the engine and the reloader.
+            object.__setattr__(self, "draft_path", resolve_model_dir(self.draft_path, "specrollout.draft_path"))
         if not os.path.isdir(self.draft_path) or not os.path.isfile(os.path.join(self.draft_path, "config.json")):
             raise SpecRolloutConfigError(
                 f"specrollout.draft_path={self.draft_path!r} is not a checkpoint directory with a config.json"

@@ -183,6 +183,11 @@ def _index_shards(path: str, index: str) -> list:
 
 def safetensors_names(file_path: str) -> frozenset:
     """Tensor names from a safetensors header, without torch."""
+    return frozenset(k for k in safetensors_header(file_path) if k != "__metadata__")
+
+
+def safetensors_header(file_path: str) -> dict:
+    """A safetensors file's JSON header ({name: {dtype, shape, data_offsets}}, "__metadata__"), without torch."""
     try:
         with open(file_path, "rb") as f:
             head = f.read(8)
@@ -194,7 +199,9 @@ def safetensors_names(file_path: str) -> frozenset:
             header = json.loads(f.read(n))
     except (OSError, ValueError) as exc:
         raise _error(f"{file_path} is not a readable safetensors file ({exc})") from exc
-    return frozenset(k for k in header if k != "__metadata__")
+    if not isinstance(header, dict):
+        raise _error(f"{file_path} is not a readable safetensors file (its header is not a JSON object)")
+    return header
 
 
 def _tensor_names(path: str, files: list) -> Optional[frozenset]:
