@@ -2,7 +2,9 @@
 runs engine code (front end, engine core, each worker), before models load.
 
 On every platform it installs the K=0 draft skip (k0_skip.py) and Best-of-N group drafting
-(group_proposer.py); each is a pass-through unless an engine's config turns it on. Only when vLLM runs on a CPU does it import the CPU test platform
+(group_proposer.py); each is a pass-through unless an engine's config turns it on. In a veRL
+rollout server it also logs why speculation is off when veRL did not load our veRL plugin
+(verl_adapter/startup_checks.py). Only when vLLM runs on a CPU does it import the CPU test platform
 (``verl_specrollout.testing.cpu_platform``): the vLLM-CPU kernel fix that makes speculative
 sampling lossless at T > 0, and the plain-weight patch veRL's weight sync needs there. A GPU
 process never imports the test rig.
@@ -27,6 +29,10 @@ def register() -> None:
 
     k0_skip.install()
     group_proposer.install()
+    # In a veRL rollout server: say why speculation is off if veRL skipped our plugin (one line).
+    from verl_specrollout.verl_adapter.startup_checks import check_rollout_server_process
+
+    check_rollout_server_process()
     try:
         on_cpu = _vllm_runs_on_cpu()
     except Exception as exc:
