@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
 from verl_specrollout import compat
@@ -160,15 +159,16 @@ def _after_init_model(worker) -> None:
     role = str(getattr(worker, compat.VERL_WORKER_ROLE_ATTR, ""))
     if "actor" not in role or getattr(worker, compat.VERL_WORKER_ACTOR_ATTR, None) is None:
         return
-    spec_cfg = spec_config(config.rollout)
+    # validate() turns a hub-id draft_path into its local snapshot (the learner reads the directory).
+    spec_cfg = spec_config(config.rollout).validate()
     if not spec_cfg.learner.publish_dir:
         raise ValueError("specrollout.learner.publish_dir is unset in the actor worker; it is resolved by the "
                          "trainer (RayPPOTrainer hook) -- set it explicitly for other trainers")
-    model_path = str(config.model.path)
-    if not os.path.isdir(model_path):
-        from verl.utils.fs import copy_to_local
+    # The learner lists the target's files: a hub id (veRL's copy_to_local returns it unchanged) or an
+    # hdfs path becomes a local directory here.
+    from verl_specrollout.draft.resolve import resolve_model_dir
 
-        model_path = copy_to_local(model_path)
+    model_path = resolve_model_dir(str(config.model.path), "actor_rollout_ref.model.path")
     worker._specrollout_learning = _ActorLearning(worker, spec_cfg, model_path)
 
 
