@@ -200,3 +200,16 @@ def test_speculators_layout_is_read(tb, tmp_path):
     (out / "config.json").write_text(json.dumps(spec))
     rc, lines = check(out, tb.target_dir)
     assert rc == 0 and lines[-1].startswith("OK: "), lines
+
+
+def test_aux_layers_cli_prints_what_vllm_feeds_the_head(tb, tmp_path):
+    """The recipes pass this to learner.aux_layer_ids: the head's own ids, else vLLM's default."""
+    def aux_layers(head):
+        r = subprocess.run([sys.executable, "-m", "verl_specrollout.draft", "aux-layers", "--draft", str(head),
+                            "--target", str(tb.target_dir)], env=dict(os.environ, PYTHONPATH=REPO),
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert aux_layers(tb.eagle3_dir) == "[1,2,3]"
+    assert aux_layers(edited_head(tb, tmp_path, "no_ids", lambda c: c.pop("eagle_config"))) == "[2,2,1]"

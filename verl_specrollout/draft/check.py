@@ -249,14 +249,12 @@ def check_draft(draft_dir: str, target_dir: str) -> Report:
 
     # 4. aux layer ids
     try:
-        aux = fmt_mod._aux_ids(draw, d, os.path.join(draft_dir, CONFIG_NAME))  # noqa: SLF001
+        aux, defaulted = _serving_aux(draw, d, t_layers, os.path.join(draft_dir, CONFIG_NAME))
     except SpecRolloutConfigError as exc:
         err(str(exc))
-        aux = []
-    aux_note = ""
-    if aux is None:
-        aux = [2, t_layers // 2, t_layers - 3]  # vLLM's SupportsEagle3 default
-        aux_note = " (vLLM's default)"
+        aux, defaulted = [], False
+    aux_note = " (vLLM's default)" if defaulted else ""
+    if defaulted:
         warn(f"the draft names no eagle_aux_hidden_state_layer_ids; vLLM then reads the target's layers {aux} "
              "(its default): the head must have been trained on those")
     bad = [i for i in aux if i < 0 or i > t_layers]
@@ -327,6 +325,31 @@ def check_draft(draft_dir: str, target_dir: str) -> Report:
                    "layers": t_layers, "rope_theta": d_theta, "dtype": d_dtype, "target_dtype": t_dtype,
                    "format": fmt}
     return rep
+
+
+def vllm_default_aux_layer_ids(num_hidden_layers: int) -> list:
+    """vLLM's SupportsEagle3 default (models/interfaces.py, 0.24-0.31) for a head that names none."""
+    return [2, num_hidden_layers // 2, num_hidden_layers - 3]
+
+
+def _serving_aux(draw: dict, d: dict, t_layers: int, where: str) -> tuple:
+    ids = fmt_mod._aux_ids(draw, d, where)  # noqa: SLF001  (the package's one reader of the key)
+    return (list(ids), False) if ids is not None else (vllm_default_aux_layer_ids(t_layers), True)
+
+
+def serving_aux_layer_ids(draft_dir: str, target_dir: str) -> list:
+    """The target layers vLLM feeds the head: the head's eagle_aux_hidden_state_layer_ids, else vLLM's
+    default for the target's depth. What the online learner must capture (learner.aux_layer_ids)."""
+    try:
+        tcfg = _flat_target(read_json(os.path.join(target_dir, CONFIG_NAME), "target config"))
+        draw = read_json(os.path.join(draft_dir, CONFIG_NAME), "draft config")
+    except SpecRolloutConfigError as exc:
+        raise Unreadable(str(exc)) from exc
+    t_layers = _int(tcfg.get("num_hidden_layers"))
+    if t_layers is None:
+        raise Unreadable(f"{os.path.join(target_dir, CONFIG_NAME)}: missing or non-integer 'num_hidden_layers'")
+    where = os.path.join(draft_dir, CONFIG_NAME)
+    return _serving_aux(draw, layer_fields(draw, detect_format(draft_dir, draw), where), t_layers, where)[0]
 
 
 def _check_vocab_map(path, tensors, reduced, d_vocab, d_draft_vocab, t_vocab, err, warn) -> None:
@@ -411,6 +434,19 @@ def _check_heads(d, tensors, d_hidden, err) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+def run_aux_layers(draft: str, target: str, out=None) -> int:
+    """Print serving_aux_layer_ids as a Hydra list (`[2,14,25]`); exit code 2 with one line if unreadable."""
+    out = out or sys.stdout
+    try:
+        ids = serving_aux_layer_ids(resolve_model_dir(draft, "--draft"),
+                                    resolve_model_dir(target, "--target", allow_patterns=TARGET_PATTERNS))
+    except (ModelPathError, Unreadable, SpecRolloutConfigError) as exc:
+        print(f"FAIL: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print("[" + ",".join(str(i) for i in ids) + "]", file=out, flush=True)
+    return 0
+
+
 def run_check(draft: str, target: str, out=None) -> int:
     """Resolve both (local dir or hub id), check, print the lines; returns the exit code."""
     out = out or sys.stdout
