@@ -7,11 +7,20 @@
 #   GPUs     NNODES nodes x GPUS_PER_NODE GPUs (default 2 x 8 x 80 GB). veRL uses all GPUs of every
 #            node except one on the LEARNER node; the learner (learner.placement=gpu) takes that one.
 #            veRL reserves whole GPUs in its placement group, so the learner needs a GPU outside it.
-#   software pip install "verl-specrollout[gpu]" on EVERY node (same versions, same python env).
-#   model    MODEL_PATH readable on every node (shared FS, or the same local path everywhere).
+#   software from a clone of this repo: pip install -e ".[gpu]" on EVERY node (same versions, same
+#            python env; veRL 0.9.1 with its vLLM pin, 0.24). veRL 0.9.1's default V1 trainer
+#            (trainer.use_v1=true) is left as is.
+#   model    MODEL_PATH readable on every node (shared FS, or the same local path everywhere), or a hub
+#            id (default Qwen/Qwen2.5-7B-Instruct): then every node resolves it into its own Hugging Face
+#            cache (veRL's loaders, and the draft learner through verl_specrollout's resolver), so keep
+#            HF_HUB_CACHE the same path on every node. It is not resolved here: a snapshot path in this
+#            node's cache would not exist on the others.
 #   draft    DRAFT_PATH: an EAGLE-3 head for the target in vLLM/speculators format, at the same path
-#            on every node (or on shared storage). No head? recipes/make_scratch_eagle3.py writes an
-#            untrained one; the learner bootstraps it (acceptance length starts ~1.0).
+#            on every node (or on shared storage), or a hub id (resolved by each node, as above);
+#            default thoughtworks/Qwen2.5-7B-Instruct-Eagle3 (see grpo_qwen2.5_7b_gsm8k_eagle3.sh; not
+#            downloaded where this recipe was written). `python3 -m verl_specrollout.draft check` runs
+#            first on this node and stops the script on FAIL. No head? recipes/make_scratch_eagle3.py
+#            writes an untrained one; the learner bootstraps it (acceptance length starts ~1.0).
 #   data     as in the single-node recipe (GSM8K: veRL's examples/data_preprocess/gsm8k.py
 #            --local_save_dir ~/data/gsm8k), at the same path on every node.
 #   storage  PUBLISH_DIR: where the learner publishes versioned drafts (v000001, ..., LATEST).
@@ -28,13 +37,13 @@
 #   then, on the head node: bash recipes/grpo_multinode_eagle3.sh [overrides...]
 #   (veRL connects to the running cluster: RAY_ADDRESS=auto below.)
 #
-# Usage: DRAFT_PATH=/shared/ckpt/qwen2.5-7b-eagle3 PUBLISH_DIR=/shared/runs/draft \
+# Usage: [DRAFT_PATH=/shared/ckpt/qwen2.5-7b-eagle3] PUBLISH_DIR=/shared/runs/draft \
 #          NNODES=2 bash recipes/grpo_multinode_eagle3.sh
 set -xeuo pipefail
 
 # ---- what to run --------------------------------------------------------------------------
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-7B-Instruct}
-DRAFT_PATH=${DRAFT_PATH:?set DRAFT_PATH to an EAGLE-3 head for the target (see header)}
+DRAFT_PATH=${DRAFT_PATH:-thoughtworks/Qwen2.5-7B-Instruct-Eagle3}
 DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
 TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/test.parquet}
@@ -68,6 +77,12 @@ TOTAL_EPOCHS=${TOTAL_EPOCHS:-15}
 # ---- speculation --------------------------------------------------------------------------
 MAX_K=${MAX_K:-4}
 PLANNER_MODE=${PLANNER_MODE:-adaptive}
+
+# ---- preflight (this node; configs and weight headers only, seconds) ------------------------
+# Does the head fit the target? Prints its problems and one verdict line; exit 1/2 (FAIL) stops here.
+python3 -m verl_specrollout.draft check --draft "$DRAFT_PATH" --target "$MODEL_PATH"
+# The target layers vLLM feeds the head (its own ids, else vLLM's default): the learner captures these.
+AUX_LAYER_IDS=${AUX_LAYER_IDS:-$(python3 -m verl_specrollout.draft aux-layers --draft "$DRAFT_PATH" --target "$MODEL_PATH")}
 
 SPEC=+actor_rollout_ref.rollout.custom.specrollout
 
@@ -113,6 +128,7 @@ python3 -m verl.trainer.main_ppo \
     $SPEC.planner.mode=$PLANNER_MODE \
     $SPEC.planner.replan_interval=16 \
     $SPEC.learner.enable=true \
+    $SPEC.learner.aux_layer_ids="$AUX_LAYER_IDS" \
     $SPEC.learner.placement=gpu \
     $SPEC.learner.lr=1e-4 \
     $SPEC.learner.steps_per_rollout=1 \

@@ -8,15 +8,25 @@
 #            veRL reserves whole GPUs in its Ray placement group, so a learner on the same GPUs as
 #            veRL cannot be scheduled (see docs/tuning.md "Placement"). LEARNER_PLACEMENT=cpu gives
 #            veRL all GPUS_PER_NODE GPUs and trains the head on CPU (slow for a 7B head).
-#   software pip install "verl-specrollout[gpu]"  (veRL 0.9.1; vLLM 0.28-0.32 recommended: older
-#            vLLM has no draft_load_config, so the whole engine then loads real weights).
-#   model    Qwen/Qwen2.5-7B-Instruct (MODEL_PATH: a local dir or hub id).
+#   software from a clone of this repo: pip install -e ".[gpu]" (veRL 0.9.1 with its pin, vLLM 0.24;
+#            vLLM 0.24-0.31 are supported, and every one has SpeculativeConfig.draft_load_config, so the
+#            draft loads real weights while the target keeps veRL's dummy load, and draft_sample_method).
+#            veRL 0.9.1's default trainer is the V1 trainer (trainer.use_v1=true); it is left as is.
+#   model    MODEL_PATH, default Qwen/Qwen2.5-7B-Instruct: a local dir or a hub id. A hub id is
+#            resolved to its local snapshot before the job (downloaded into the Hugging Face cache;
+#            with HF_HUB_OFFLINE=1 from the cache only): the draft learner reads the directory.
 #   draft    DRAFT_PATH: an EAGLE-3 head for Qwen2.5-7B-Instruct in vLLM/speculators format
-#            (config.json with eagle_config.eagle_aux_hidden_state_layer_ids + safetensors). Bring
-#            your own; the `speculators` library can train one or convert an original EAGLE-3
-#            checkpoint. No head? `python3 recipes/make_scratch_eagle3.py --target $MODEL_PATH
-#            --out $DRAFT_PATH` writes an untrained one: the online learner then bootstraps it,
-#            starting at acceptance length ~1.0 (the planner keeps K small/0 until it learns).
+#            (config.json + safetensors), a local dir or a hub id. Default:
+#            thoughtworks/Qwen2.5-7B-Instruct-Eagle3, a public head whose model card says it was
+#            trained for Qwen/Qwen2.5-7B-Instruct (EAGLE-3, SpecJAX, ShareGPT/UltraChat mix). It was
+#            not downloaded or run where this recipe was written: the preflight below checks it
+#            against MODEL_PATH (vocabulary and d2t map, target hidden size, aux layer ids, RoPE,
+#            attention shapes, dtype; configs and weight headers only, seconds) and stops the script
+#            on FAIL. Bring your own otherwise; the `speculators` library can train one or convert an
+#            original EAGLE-3 checkpoint. No head? `python3 recipes/make_scratch_eagle3.py --target
+#            $MODEL_PATH --out $DRAFT_PATH` writes an untrained one: the online learner then
+#            bootstraps it, starting at acceptance length ~1.0 (the planner keeps K small/0 until it
+#            learns).
 #   data     git clone -b v0.9.1 https://github.com/volcengine/verl && cd verl && \
 #              python3 examples/data_preprocess/gsm8k.py --local_save_dir ~/data/gsm8k
 #
@@ -26,12 +36,12 @@
 # GPUs). That is where the speed-up was measured (the memory-bound regime speculation needs);
 # larger batches start compute-bound and the planner drafts less there (docs/tuning.md).
 #
-# Usage: DRAFT_PATH=/ckpt/qwen2.5-7b-eagle3 bash recipes/grpo_qwen2.5_7b_gsm8k_eagle3.sh [overrides...]
+# Usage: [DRAFT_PATH=/ckpt/qwen2.5-7b-eagle3] bash recipes/grpo_qwen2.5_7b_gsm8k_eagle3.sh [overrides...]
 set -xeuo pipefail
 
 # ---- what to run --------------------------------------------------------------------------
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-7B-Instruct}
-DRAFT_PATH=${DRAFT_PATH:?set DRAFT_PATH to an EAGLE-3 head for the target (see header)}
+DRAFT_PATH=${DRAFT_PATH:-thoughtworks/Qwen2.5-7B-Instruct-Eagle3}
 DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
 TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/test.parquet}
@@ -65,6 +75,16 @@ TOTAL_EPOCHS=${TOTAL_EPOCHS:-15}
 MAX_K=${MAX_K:-4}                               # longest draft; the planner picks 0..MAX_K per batch size
 PLANNER_MODE=${PLANNER_MODE:-adaptive}          # adaptive | static | off (static/off: for comparisons)
 PUBLISH_DIR=${PUBLISH_DIR:-$OUT/draft}          # versioned draft checkpoints (v0001, ..., LATEST)
+
+# ---- local directories and the preflight (before anything starts) --------------------------
+# Hub ids -> local snapshots (one line each on failure, e.g. offline and not cached).
+MODEL_PATH=$(python3 -m verl_specrollout.draft resolve "$MODEL_PATH" --what MODEL_PATH | tail -n 1)
+DRAFT_PATH=$(python3 -m verl_specrollout.draft resolve "$DRAFT_PATH" --what DRAFT_PATH | tail -n 1)
+# Does the head fit the target? Prints its problems and one verdict line; exit 1/2 (FAIL) stops here.
+python3 -m verl_specrollout.draft check --draft "$DRAFT_PATH" --target "$MODEL_PATH"
+# The target layers vLLM feeds the head (its eagle_aux_hidden_state_layer_ids, else vLLM's default
+# [2,14,25] for 28 layers): the online learner must capture the same ones.
+AUX_LAYER_IDS=${AUX_LAYER_IDS:-$(python3 -m verl_specrollout.draft aux-layers --draft "$DRAFT_PATH" --target "$MODEL_PATH")}
 
 SPEC=+actor_rollout_ref.rollout.custom.specrollout
 mkdir -p "$OUT"
@@ -113,6 +133,7 @@ python3 -m verl.trainer.main_ppo \
     $SPEC.planner.mode=$PLANNER_MODE \
     $SPEC.planner.replan_interval=16 \
     $SPEC.learner.enable=true \
+    $SPEC.learner.aux_layer_ids="$AUX_LAYER_IDS" \
     $SPEC.learner.placement=$LEARNER_PLACEMENT \
     $SPEC.learner.gpu_fraction=$LEARNER_GPU_FRACTION \
     $SPEC.learner.lr=1e-4 \

@@ -8,15 +8,18 @@
 #            veRL reserves whole GPUs in its Ray placement group, so a learner on the same GPUs as
 #            veRL cannot be scheduled (see docs/tuning.md "Placement"). LEARNER_PLACEMENT=cpu gives
 #            veRL all GPUS_PER_NODE GPUs and trains the head on CPU (slow for a 7B head).
-#   software pip install "verl-specrollout[gpu]"  (veRL 0.9.1; vLLM 0.28-0.32 recommended: older
-#            vLLM has no draft_load_config, so the whole engine then loads real weights).
-#   model    Qwen/Qwen2.5-7B-Instruct (MODEL_PATH: a local dir or hub id).
-#   draft    DRAFT_PATH: an EAGLE-3 head for Qwen2.5-7B-Instruct in vLLM/speculators format
-#            (config.json with eagle_config.eagle_aux_hidden_state_layer_ids + safetensors). Bring
-#            your own; the `speculators` library can train one or convert an original EAGLE-3
-#            checkpoint. No head? `python3 recipes/make_scratch_eagle3.py --target $MODEL_PATH
-#            --out $DRAFT_PATH` writes an untrained one: the online learner then bootstraps it,
-#            starting at acceptance length ~1.0 (the planner keeps K small/0 until it learns).
+#   software from a clone of this repo: pip install -e ".[gpu]" (veRL 0.9.1 with its pin, vLLM 0.24;
+#            vLLM 0.24-0.31 are supported, and every one has SpeculativeConfig.draft_load_config and
+#            draft_sample_method). veRL 0.9.1's default V1 trainer (trainer.use_v1=true) is left as is.
+#   model    MODEL_PATH, default Qwen/Qwen2.5-7B-Instruct: a local dir or a hub id (resolved to its
+#            local snapshot before the job; see grpo_qwen2.5_7b_gsm8k_eagle3.sh).
+#   draft    DRAFT_PATH: an EAGLE-3 head for Qwen2.5-7B-Instruct in vLLM/speculators format, a local
+#            dir or a hub id; default thoughtworks/Qwen2.5-7B-Instruct-Eagle3 (not downloaded where
+#            this recipe was written). `python3 -m verl_specrollout.draft check` runs first and stops
+#            the script on FAIL (see the GSM8K recipe). No head? `python3 recipes/make_scratch_eagle3.py
+#            --target $MODEL_PATH --out $DRAFT_PATH` writes an untrained one: the online learner then
+#            bootstraps it, starting at acceptance length ~1.0 (the planner keeps K small/0 until it
+#            learns).
 #   data     MATH train levels 3-5 (SimpleRL-Zoo's hard split, ~8.5k problems) + MATH-500 for
 #            validation, written in veRL's format (data_source names veRL's built-in math reward):
 #              python3 recipes/data/math_level3to5.py --local_save_dir ~/data/math_l3to5
@@ -28,7 +31,7 @@
 # GPUs). That is where the speed-up was measured (the memory-bound regime speculation needs);
 # larger batches start compute-bound and the planner drafts less there (docs/tuning.md).
 #
-# Usage: DRAFT_PATH=/ckpt/qwen2.5-7b-eagle3 bash recipes/grpo_qwen2.5_7b_math_eagle3.sh [overrides...]
+# Usage: [DRAFT_PATH=/ckpt/qwen2.5-7b-eagle3] bash recipes/grpo_qwen2.5_7b_math_eagle3.sh [overrides...]
 #
 # Same job and settings as grpo_qwen2.5_7b_gsm8k_eagle3.sh; only the data differs.
 set -euo pipefail
