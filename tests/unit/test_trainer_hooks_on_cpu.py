@@ -170,3 +170,17 @@ def test_collect_step_metrics_reads_every_registered_server(monkeypatch):
     assert out["specrollout/num_drafts"] == 8
     assert out["specrollout/mean_acceptance_length"] == pytest.approx(1 + 16 / 8)
     assert out["rollout/spec_accept_length"] == pytest.approx(3.0)
+
+
+def test_construction_runs_the_job_checks_before_any_worker(verl_loaded, tmp_path):
+    """A setting that would bypass us fails at trainer construction, in either trainer family."""
+    from omegaconf import open_dict
+
+    from verl_specrollout.errors import SpecRolloutConfigError
+    from verl_specrollout.verl_adapter.trainer_hooks import on_trainer_config
+
+    cfg = _job_config(tmp_path)
+    with open_dict(cfg):
+        cfg.actor_rollout_ref.rollout.disaggregation.enabled = True
+    with pytest.raises(SpecRolloutConfigError, match="disaggregation.enabled"):
+        on_trainer_config(cfg)

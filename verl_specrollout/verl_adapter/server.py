@@ -35,16 +35,10 @@ from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
 from verl_specrollout.config import SpecRolloutConfig
 from verl_specrollout.metrics import counts_delta
+from verl_specrollout.verl_adapter.startup_checks import check_rollout
 from verl_specrollout.verl_adapter.trainer_hooks import register_replica
 from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, pin_model_runner
 
-
-def check_rollout(rollout_config, model_config) -> None:
-    from verl_specrollout.verl_adapter import startup_checks
-
-    fn = getattr(startup_checks, "check_rollout", None)
-    if fn is not None:
-        fn(rollout_config, model_config)
 
 logger = logging.getLogger(__name__)
 

@@ -38,36 +38,17 @@ import os
 import sys
 from typing import Any, List, Mapping, MutableMapping, Optional
 
+from verl_specrollout.compat import (  # veRL / vLLM names live in compat
+    VERL_PLUGINS_ENV, VERL_PLUGINS_DEFAULT, VERL_PLUGINS_ALL, VERL_PLUGINS_NONE,
+    VERL_MODULES_ENV, VLLM_PLUGINS_ENV, VERL_KEY_ROLLOUT, VERL_KEY_MODEL_MTP,
+    VERL_ROLLOUT_NAME, VERL_ROLLOUT_MTP, VERL_MTP_ENABLE, VERL_MTP_ENABLE_ROLLOUT,
+    VERL_ROLLOUT_DISAGG_ENABLED, VERL_KEY_BYPASS_MODE, VERL_PD_REPLICA_NAME, VERL_SERVER_CONFIG_ATTR)
+
 from verl_specrollout.errors import SpecRolloutConfigError
 
 logger = logging.getLogger("verl_specrollout.startup_checks")
 # Inside vLLM processes: a child of vLLM's logger, so vLLM's handler prints it.
 vllm_logger = logging.getLogger("vllm.specrollout")
-
-# veRL 0.9.1 plugin loading (verl/__init__.py): VERL_USE_EXTERNAL_MODULES is a comma list of modules
-# imported first (split on "," only, no strip); VERL_USE_EXTERNAL_PLUGINS, stripped and lower-cased,
-# is "auto" (the default: every `verl.plugins` entry point), "none", or a comma list of entry-point
-# names (each stripped, compared as is with the entry point's name).
-VERL_PLUGINS_ENV = "VERL_USE_EXTERNAL_PLUGINS"  # -> compat
-VERL_PLUGINS_DEFAULT = "auto"  # -> compat
-VERL_PLUGINS_ALL = "auto"  # -> compat
-VERL_PLUGINS_NONE = "none"  # -> compat
-VERL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"  # -> compat
-# vLLM's allow-list of plugin entry-point names (vllm/envs.py: unset = all; else split on ",", no strip).
-VLLM_PLUGINS_ENV = "VLLM_PLUGINS"  # -> compat
-# veRL 0.9.1 config keys (trainer/config/ppo_trainer.yaml; workers/config/rollout.py, model.py,
-# disaggregation.py). The rollout's `mtp` is what vLLMHttpServer reads (launch_server builds
-# speculative_config from it); the YAML interpolates it from actor_rollout_ref.model.mtp.
-VERL_KEY_ROLLOUT = "actor_rollout_ref.rollout"  # -> compat
-VERL_KEY_MODEL_MTP = "actor_rollout_ref.model.mtp"  # -> compat (what users set)
-VERL_ROLLOUT_NAME = "name"  # -> compat
-VERL_ROLLOUT_MTP = "mtp"  # -> compat
-VERL_MTP_ENABLE = "enable"  # -> compat
-VERL_MTP_ENABLE_ROLLOUT = "enable_rollout"  # -> compat
-VERL_ROLLOUT_DISAGG_ENABLED = "disaggregation.enabled"  # -> compat
-VERL_KEY_BYPASS_MODE = "algorithm.rollout_correction.bypass_mode"  # -> compat
-VERL_PD_REPLICA_NAME = "vLLMPDReplica"  # -> compat (named in a message only)
-VERL_SERVER_CONFIG_ATTR = "config"  # -> compat (vLLMHttpServer.config, the RolloutConfig)
 
 # Ours (pyproject.toml entry points; tests/unit/test_startup_checks_on_cpu.py checks them).
 VERL_ENTRY_POINT = "specrollout"

@@ -37,6 +37,7 @@ from typing import Dict, Optional, Tuple
 from verl_specrollout import compat
 from verl_specrollout.verl_adapter.actor_hooks import learning_enabled, spec_config
 from verl_specrollout.verl_adapter.import_hook import patch_on_import, wrap_once
+from verl_specrollout.verl_adapter.startup_checks import check_job
 
 logger = logging.getLogger("verl_specrollout.trainer_hooks")
 
@@ -95,12 +96,8 @@ def on_trainer_config(config) -> None:
     """Everything the trainer process settles once, before workers start (both trainer families)."""
     if not spec_config(config.actor_rollout_ref.rollout).enable:
         return
+    check_job(config)  # one clear error before any worker starts, for a setting that would bypass us
     _resolve_publish_dir(config)
-    try:
-        from verl_specrollout.verl_adapter.startup_checks import check_job
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
-    check_job(config)
 
 
 # ----------------------------------------------------------------------------- per-step metrics
