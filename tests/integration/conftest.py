@@ -1,8 +1,10 @@
-"""Two real veRL 0.9.1 GRPO runs on CPU, shared by the integration tests of one pytest session.
+"""Real veRL 0.9.1 GRPO runs on CPU, shared by the integration tests of one pytest session.
 
 ``grpo_plain_run``: veRL's own vLLM rollout. ``grpo_spec_run``: our speculative rollout override
-(EAGLE-3 head from the tiny testbed, online draft learner on). Same model, data, sizes and seeds,
-so both runs see the same prompts at every step and start from the same weights. Each takes a few
+(EAGLE-3 head from the tiny testbed, online draft learner on). Both on veRL's default trainer (V1,
+``sync``); same model, data, sizes and seeds, so both runs see the same prompts at every step and
+start from the same weights. ``grpo_spec_run_colocate_async`` and ``grpo_spec_run_legacy``: the
+spec run on the V1 ``colocate_async`` trainer and on the legacy ``RayPPOTrainer``. Each takes a few
 minutes (veRL start-up dominates), so each is run at most once per session, lazily: a session that
 only needs one of them runs only that one. Both dump every training rollout through veRL's
 ``trainer.rollout_data_dir`` (with per-sample log-probs, see verl_specrollout/e2e/rollout_dump.py)
@@ -30,20 +32,30 @@ def spec_overrides(eagle3_dir: str, learner_name: str) -> list[str]:
             f"{p}learner.actor_name={learner_name}"]
 
 
-def _grpo(out_dir, extra: list[str]) -> dict:
+def _grpo(out_dir, extra: list[str], trainer: str = "sync", **sizes) -> dict:
     pytest.importorskip("verl")
     pytest.importorskip("vllm")
     from verl_specrollout.testing.e2e.grpo_cpu import run
 
     out_dir = str(out_dir)
     res = run(steps=GRPO_STEPS, out=out_dir, extra=SEED_OVERRIDES + extra, timeout=GRPO_TIMEOUT_S,
-              rollout_data_dir=os.path.join(out_dir, "rollouts"),
-              env={"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "INFO")}, **GRPO_SIZES)
+              rollout_data_dir=os.path.join(out_dir, "rollouts"), trainer=trainer,
+              env={"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "INFO")}, **{**GRPO_SIZES, **sizes})
     res["rollout_dir"] = os.path.join(out_dir, "rollouts")
     res["out"] = out_dir
     return res
 
 
+def _spec(tmp_path_factory, name: str, trainer: str, **sizes) -> dict:
+    from verl_specrollout.testing.testbed import build_testbed
+
+    out = tmp_path_factory.mktemp(name)
+    tb = build_testbed("tiny")
+    return _grpo(out, spec_overrides(str(tb.eagle3_dir), f"specrollout_learner_test_{out.name}_{os.getpid()}"),
+                 trainer=trainer, **sizes)
+
+
+# veRL's default trainer (V1, sync mode): the plain / spec pair the lossless statistics compare.
 @pytest.fixture(scope="session")
 def grpo_plain_run(tmp_path_factory):
     return _grpo(tmp_path_factory.mktemp("grpo_plain"), [])
@@ -51,11 +63,18 @@ def grpo_plain_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def grpo_spec_run(tmp_path_factory):
-    from verl_specrollout.testing.testbed import build_testbed
+    return _spec(tmp_path_factory, "grpo_spec", "sync")
 
-    out = tmp_path_factory.mktemp("grpo_spec")
-    tb = build_testbed("tiny")
-    return _grpo(out, spec_overrides(str(tb.eagle3_dir), f"specrollout_learner_test_{out.name}_{os.getpid()}"))
+
+# The other trainers, at half the batch (what they add is the trainer path, not statistics).
+@pytest.fixture(scope="session")
+def grpo_spec_run_colocate_async(tmp_path_factory):
+    return _spec(tmp_path_factory, "grpo_spec_colocate_async", "colocate_async", batch=4)
+
+
+@pytest.fixture(scope="session")
+def grpo_spec_run_legacy(tmp_path_factory):
+    return _spec(tmp_path_factory, "grpo_spec_legacy", "legacy", batch=4)
 
 
 def assert_grpo_ran(res: dict, min_steps: int) -> list:

@@ -1,6 +1,7 @@
 """Lossless in training, not only in generation.
 
-Two real veRL 0.9.1 GRPO runs on CPU with the same seeds (``conftest.py``: ``grpo_plain_run``
+Two real veRL 0.9.1 GRPO runs on CPU, on veRL's default V1 trainer (``sync``), with the same seeds
+(``conftest.py``: ``grpo_plain_run``
 with veRL's vLLM rollout, ``grpo_spec_run`` with our EAGLE-3 speculative rollout and the online
 draft learner; 3 steps, 8 prompts x 8 samples per step). veRL dumps every training sample
 (``trainer.rollout_data_dir``) with its reward and log-probs. Same seeds -> same prompts at every
@@ -45,7 +46,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.v1]  # both arms run veRL's default V1 trainer (sync)
 
 ALPHA = 1e-3
 N_PERM = 20000

@@ -4,8 +4,9 @@ Asserts the whole loop: capture during compute_log_prob -> learner trains and pu
 the rollout server reloads the new draft after the weight sync -> the next rollout runs it, and
 the specrollout/* metrics reach veRL's logger. Slow: a few minutes.
 
-The run is conftest.py's ``grpo_spec_run`` (3 steps, so the draft can advance twice; shared with
-test_lossless_training.py).
+The runs are conftest.py's (3 steps, so the draft can advance twice): ``grpo_spec_run`` on veRL's
+default V1 ``sync`` trainer (shared with test_lossless_training.py), ``grpo_spec_run_colocate_async``
+and ``grpo_spec_run_legacy``.
 """
 
 import math
@@ -16,9 +17,17 @@ from conftest import assert_grpo_ran
 pytestmark = pytest.mark.integration
 
 
-def test_grpo_with_speculation_and_online_learner(grpo_spec_run):
-    res = grpo_spec_run
+# Every trainer veRL 0.9 ships that runs here: V1 (veRL's default) in its sync and colocate_async modes
+# and the legacy RayPPOTrainer. The ids carry "v1" so that `pytest -k v1` selects the V1 ones.
+TRAINER_RUNS = {"v1_sync": "grpo_spec_run", "v1_colocate_async": "grpo_spec_run_colocate_async",
+                "legacy": "grpo_spec_run_legacy"}
+
+
+@pytest.mark.parametrize("trainer", list(TRAINER_RUNS))
+def test_grpo_with_speculation_and_online_learner(trainer, request):
+    res = request.getfixturevalue(TRAINER_RUNS[trainer])
     steps = assert_grpo_ran(res, 3)
+    assert res["trainer"] == trainer.removeprefix("v1_")
     for s in steps:
         assert s["specrollout/num_drafts"] > 0, s
         assert s["specrollout/mean_acceptance_length"] > 1.0, s

@@ -9,7 +9,8 @@
    shape served in bfloat16, so that, as with a 7B model on a GPU, a draft pass is a small part of
    a decode step and verifying a few tokens costs about one. Both engines stay up and their runs
    alternate; medians of tokens/s, acceptance length, speedup.
-2. The veRL path: a short GRPO run through veRL's own trainer on this CPU machine on the tiny
+2. The veRL path: a short GRPO run through veRL's own default trainer (V1, sync mode; ``--trainer``
+   picks another) on this CPU machine on the tiny
    testbed, with the speculative rollout (+ online draft learner) and without: per-step rollout
    time, acceptance length, K chosen, draft version, reward. A 2.7 M target is all framework
    overhead on a CPU, so this part proves the integration, not a speed-up.
@@ -28,6 +29,7 @@ import sys
 import time
 
 from verl_specrollout.config import GROUP_BASE_METHODS, METHODS, SpecRolloutConfig
+from verl_specrollout.testing.e2e.grpo_cpu import DEFAULT_TRAINER, TRAINERS
 
 
 def _timed(llm, prompts, params):
@@ -56,6 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--grpo-steps", type=int, default=4)
     ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
     ap.add_argument("--no-learner", action="store_true", help="GRPO with a frozen draft")
+    ap.add_argument("--trainer", default=DEFAULT_TRAINER, choices=list(TRAINERS),
+                    help="veRL trainer of part 2 (default: veRL's default, the V1 trainer in sync mode)")
     ap.add_argument("--out", default=os.path.join(os.path.expanduser("~"), "specrollout_runs", "quickstart"))
     return ap.parse_args(argv)
 
@@ -182,9 +186,10 @@ def _grpo(tb, args) -> dict:
         spec_overrides.append("+actor_rollout_ref.rollout.custom.specrollout.learner.enable=true")
     runs = {}
     for name, extra in (("plain", []), ("spec", spec_overrides)):
-        print(f"[quickstart] GRPO {name}: {args.grpo_steps} steps through veRL (log: {args.out}/{name}/train.log)", flush=True)
+        print(f"[quickstart] GRPO {name}: {args.grpo_steps} steps through veRL's {args.trainer} trainer "
+              f"(log: {args.out}/{name}/train.log)", flush=True)
         res = run(args.grpo_steps, os.path.join(args.out, name), extra, model=str(tb.target_dir),
-                  data=str(tb.data_dir), reward=reward_fn, n=args.group)
+                  data=str(tb.data_dir), reward=reward_fn, n=args.group, trainer=args.trainer)
         if res["returncode"] != 0 or not res["steps"]:
             print(f"[quickstart] GRPO {name} FAILED (exit {res['returncode']}); see {res['log']}", flush=True)
             return {"grpo_error": f"{name} run failed (exit {res['returncode']}), log {res['log']}"}
@@ -203,6 +208,7 @@ def _grpo(tb, args) -> dict:
 
     out = {
         "grpo_steps": args.grpo_steps,
+        "grpo_trainer": args.trainer,
         "rollout_seconds_plain": round(steady(runs["plain"], "timing_s/gen"), 3),
         "rollout_seconds_spec": round(steady(runs["spec"], "timing_s/gen"), 3),
         "step_seconds_plain": round(steady(runs["plain"], "timing_s/step"), 3),

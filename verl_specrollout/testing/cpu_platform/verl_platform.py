@@ -8,7 +8,7 @@ Most of the work is done the way veRL intends: a ``cpu`` platform class register
 platform layer (``verl/plugin/platform``) and selected with ``VERL_PLATFORM=cpu`` (see
 ``verl_platform_cpu.py``). What the platform layer cannot express is patched here, each in a small
 function guarded by a check that the thing it touches exists. Settings that are plain config
-(``trainer.use_v1=False``, ``rollout.enable_sleep_mode=False``, Ray's logical GPUs, fsdp2, sdpa)
+(TransferQueue's storage units for the V1 trainer, ``rollout.enable_sleep_mode=False``, Ray's logical GPUs, fsdp2, sdpa)
 are Hydra overrides: see ``cpu_overrides()`` and ``verl_specrollout/e2e/grpo_cpu.py``.
 
 Entry points: ``maybe_install()`` (idempotent, never raises) at import time of the package's
@@ -192,10 +192,21 @@ def maybe_install() -> bool:
         return False
 
 
-def cpu_overrides(n_gpus: int = 1, num_cpus: int = 8) -> list[str]:
-    """Hydra overrides every veRL 0.9.1 run on this platform needs (config, not code)."""
+# TransferQueue (the V1 trainer's batch store) starts this many storage actors plus a controller,
+# one logical Ray CPU each; its default (8) + 1 does not fit the 8 logical CPUs given to Ray here,
+# and transfer_queue.init then waits forever for placement.
+TQ_STORAGE_UNITS = 2
+
+
+def cpu_overrides(n_gpus: int = 1, num_cpus: int = 8, use_v1: bool = True) -> list[str]:
+    """Hydra overrides every veRL 0.9.1 run on this platform needs (config, not code).
+
+    ``use_v1``: veRL's default V1 trainer (TransferQueue batches); False runs the legacy trainer."""
+    trainer = ["trainer.use_v1=True",
+               f"transfer_queue.backend.SimpleStorage.num_data_storage_units={TQ_STORAGE_UNITS}"] if use_v1 \
+        else ["trainer.use_v1=False"]
     return [
-        "trainer.use_v1=False",  # v1 trainer imports `transfer_queue`
+        *trainer,
         "trainer.device=cpu",
         f"trainer.n_gpus_per_node={n_gpus}",
         "trainer.nnodes=1",

@@ -2,7 +2,8 @@
 
     python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out DIR [hydra overrides ...]
 
-Launches ``python3 -m verl.trainer.main_ppo`` as a subprocess with the CPU testing platform on
+Launches ``python3 -m verl.trainer.main_ppo`` (veRL's default V1 trainer unless ``--trainer`` says
+otherwise) as a subprocess with the CPU testing platform on
 (``SPECROLLOUT_PLATFORM=cpu``), a tiny model and task, and veRL's ``file`` tracking backend writing
 one JSON line per step to ``DIR/metrics.jsonl``. Returns / prints per-step timing
 (``timing_s/*``), reward mean and every ``specrollout/*`` metric. Extra arguments are appended as
@@ -40,8 +41,22 @@ def resolve_model_and_data(model: str | None, data: str | None, reward: str | No
     return str(tb.target_dir), str(tb.data_dir), reward
 
 
+# veRL 0.9's trainers: the legacy RayPPOTrainer, and the V1 trainer's modes (veRL's default: sync).
+TRAINERS = ("legacy", "sync", "colocate_async", "separate_async")
+DEFAULT_TRAINER = "sync"
+
+
+def trainer_overrides(trainer: str) -> list[str]:
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
+    if trainer == "legacy":
+        return cpu_overrides(use_v1=False)
+    return cpu_overrides(use_v1=True) + [f"trainer.v1.trainer_mode={trainer}"]
+
+
 def grpo_overrides(model: str, data: str, reward: str | None, steps: int, out: str, *, n: int = 8,
-                   batch: int = 4, response_length: int = 128, prompt_length: int = 64) -> list[str]:
+                   batch: int = 4, response_length: int = 128, prompt_length: int = 64,
+                   trainer: str = DEFAULT_TRAINER) -> list[str]:
     mini = batch  # one optimizer step per training step
     o = [
         "algorithm.adv_estimator=grpo",
@@ -85,7 +100,7 @@ def grpo_overrides(model: str, data: str, reward: str | None, steps: int, out: s
     ]
     if reward:
         o += [f"reward.custom_reward_function.path={reward}", "reward.custom_reward_function.name=compute_score"]
-    return cpu_overrides() + o
+    return trainer_overrides(trainer) + o
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -114,10 +129,11 @@ def summarize(steps: list[dict]) -> list[dict]:
 
 def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, data=None, reward=None,
         timeout: float | None = None, n: int = 8, batch: int = 4, response_length: int = 128,
-        rollout_data_dir: str | None = None, env: dict | None = None) -> dict:
+        rollout_data_dir: str | None = None, env: dict | None = None, trainer: str = DEFAULT_TRAINER) -> dict:
     """``rollout_data_dir``: veRL dumps every training rollout there (``<step>.jsonl``, one line per
     sample: text, score), with per-sample log-probs added by :mod:`verl_specrollout.testing.e2e.rollout_dump`.
-    ``env``: extra environment for the veRL process (and its Ray workers)."""
+    ``env``: extra environment for the veRL process (and its Ray workers). ``trainer``: one of
+    ``TRAINERS`` (veRL's default V1 ``sync`` unless told)."""
     out = str(Path(out).resolve())
     os.makedirs(out, exist_ok=True)
     model, data, reward = resolve_model_and_data(model, data, reward)
@@ -125,7 +141,8 @@ def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, dat
     if os.path.exists(metrics_path):
         os.remove(metrics_path)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo",
-           *grpo_overrides(model, data, reward, steps, out, n=n, batch=batch, response_length=response_length),
+           *grpo_overrides(model, data, reward, steps, out, n=n, batch=batch, response_length=response_length,
+                           trainer=trainer),
            *([f"trainer.rollout_data_dir={Path(rollout_data_dir).resolve()}"] if rollout_data_dir else []),
            *(extra or [])]
     extra_env = dict(env or {})
@@ -151,7 +168,7 @@ def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, dat
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     wall = time.time() - t0
     steps_data = read_metrics(metrics_path)
-    result = {"returncode": proc.returncode, "wall_s": wall, "log": os.path.join(out, "train.log"),
+    result = {"returncode": proc.returncode, "wall_s": wall, "trainer": trainer, "log": os.path.join(out, "train.log"),
               "metrics_path": metrics_path, "steps": summarize(steps_data)}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
@@ -169,9 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--response-length", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--trainer", choices=TRAINERS, default=DEFAULT_TRAINER,
+                    help="veRL trainer: legacy (use_v1=false) or a V1 mode (default: sync, veRL's default)")
     args, extra = ap.parse_known_args(argv)
     res = run(args.steps, args.out, extra, model=args.model, data=args.data, reward=args.reward,
-              timeout=args.timeout, n=args.n, batch=args.batch, response_length=args.response_length)
+              timeout=args.timeout, n=args.n, batch=args.batch, response_length=args.response_length,
+              trainer=args.trainer)
     print(json.dumps(res, indent=1, default=float))
     ok = res["returncode"] == 0 and len(res["steps"]) >= args.steps
     if not ok:

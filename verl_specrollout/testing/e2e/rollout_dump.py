@@ -1,8 +1,8 @@
 """Per-sample log-probs in veRL's own rollout dump (``trainer.rollout_data_dir``).
 
 veRL 0.9.1 already dumps every training rollout, one JSON line per sample, to
-``<trainer.rollout_data_dir>/<step>.jsonl`` (``RayPPOTrainer._log_rollout_data`` ->
-``_write_generations``): prompt and response text, ``score`` (the reward) and every per-sample
+``<trainer.rollout_data_dir>/<step>.jsonl`` (``_log_rollout_data`` -> ``_write_generations`` in both
+the legacy and the V1 trainer): prompt and response text, ``score`` (the reward) and every per-sample
 entry of ``reward_extra_infos_dict``. It does not dump log-probs. Importing this module (listed
 in ``VERL_USE_EXTERNAL_MODULES``, which ``import verl`` reads in every process; the e2e driver
 does that when asked for a dump, see ``grpo_cpu.run(rollout_data_dir=...)``) adds, through that
@@ -69,8 +69,55 @@ def patch_trainer(module) -> None:
     wrap_once(getattr(module, compat.VERL_TRAINER_CLASS), compat.VERL_TRAINER_LOG_ROLLOUT_DATA, make)
 
 
+def _v1_fields(batch) -> dict:
+    """Per-sample fields of a V1 batch (TransferQueue metadata), by TransferQueue key."""
+    import transfer_queue as tq
+    from verl import DataProto
+
+    want = ["response_mask", "old_log_probs", "rollout_log_probs"]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=want)
+    fields = per_sample_fields(DataProto(batch=data.to_padded_tensor()))
+    return {key: {name: values[i] for name, values in fields.items()} for i, key in enumerate(batch.keys)}
+
+
+def patch_v1_trainer(module) -> None:
+    """V1 dumps from TransferQueue with the samples re-ordered and their keys listed under ``uid``
+    (``PPOTrainer._log_rollout_data`` -> ``_dump_generations``): our fields are read by key before
+    the dump and joined on ``uid``."""
+    cls = getattr(module, compat.VERL_V1_TRAINER_CLASS)
+
+    def make_log(log_rollout_data):
+        def wrapper(self, batch, *args, **kwargs):
+            try:
+                self._sr_dump_fields = _v1_fields(batch)
+            except Exception:  # a dump must never stop training
+                self._sr_dump_fields = None
+                logger.warning("verl-specrollout: per-sample log-probs not dumped", exc_info=True)
+            try:
+                return log_rollout_data(self, batch, *args, **kwargs)
+            finally:
+                self._sr_dump_fields = None
+        return wrapper
+
+    def make_dump(dump_generations):
+        def wrapper(self, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path):
+            by_key = getattr(self, "_sr_dump_fields", None)
+            keys = (reward_extra_infos_dict or {}).get("uid")
+            if by_key and keys and all(k in by_key for k in keys):
+                extra = dict(reward_extra_infos_dict)
+                for name in by_key[keys[0]]:
+                    extra[name] = [by_key[k][name] for k in keys]
+                reward_extra_infos_dict = extra
+            return dump_generations(self, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path)
+        return wrapper
+
+    wrap_once(cls, compat.VERL_TRAINER_LOG_ROLLOUT_DATA, make_log)
+    wrap_once(cls, compat.VERL_V1_TRAINER_DUMP_GENERATIONS, make_dump)
+
+
 def install() -> None:
     patch_on_import(compat.VERL_TRAINER_MODULE, patch_trainer)
+    patch_on_import(compat.VERL_V1_TRAINER_MODULE, patch_v1_trainer)
 
 
 install()
