@@ -13,8 +13,13 @@ the package installed); the tables below only say where in vLLM / veRL each name
 to check it. A compat constant that no row uses and that NOT_CHECKED does not explain is
 reported as "unchecked", so a name added to compat cannot slip past this tool unnoticed.
 
-Exit status: 0 when every required name is found, 1 when one is missing or its signature no
-longer matches, 2 on a usage error (tree not found).
+compat.VLLM_VERSION_FACTS (the per-version facts docs/supported-versions.md is generated from) is
+compared with the tree too: each fact names the rows below that read it, and a value the tree
+contradicts is a failure ("facts_disagree"), so the generated docs cannot claim what a wheel does not do.
+
+Exit status: 0 when every required name is found and the facts table agrees with the tree, 1 when
+a name is missing, its signature no longer matches or a fact disagrees, 2 on a usage error (tree
+not found).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     dict(id="EngineArgs.{*}", kind="dataclass-field", target=ENGINE_ARGS, attr="{*}", need=REQ,
          each=("speculative_config", "scheduler_cls", "additional_config", "disable_log_stats", "load_format",
                "async_scheduling")),
-    # Per-request spec-decode stats (vLLM 0.31+; compat.vllm_has_per_request_spec_metrics gates them).
+    # Per-request spec-decode stats (vLLM 0.29+; compat.vllm_has_per_request_spec_metrics gates them).
     dict(id="VLLM_ARG_PER_REQUEST_SPEC_METRICS", kind="dataclass-field", target=ENGINE_ARGS,
          attr="{VLLM_ARG_PER_REQUEST_SPEC_METRICS}", need=OPT),
     dict(id="VLLM_OUTPUT_SPEC_METRICS_ATTR", kind="dataclass-field", target="vllm.outputs:CompletionOutput",
@@ -163,6 +168,12 @@ VLLM_ROWS: List[Dict[str, Any]] = [
          need=OPT),
     dict(id="VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR", kind="dataclass-field", target=SPEC_CONFIG,
          attr="{VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}", need=OPT),
+    # Probabilistic drafts (draft_sampling=auto | probabilistic): the proposer keeps the draft's
+    # probabilities and the V1 runner hands them to the rejection sampler (compat.VLLM_VERSION_FACTS).
+    dict(id="proposer keeps draft probabilities", kind="method", target="{VLLM_PROPOSER}",
+         attr="take_last_draft_probs", need=INFO),
+    dict(id="V1 runner passes draft probabilities", kind="method", target=V1_RUNNER,
+         attr="_get_spec_decode_draft_probs", need=INFO),
     # Spec-decode counters (spec_counters.py).
     dict(id="VLLM_METRICS_SNAPSHOT", kind="module-attr", target="{VLLM_METRICS_SNAPSHOT}", need=REQ),
     dict(id="VLLM_ENV_USE_V2_MODEL_RUNNER", kind="string-literal", under="vllm",
@@ -178,6 +189,7 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     # Facts about the version that decide what the product can do on it.
     dict(id="async scheduling default", kind="fact", fn="async_default", need=INFO),
     dict(id="model runner V2 and dynamic K", kind="fact", fn="v2_runner", need=INFO),
+    dict(id="V2 runner speculative methods", kind="fact", fn="v2_methods", need=INFO),
     dict(id="K=0 skip reaches", kind="fact", fn="k0_skip_runners", target="{VLLM_PROPOSER}", need=INFO),
     dict(id="sleep level 2", kind="fact", fn="sleep_level2", need=INFO),
 ]
@@ -696,8 +708,13 @@ def fact_v2_runner(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple
     with open(v2, encoding="utf-8") as f:
         reads_k = "num_spec_tokens_to_schedule" in f.read()
     dyn_blocks_v2 = '"dynamic speculative decoding"' in cfg_src
-    default = ("listed architectures only" if "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES" in cfg_src
-               else "every generate model (GPU with Triton)")
+    if "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES" in cfg_src:
+        # 0.25-0.28: `any(arch in LIST) or not model_config.is_moe`; 0.24: the list alone.
+        fn = _function(tree.parse(cfg), "_is_default_v2_model_runner_model")
+        dense = fn is not None and "is_moe" in ast.unparse(fn)
+        default = "dense models and listed MoE architectures (GPU with Triton)" if dense else "listed architectures only"
+    else:
+        default = "every generate model (GPU with Triton)"
     if dyn_blocks_v2:
         verdict = "dynamic K forces the V1 runner"
     elif reads_k:
@@ -707,6 +724,39 @@ def fact_v2_runner(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple
         # verifies only K of the drafts; synchronous scheduling verifies them all.
         verdict = "V2 IGNORES the scheduled K: drafts max K every step (async trims verification to K)"
     return True, f"V2 default: {default}; {verdict}", tree.rel(v2)
+
+
+def _function(mod: Optional[ast.Module], name: str) -> Optional[ast.AST]:
+    for n in ast.walk(mod) if mod is not None else ():
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name:
+            return n
+    return None
+
+
+def fact_v2_methods(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
+    """Which speculative methods the V2 model runner runs (VllmConfig lists the others as
+    unsupported and falls back to V1): `if spec.method in (...)` lists are refused, an
+    `elif spec.method not in (...)` list is the only ones allowed."""
+    path = tree.module_file("vllm.config.vllm")
+    fn = _function(tree.parse(path) if path else None, "_get_v2_model_runner_unsupported_features")
+    if fn is None:
+        return True, "no V2 runner feature list", ""
+    refused: List[set] = []
+    allowed: List[set] = []
+    for n in ast.walk(fn):
+        t = n.test if isinstance(n, ast.If) else None
+        if not (isinstance(t, ast.Compare) and ast.unparse(t.left).endswith(".method")
+                and isinstance(t.comparators[0], (ast.Tuple, ast.List, ast.Set))):
+            continue
+        names = {e.value for e in t.comparators[0].elts if isinstance(e, ast.Constant)}
+        if isinstance(t.ops[0], ast.In):
+            refused.append(names)
+        elif isinstance(t.ops[0], ast.NotIn):
+            allowed.append(names)
+    runs = {m: not any(m in r for r in refused) and all(m in a for a in allowed)
+            for m in ("eagle3", "draft_model", "ngram")}
+    text = "V2 runs " + ", ".join(f"{m}: {'yes' if ok else 'no'}" for m, ok in runs.items())
+    return True, text, f"{tree.rel(path)}:{fn.lineno}"
 
 
 def fact_k0_skip_runners(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
@@ -725,7 +775,8 @@ def fact_k0_skip_runners(tree: SourceTree, look: Lookup, row: Dict[str, Any]) ->
     v1 = os.path.isfile(os.path.join(tree.root, "vllm/v1/spec_decode/eagle.py")) and uses("vllm/v1/spec_decode/eagle.py")
     v2 = os.path.isdir(os.path.join(tree.root, "vllm/v1/worker/gpu")) and uses("vllm/v1/worker/gpu")
     runners = [n for n, ok in (("V1 (EagleProposer)", v1), ("V2", v2)) if ok]
-    return True, "wrapped proposer drafts for: " + (", ".join(runners) or "no runner found"), ""
+    return True, "wrapped proposer drafts for: " + (", ".join(runners) or "no runner found"), \
+        ("vllm/v1/spec_decode/eagle.py" if v1 else "")
 
 
 def fact_sleep_level2(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
@@ -743,8 +794,8 @@ def fact_sleep_level2(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tu
     return True, text, f"{tree.rel(path)}:{fn.lineno}"
 
 
-FACTS = {"async_default": fact_async_default, "v2_runner": fact_v2_runner, "k0_skip_runners": fact_k0_skip_runners,
-         "sleep_level2": fact_sleep_level2}
+FACTS = {"async_default": fact_async_default, "v2_runner": fact_v2_runner, "v2_methods": fact_v2_methods,
+         "k0_skip_runners": fact_k0_skip_runners, "sleep_level2": fact_sleep_level2}
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -944,6 +995,45 @@ def run_checks(root: str, rows: List[Dict[str, Any]], consts: Dict[str, Any], us
     return results
 
 
+# ----------------------------------------------------------------------------- facts table
+
+def _major_minor(version: str) -> Tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+def check_facts(version: str, results: List[Dict[str, Any]], consts: Dict[str, Any], used: set) -> List[Dict[str, Any]]:
+    """compat.VLLM_VERSION_FACTS against this tree: for each fact with `check` rows, does what the
+    rows found agree with the table's value for this version? [] outside the supported range."""
+    used.add("VLLM_VERSION_FACTS")
+    lo, hi = (tuple(x) for x in consts["SUPPORTED_VLLM"])
+    mm = _major_minor(version)
+    if not lo <= mm <= hi:
+        return []
+    by_id = {r["id"]: r for r in results}
+    out = []
+    for fact in consts.get("VLLM_VERSION_FACTS", ()):
+        if not fact.get("check"):
+            continue
+        value = None
+        for first, v in fact["since"]:
+            if mm >= tuple(first):
+                value = v
+        rows = [by_id.get(i) for i in fact["check"]]
+        unknown = [i for i, r in zip(fact["check"], rows) if r is None]
+        if unknown:
+            raise KeyError(f"VLLM_VERSION_FACTS[{fact['key']!r}] names unknown rows {unknown}")
+        report = " | ".join(r["what"] if r["status"] == "info" and r["kind"] == "fact" else r["status"]
+                            for r in rows)
+        if "expect" in fact:
+            agrees = re.search(fact["expect"][value], report) is not None
+        else:
+            agrees = all(r["status"] == "found" for r in rows) == (value == "yes")
+        out.append({"fact": fact["key"], "table": value, "tree": report,
+                    "status": "agrees" if agrees else "DISAGREES"})
+    return out
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 def tree_version(root: str, pkg: str) -> str:
@@ -1030,10 +1120,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             expand_rows(rows, consts, used)  # still count the names as covered
             continue
         results = run_checks(root, rows, consts, used)
-        report[section] = {"root": root, "version": tree_version(root, pkg), "results": results,
+        version = tree_version(root, pkg)
+        report[section] = {"root": root, "version": version, "results": results,
                            "missing_required": [r["id"] for r in failures(results)]}
+        if section == "vllm":
+            facts = check_facts(version, results, consts, used)
+            report[section]["facts"] = facts
+            report[section]["facts_disagree"] = [f["fact"] for f in facts if f["status"] != "agrees"]
+    used.add("VLLM_VERSION_FACTS")  # also when no vLLM tree was given
     report["unchecked_compat"] = unchecked_compat(consts, used)
-    report["ok"] = not any(report[s]["missing_required"] for s in ("vllm", "verl") if s in report)
+    report["ok"] = not any(report[s]["missing_required"] or report[s].get("facts_disagree")
+                           for s in ("vllm", "verl") if s in report)
 
     if args.json:
         print(json.dumps(report, indent=1))
@@ -1042,7 +1139,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if s in report:
                 print(format_table(s, report[s]["root"], report[s]["version"], report[s]["results"]))
                 miss = report[s]["missing_required"]
-                print(f"-- {s}: {'all required names found' if not miss else 'MISSING required: ' + ', '.join(miss)}\n")
+                print(f"-- {s}: {'all required names found' if not miss else 'MISSING required: ' + ', '.join(miss)}")
+                for f in report[s].get("facts", []):
+                    print(f"   fact {f['fact']}: compat says {f['table']!r}; tree: {f['tree']}  -> {f['status']}")
+                print()
         if report["unchecked_compat"]:
             print("compat names no row checks (add a row or a NOT_CHECKED reason): "
                   + ", ".join(report["unchecked_compat"]))

@@ -106,6 +106,75 @@ VERL_SPEC_ACCEPTED_TOKENS_FIELD = "spec_num_accepted_tokens"
 VERL_SPEC_VERIFY_STEPS_FIELD = "spec_num_verify_steps"
 
 
+# Per-version facts of the supported vLLMs ------------------------------------------------
+# Read in the unpacked wheels of vLLM 0.24.0, 0.25.1, 0.26.0, 0.27.1, 0.28.0, 0.29.0, 0.30.0 and
+# 0.31.0. docs/supported-versions.md's version tables are generated from this table
+# (tools/gen_version_docs.py), and tools/check_vllm_names.py compares it with every vLLM tree it
+# checks, through the rows of that tool named in `check`: a "yes" / "no" fact must agree with
+# whether those rows found their names; with `expect`, the rows' report must match the value's
+# regular expression. `since`: ((major, minor), value) pairs, each value holding from that version
+# until the next pair. A literal (the tool reads it with ast.literal_eval).
+VLLM_VERSION_FACTS = (
+    {"key": "dynamic_sd",
+     "what": "per-batch-size draft length (`num_speculative_tokens_per_batch_size`), which the planner drives",
+     "since": (((0, 24), "yes"),),
+     "check": ("SpeculativeConfig.num_speculative_tokens_per_batch_size", "SCHED_DYNAMIC_SD_LOOKUP_ATTR")},
+    {"key": "draft_load_config",
+     "what": "`SpeculativeConfig.draft_load_config`: the draft loads its real weights while veRL loads the "
+             "target with `load_format=dummy` (without it the whole engine loads for real)",
+     "since": (((0, 24), "yes"),),
+     "check": ("SpeculativeConfig.draft_load_config",)},
+    {"key": "draft_sample_method",
+     "what": "`SpeculativeConfig.draft_sample_method` (`greedy` | `probabilistic`)",
+     "since": (((0, 24), "yes"),),
+     "check": ("VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR",)},
+    {"key": "probabilistic_drafts",
+     "what": "probabilistic drafts for eagle3 / draft_model: the V1 proposer samples at the request's "
+             "temperature and keeps the probabilities, the V1 runner hands them to the rejection sampler's "
+             "ratio test",
+     "since": (((0, 24), "yes"),),
+     "check": ("VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR", "proposer keeps draft probabilities",
+               "V1 runner passes draft probabilities")},
+    {"key": "per_request_spec_metrics",
+     "what": "per-request spec-decode stats (`per_request_spec_decode_metrics`), from which the server fills "
+             "veRL's `rollout/spec_accept_rate` / `rollout/spec_accept_length`",
+     "since": (((0, 24), "no"), ((0, 29), "yes")),
+     "check": ("VLLM_ARG_PER_REQUEST_SPEC_METRICS", "VLLM_OUTPUT_SPEC_METRICS_ATTR",
+               "VLLM_REQUEST_SPEC_HISTOGRAM_ATTR", "VLLM_REQUEST_SPEC_DRAFT_TOKENS_ATTR")},
+    {"key": "get_draft_model",
+     "what": "`GPUModelRunner.get_draft_model()` for the live draft reload (without it: the runner's "
+             "`drafter.model`)",
+     "since": (((0, 24), "no"), ((0, 26), "yes")),
+     "check": ("VLLM_RUNNER_GET_DRAFT_MODEL",)},
+    {"key": "async_eagle3",
+     "what": "async scheduling on by default with eagle3",
+     "since": (((0, 24), "on"),),
+     "check": ("async scheduling default",), "expect": {"on": "eagle3: on", "off": "eagle3: off"}},
+    {"key": "async_draft_model",
+     "what": "async scheduling on by default with draft_model",
+     "since": (((0, 24), "off"), ((0, 28), "on")),
+     "check": ("async scheduling default",), "expect": {"on": "draft_model: on", "off": "draft_model: off"}},
+    {"key": "default_runner",
+     "what": "vLLM's default model runner for a dense model on a GPU (Triton); its V2 runner drafts max K "
+             "every step and ignores the scheduled K",
+     "since": (((0, 24), "V1 (dynamic K forces it)"), ((0, 25), "V2 with eagle3, V1 with draft_model"),
+               ((0, 31), "V2")),
+     "check": ("model runner V2 and dynamic K", "V2 runner speculative methods"),
+     "expect": {"V1 (dynamic K forces it)": "dynamic K forces the V1 runner",
+                "V2 with eagle3, V1 with draft_model":
+                    "V2 default: (dense|every).*IGNORES the scheduled K.*eagle3: yes, draft_model: no",
+                "V2": "V2 default: (dense|every).*IGNORES the scheduled K.*eagle3: yes, draft_model: yes"}},
+    {"key": "k0_skip",
+     "what": "the K=0 draft skip (`planner.skip_draft_at_k0`) wraps the proposer the V1 runner drafts with",
+     "since": (((0, 24), "yes"),),
+     "check": ("K=0 skip reaches", "VLLM_PROPOSE_ATTN_METADATA_KW/POS"), "expect": {"yes": r"V1 \(.*found"}},
+    {"key": "sleep_level2",
+     "what": "sleep level 2 discards every weight, the draft's too (our server reloads the draft)",
+     "since": (((0, 24), "yes"),),
+     "check": ("sleep level 2",), "expect": {"yes": "^yes"}},
+)
+
+
 def _dist_version(*names: str) -> Optional[str]:
     for name in names:
         try:
@@ -155,6 +224,55 @@ def check_versions() -> None:
         )
 
 
+def supported_vllm_minors() -> list:
+    """Every (major, minor) in SUPPORTED_VLLM, oldest first."""
+    (major, lo), (_, hi) = SUPPORTED_VLLM
+    return [(major, m) for m in range(lo, hi + 1)]
+
+
+def vllm_fact(key: str, version: Optional[str] = None) -> Optional[str]:
+    """The value VLLM_VERSION_FACTS gives `key` for a vLLM version (the installed one by default);
+    None outside the supported range, where nothing was read."""
+    version = version if version is not None else vllm_version()
+    if version is None:
+        return None
+    mm = _major_minor(version)
+    if not SUPPORTED_VLLM[0] <= mm <= SUPPORTED_VLLM[1]:
+        return None
+    fact = next((f for f in VLLM_VERSION_FACTS if f["key"] == key), None)
+    if fact is None:
+        raise KeyError(f"VLLM_VERSION_FACTS has no {key!r}")
+    value = None
+    for first, v in fact["since"]:
+        if mm >= first:
+            value = v
+    return value
+
+
+def vllm_probabilistic_drafts(version: Optional[str] = None, has_field: Optional[bool] = None) -> bool:
+    """Whether `draft_sampling=auto` asks this vLLM for probabilistic drafts (for eagle3 and
+    draft_model; config.SpecRolloutConfig.draft_sample_method adds the method's side).
+
+    Yes on every supported vLLM, 0.24 (veRL 0.9.1's GPU pin) to 0.31: the V1 proposer
+    (SpecDecodeBaseProposer, base of EagleProposer and DraftModelProposer) samples each draft token
+    from softmax(logits / T) and keeps those probabilities (take_last_draft_probs); the V1 runner
+    hands them, per request, to the rejection sampler (_get_spec_decode_draft_probs), whose ratio
+    test min(1, p/q) and residual max(p - q, 0) use them. That code is the same in 0.24 and 0.31
+    for sequential drafters (0.25+ only add a temperature fix for parallel drafting, DFlash, which
+    we never start), and the V1 runner is the one we pin. Memory is no version difference either:
+    every one of these vLLMs profiles the rejection sampler at start-up with one draft token per
+    request, so the [draft tokens x vocab] float32 probabilities of a step exceed that profile alike
+    (docs/supported-versions.md gives the numbers).
+
+    `has_field`: whether SpeculativeConfig has draft_sample_method (probed when None). Outside the
+    table's range (refused by check_versions anyway) the probe alone decides."""
+    if has_field is None:
+        has_field = vllm_has_draft_sample_method()
+    if not has_field:
+        return False
+    return vllm_fact("probabilistic_drafts", version) != "no"
+
+
 def resolve(qualname: str):
     """Import 'pkg.module:Attr'."""
     import importlib
@@ -178,8 +296,8 @@ def vllm_has_draft_load_config() -> bool:
 
 
 def vllm_has_draft_sample_method() -> bool:
-    """SpeculativeConfig.draft_sample_method ("greedy" | "probabilistic"): vLLM 0.31+ (absent in
-    the 0.24 that veRL 0.9.1 pins for GPUs, where drafts are always greedy)."""
+    """SpeculativeConfig.draft_sample_method ("greedy" | "probabilistic"): every supported vLLM
+    (0.24+, VLLM_VERSION_FACTS); probed so an unexpected build drafts greedily."""
     try:
         from vllm.config.speculative import SpeculativeConfig
     except ImportError:
@@ -301,7 +419,7 @@ SCHED_OUT_SPEC_TOKENS_ATTR = "scheduled_spec_decode_tokens"
 VLLM_REJECTION_SAMPLER = "vllm.v1.sample.rejection_sampler:RejectionSampler"
 VLLM_PARSE_SAMPLER_OUTPUT = "parse_output"
 VLLM_SPEC_METHOD_ATTR = "method"  # SpeculativeConfig.method: the base method the engine runs
-VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR = "draft_sample_method"  # "greedy" | "probabilistic" (0.31+)
+VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR = "draft_sample_method"  # "greedy" | "probabilistic" (0.24+)
 
 # HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----
 HF_DECODER_ATTRS = ("model",)      # CausalLM.model

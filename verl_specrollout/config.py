@@ -259,8 +259,10 @@ class SpecRolloutConfig:
         "distribution at the request's temperature, and vLLM's rejection sampler puts the draft probabilities in "
         "its ratio test: exact either way, and at T > 0 a draft close to the target's distribution is accepted "
         "more often than its argmax; 1.3-1.4x the acceptance length at T=1 on the regime testbed). `auto`: "
-        "probabilistic where vLLM has it (>= 0.31) and the method drafts with a model, else greedy. "
-        "`probabilistic` needs both, and costs vLLM a [tokens x vocab] float32 buffer of draft probabilities.",
+        "probabilistic where vLLM implements it (every supported vLLM, 0.24 to 0.31; docs/supported-versions.md) "
+        "and the method drafts with a model (`eagle3`, `draft_model`), else greedy. `probabilistic` needs both, "
+        "and costs vLLM [draft tokens x vocab] float32 draft probabilities per step, beyond what it profiles "
+        "at start-up.",
         choices=DRAFT_SAMPLING)
     prompt_lookup_min: int = key(2, "`ngram` only: shortest n-gram matched (<= `prompt_lookup_max`).", ge=1)
     prompt_lookup_max: int = key(4, "`ngram` only: longest n-gram matched.", ge=1)
@@ -282,11 +284,20 @@ class SpecRolloutConfig:
         """Group drafts replace or join the base method's (vllm_adapter/group_proposer.py)."""
         return self.method in GROUP_BASE_METHODS
 
-    def draft_sample_method(self, vllm_has_it: bool) -> str:
-        """What `draft_sampling` means for an engine: "greedy" or "probabilistic"."""
+    def draft_sample_method(self, vllm_has_it: Optional[bool] = None) -> str:
+        """What `draft_sampling` means for an engine: "greedy" or "probabilistic". `vllm_has_it`:
+        whether the vLLM implements probabilistic drafts (compat.vllm_probabilistic_drafts(), asked
+        when None). `auto` drafts probabilistically where vLLM does and the method drafts with a model
+        of its own; group and ngram drafts are copied tokens without a distribution."""
         if self.draft_sampling != "auto":
             return self.draft_sampling
-        return "probabilistic" if vllm_has_it and self.has_draft_model and not self.group_drafting else "greedy"
+        if not self.has_draft_model or self.group_drafting:
+            return "greedy"
+        if vllm_has_it is None:
+            from verl_specrollout import compat
+
+            vllm_has_it = compat.vllm_probabilistic_drafts()
+        return "probabilistic" if vllm_has_it else "greedy"
 
     @property
     def has_draft_model(self) -> bool:

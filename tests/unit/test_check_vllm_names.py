@@ -145,3 +145,27 @@ def test_usage_errors(tool, tmp_path, capsys):
     assert tool.main([str(tmp_path)]) == 2  # no vllm/ there
     assert tool.main([]) == 2
     capsys.readouterr()
+
+
+def test_facts_table_agrees_with_the_installed_vllm_and_a_wrong_fact_fails(tool, installed):
+    # compat.VLLM_VERSION_FACTS (docs/supported-versions.md's source) read against the installed tree.
+    _rc, rep = installed
+    facts = {f["fact"]: f for f in rep["vllm"]["facts"]}
+    assert rep["vllm"]["facts_disagree"] == [] and rep["ok"]
+    assert {"draft_sample_method", "probabilistic_drafts", "per_request_spec_metrics", "default_runner"} <= set(facts)
+    assert facts["default_runner"]["table"] == "V2" and "draft_model: yes" in facts["default_runner"]["tree"]
+    # A table claiming vLLM 0.31 lacks per-request spec stats, or defaults to V1, is contradicted.
+    consts = dict(tool.compat_constants())
+    wrong = []
+    for f in consts["VLLM_VERSION_FACTS"]:
+        if f["key"] == "per_request_spec_metrics":
+            f = dict(f, since=(((0, 24), "no"),))
+        if f["key"] == "default_runner":
+            f = dict(f, since=(((0, 24), "V1 (dynamic K forces it)"),))
+        wrong.append(f)
+    consts["VLLM_VERSION_FACTS"] = tuple(wrong)
+    checked = {f["fact"]: f["status"] for f in tool.check_facts(rep["vllm"]["version"], rep["vllm"]["results"], consts, set())}
+    assert checked["per_request_spec_metrics"] == "DISAGREES" and checked["default_runner"] == "DISAGREES"
+    assert checked["draft_sample_method"] == "agrees"
+    # Outside the supported range nothing is compared.
+    assert tool.check_facts("0.33.0", rep["vllm"]["results"], consts, set()) == []

@@ -99,17 +99,19 @@ def build_engine_kwargs(
 def _set_draft_sampling(cfg: SpecRolloutConfig, spec: dict) -> None:
     from verl_specrollout import compat
 
-    supported = compat.vllm_has_draft_sample_method()
-    if cfg.draft_sampling == "probabilistic" and not supported:
+    has_field = compat.vllm_has_draft_sample_method()
+    if cfg.draft_sampling == "probabilistic" and not has_field:
         raise SpecRolloutConfigError(
-            "specrollout.draft_sampling=probabilistic needs vLLM >= 0.31 (SpeculativeConfig."
-            f"{compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}); this vLLM drafts greedily only: use greedy or auto")
+            "specrollout.draft_sampling=probabilistic needs a vLLM whose SpeculativeConfig has "
+            f"{compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR} (every supported vLLM, 0.24 to 0.31, has it; this "
+            f"build, {compat.vllm_version()}, does not): use greedy or auto")
+    supported = compat.vllm_probabilistic_drafts(has_field=has_field)
     method = cfg.draft_sample_method(supported)
-    if supported and cfg.has_draft_model:
+    if has_field and cfg.has_draft_model:
         spec[compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR] = method
     if cfg.draft_sampling == "auto":
-        logger.info("verl-specrollout: draft_sampling=auto -> %s (vLLM %s draft_sample_method)", method,
-                    "has" if supported else "has no")
+        logger.info("verl-specrollout: draft_sampling=auto -> %s (vLLM %s %s probabilistic drafts)", method,
+                    compat.vllm_version(), "implements" if supported else "does not implement")
 
 
 def _sync_scheduling_for_group(existing: dict, kwargs: dict) -> None:
