@@ -325,7 +325,8 @@ VLLM_PROPOSER = "vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer"
 VLLM_PROPOSE_METHOD = "propose"
 VLLM_PROPOSE_ATTN_METADATA_KW = "common_attn_metadata"
 VLLM_PROPOSE_ATTN_METADATA_POS = 5  # its index in *args after num_speculative_tokens
-# Model runner selection. vLLM 0.29-0.31 default to the V2 model runner on GPUs with Triton, and that
+# Model runner selection. vLLM 0.25-0.31 default to the V2 model runner for dense models on GPUs with
+# Triton (0.29+: for every model; 0.24: dynamic K forces V1; VLLM_VERSION_FACTS), and that
 # runner drafts max K every step whatever the scheduler asked for (it does not read
 # num_spec_tokens_to_schedule): the planner would not control the draft's cost. From 0.32 the V2
 # runner drafts the scheduled K. The env var is read when vLLM builds its config.

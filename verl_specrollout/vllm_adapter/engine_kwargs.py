@@ -131,7 +131,8 @@ def _sync_scheduling_for_group(existing: dict, kwargs: dict) -> None:
 def pin_model_runner(env: Optional[MutableMapping[str, str]] = None, vllm_version: Optional[str] = None) -> Optional[str]:
     """Keep vLLM on the model runner that drafts the K the planner scheduled.
 
-    vLLM 0.29-0.31 pick their V2 model runner by default on GPUs, and it drafts max K every step
+    vLLM 0.25-0.31 pick their V2 model runner by default on GPUs (for dense models; 0.29+ for every
+    model; on 0.24 dynamic K forces V1 and this changes nothing), and it drafts max K every step
     whatever the scheduler asked for (compat.VLLM_ENV_USE_V2_MODEL_RUNNER). There we set
     ``VLLM_USE_V2_MODEL_RUNNER=0`` in this process before the engine is built (engine processes
     inherit it), unless the user chose a runner: then we only warn. Returns what was done, for

@@ -75,7 +75,7 @@ GPU clusters.
   Verification of ragged drafts is a mixed batch for vLLM, so the target runs its piecewise graph
   rather than the full uniform-decode graph on steps where requests draft different lengths.
 * Sleep mode: the index lives in the worker's CPU memory and survives sleep (levels 1 and 2).
-* V2 model runner: not wrapped; engine_kwargs.pin_model_runner keeps vLLM 0.29-0.31 on V1.
+* V2 model runner: not wrapped; engine_kwargs.pin_model_runner keeps vLLM 0.24-0.31 on V1.
 """
 
 from __future__ import annotations
