@@ -4,7 +4,7 @@ The rollout side calls :class:`DraftReloader.maybe_reload` after each policy wei
 It reads ``<publish_dir>/LATEST`` (written by :mod:`verl_specrollout.learner.publisher`) and,
 when a newer version is there, runs :func:`reload_draft_in_worker` inside every vLLM worker
 (``collective_rpc`` with a callable: the worker object comes in as ``self``).  The worker
-reaches the drafter through ``model_runner.get_draft_model()`` (vLLM 0.28+; older runners:
+reaches the drafter through ``model_runner.get_draft_model()`` (vLLM 0.26+; older runners:
 ``model_runner.drafter.model``) and calls the draft model's own ``load_weights``.
 
 Safety rules enforced here, not assumed:

@@ -72,8 +72,8 @@ class SpecRolloutScheduler(Scheduler):
     vLLM instantiates ``scheduler_cls`` whatever the mode: with a class built on the synchronous
     ``Scheduler`` an asynchronous engine would step without the in-flight output placeholders
     ``AsyncScheduler`` keeps. ``__new__`` therefore returns an ``AsyncSpecRolloutScheduler`` when
-    ``vllm_config.scheduler_config.async_scheduling`` is on (the vLLM 0.31+ default for EAGLE and
-    draft-model speculation on GPUs; the CPU platform always turns it off).
+    ``vllm_config.scheduler_config.async_scheduling`` is on (vLLM's default on GPUs for EAGLE, and for
+    draft-model speculation from 0.28; the CPU platform always turns it off).
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
