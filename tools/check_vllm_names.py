@@ -73,6 +73,8 @@ LINEAR_MOD = "{VLLM_LINEAR_MODULE}"
 VLLM_ROWS: List[Dict[str, Any]] = [
     # Scheduler subclass (vllm_adapter/scheduler.py): resolved at import, so the class must exist.
     dict(id="VLLM_BASE_SCHEDULER", kind="class", target="{VLLM_BASE_SCHEDULER}", need=REQ),
+    # vLLM's own plugin allow-list (startup_checks: our general plugin excluded -> one clear line).
+    dict(id="VLLM_PLUGINS_ENV", kind="string-literal", under="vllm/envs.py", value="{VLLM_PLUGINS_ENV}", need=REQ),
     dict(id="SCHED_DYNAMIC_SD_LOOKUP_ATTR", kind="instance-attr", target="{VLLM_BASE_SCHEDULER}",
          attr="{SCHED_DYNAMIC_SD_LOOKUP_ATTR}", need=REQ),
     # scheduler.py reads these directly (self.num_spec_tokens, self.requests, ...).
@@ -281,6 +283,22 @@ VERL_ROWS: List[Dict[str, Any]] = [
          params=("config", "worker_group", "rollout_resource_pool", "start_rank", "load_balancer_cls"), need=OPT),
     dict(id="VERL_ROUTER_CONFIG_PATH_KEY", kind="string-literal", under="verl/workers/rollout/llm_server.py",
          value="{VERL_ROUTER_CONFIG_PATH_KEY}", need=OPT),
+    # Start-up guards (verl_adapter/startup_checks.py): plugin loading in verl/__init__.py and the
+    # config fields whose settings silently bypass us.
+    dict(id="{*}", kind="string-literal", under="verl/__init__.py", value="{{*}}", need=REQ,
+         each=("VERL_PLUGINS_ENV", "VERL_MODULES_ENV", "VERL_PLUGINS_DEFAULT", "VERL_PLUGINS_NONE")),
+    dict(id="{*}", kind="dataclass-field", target="verl.workers.config.rollout:RolloutConfig", attr="{{*}}",
+         need=REQ, each=("VERL_ROLLOUT_NAME", "VERL_ROLLOUT_MTP")),
+    dict(id="{*}", kind="dataclass-field", target="verl.workers.config.model:MtpConfig", attr="{{*}}",
+         need=REQ, each=("VERL_MTP_ENABLE", "VERL_MTP_ENABLE_ROLLOUT")),
+    dict(id="VERL_ROLLOUT_DISAGG_ENABLED", kind="dataclass-field",
+         target="verl.workers.config.disaggregation:DisaggregationConfig", attr="enabled", need=REQ),
+    dict(id="VERL_PD_REPLICA_NAME", kind="class",
+         target="verl.workers.rollout.vllm_rollout.vllm_pd_replica:{VERL_PD_REPLICA_NAME}", need=OPT),
+    dict(id="VERL_SERVER_CONFIG_ATTR", kind="instance-attr", target="{VERL_VLLM_SERVER}",
+         attr="{VERL_SERVER_CONFIG_ATTR}", need=REQ),
+    dict(id="VERL_KEY_BYPASS_MODE", kind="string-literal", under="verl/trainer/ppo/v1/trainer_base.py",
+         value="bypass_mode", need=REQ),
 ]
 
 # compat constants that name nothing inside vLLM or veRL, with the reason.
@@ -289,6 +307,11 @@ NOT_CHECKED = {
                                "(no string to find); exercised against installed veRL by tests/unit/test_group_router.py",
     "SUPPORTED_VERL": "version range, not a name",
     "VERL_TRAINER_CLASSES": "pairs of the trainer module/class names checked on their own rows",
+    "VERL_PLUGINS_ALL": "same value as VERL_PLUGINS_DEFAULT (checked there)",
+    "VERL_KEY_ROLLOUT": "Hydra config path; tests/unit/test_startup_checks_on_cpu.py composes veRL's own YAML with it",
+    "VERL_KEY_BYPASS_MODE": "Hydra config path; its field (bypass_mode) is checked on the row of that id",
+    "VERL_ROLLOUT_DISAGG_ENABLED": "dotted path; its field (DisaggregationConfig.enabled) is checked on the row of that id",
+    "VERL_KEY_MODEL_MTP": "Hydra config path; tests/unit/test_startup_checks_on_cpu.py composes veRL's own YAML with it",
     "SUPPORTED_VLLM": "version range, not a name",
     "VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K": "version boundary (see the per-version facts this tool prints)",
     "SPECROLLOUT_WORKER_EXTENSION": "our own class",

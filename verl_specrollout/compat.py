@@ -174,6 +174,32 @@ VLLM_VERSION_FACTS = (
      "check": ("sleep level 2",), "expect": {"yes": "^yes"}},
 )
 
+# Start-up guards (verl_adapter/startup_checks.py) --------------------------------------------
+# veRL 0.9.1 plugin loading (verl/__init__.py): VERL_USE_EXTERNAL_MODULES is a comma list of modules
+# imported first (split on "," only, no strip); VERL_USE_EXTERNAL_PLUGINS, stripped and lower-cased,
+# is "auto" (the default: every `verl.plugins` entry point), "none", or a comma list of entry-point
+# names (each stripped, compared as is with the entry point's name).
+VERL_PLUGINS_ENV = "VERL_USE_EXTERNAL_PLUGINS"
+VERL_PLUGINS_DEFAULT = "auto"
+VERL_PLUGINS_ALL = "auto"
+VERL_PLUGINS_NONE = "none"
+VERL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"
+# vLLM's allow-list of plugin entry-point names (vllm/envs.py: unset = all; else split on ",", no strip).
+VLLM_PLUGINS_ENV = "VLLM_PLUGINS"
+# veRL 0.9.1 config keys (trainer/config/ppo_trainer.yaml; workers/config/rollout.py, model.py,
+# disaggregation.py). The rollout's `mtp` is what vLLMHttpServer reads (launch_server builds
+# speculative_config from it); the YAML interpolates it from actor_rollout_ref.model.mtp.
+VERL_KEY_ROLLOUT = "actor_rollout_ref.rollout"
+VERL_KEY_MODEL_MTP = "actor_rollout_ref.model.mtp"  # what users set
+VERL_ROLLOUT_NAME = "name"
+VERL_ROLLOUT_MTP = "mtp"
+VERL_MTP_ENABLE = "enable"
+VERL_MTP_ENABLE_ROLLOUT = "enable_rollout"
+VERL_ROLLOUT_DISAGG_ENABLED = "disaggregation.enabled"
+VERL_KEY_BYPASS_MODE = "algorithm.rollout_correction.bypass_mode"
+VERL_PD_REPLICA_NAME = "vLLMPDReplica"  # named in a message only
+VERL_SERVER_CONFIG_ATTR = "config"  # vLLMHttpServer.config, the RolloutConfig
+
 
 def _dist_version(*names: str) -> Optional[str]:
     for name in names:
