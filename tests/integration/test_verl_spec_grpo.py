@@ -28,16 +28,26 @@ def test_grpo_with_speculation_and_online_learner(trainer, request):
     res = request.getfixturevalue(TRAINER_RUNS[trainer])
     steps = assert_grpo_ran(res, 3)
     assert res["trainer"] == trainer.removeprefix("v1_")
+    # In colocate_async a step's batch may have been generated before the previous log call (the
+    # warm-up batch, partial rollouts), so a step's window can hold no rollout at all; the metrics
+    # must then say so (no drafts), and every window that ran rollouts must show them.
+    every_step_rolls_out = trainer != "v1_colocate_async"
+    drafted = [s for s in steps if s.get("specrollout/num_drafts", 0) > 0]
+    assert drafted and (len(drafted) == len(steps) or not every_step_rolls_out), steps
+    assert steps[0] in drafted, steps[0]  # the first rollout runs the draft_path head at its start
     for s in steps:
-        assert s["specrollout/num_drafts"] > 0, s
-        assert s["specrollout/mean_acceptance_length"] > 1.0, s
         assert 0.0 <= s["specrollout/spec_off_fraction"] <= 1.0
-        assert "specrollout/accepted_per_draft/pos1" in s
         assert s["specrollout/draft_reload_failures"] == 0, s
-        # veRL's own dashboard keys, filled from vLLM's per-request stats. veRL averages
-        # 1 + accepted / verify steps over samples and counts a sample never verified (all its steps
-        # at K=0: the planner picks K=0 more often once a K=0 step costs what plain decoding costs) as
-        # 0, so the mean can fall below 1; it is > 0 as soon as one sample was drafted for.
+        assert "specrollout/mean_k" in s or s.get("specrollout/num_drafts", 0) == 0, s
+    for s in drafted:
+        assert s["specrollout/mean_acceptance_length"] > 1.0, s
+        assert "specrollout/accepted_per_draft/pos1" in s
+    # veRL's own dashboard keys, filled from vLLM's per-request stats (by veRL's legacy trainer from
+    # the batch, on V1 by our step hook with veRL's own function). veRL averages 1 + accepted / verify
+    # steps over samples and counts a sample never verified (all its steps at K=0: the planner picks
+    # K=0 more often once a K=0 step costs what plain decoding costs) as 0, so the mean can fall below
+    # 1; it is > 0 as soon as one sample was drafted for.
+    for s in drafted:
         assert 0.0 < s["rollout/spec_accept_length"] <= 5.0, s
         assert 0.0 < s["rollout/spec_accept_rate"] <= 1.0, s
     versions = [s["specrollout/draft_version"] for s in steps]

@@ -184,3 +184,19 @@ def test_construction_runs_the_job_checks_before_any_worker(verl_loaded, tmp_pat
         cfg.actor_rollout_ref.rollout.disaggregation.enabled = True
     with pytest.raises(SpecRolloutConfigError, match="disaggregation.enabled"):
         on_trainer_config(cfg)
+
+
+def test_separate_async_actor_worker_runs_our_learner_hook(verl_loaded):
+    """separate_async swaps veRL's actor worker for DetachActorWorker; it must still run our
+    init_model hook (capture + learner), and its own old-log-prob path still calls compute_log_prob."""
+    from verl.experimental.separation.engine_workers import DetachActorWorker
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    from verl_specrollout import compat
+    from verl_specrollout.verl_adapter.import_hook import WRAPPED_ATTR
+
+    base = getattr(importlib.import_module(compat.VERL_ACTOR_WORKER_MODULE), compat.VERL_ACTOR_WORKER_CLASS)
+    assert issubclass(DetachActorWorker, base)
+    assert getattr(getattr(DetachActorWorker, compat.VERL_WORKER_INIT_METHOD), WRAPPED_ATTR, False)
+    src = inspect.getsource(get_trainer_cls("separate_async")._compute_old_log_prob)
+    assert "super()._compute_old_log_prob(batch, metrics)" in src

@@ -280,7 +280,7 @@ class SpecRolloutHttpServer(vLLMHttpServer):
                 prev_hist = getattr(self, "_sr_prev_k_hist", {})
                 out["k_hist"] = _k_hist_delta(stats.get("k_hist") or {}, prev_hist)
                 self._sr_prev_k_hist = stats.get("k_hist") or {}
-                out["planner"] = {k: stats.get(k) for k in ("table", "table_changes", "replans", "mode", "alpha")}
+                out["planner"] = {k: stats.get(k) for k in ("table", "table_changes", "replans", "mode", "alpha", "cost_model")}
             except (OSError, ValueError) as exc:
                 logger.warning("verl-specrollout: cannot read planner stats %s: %r", path, exc)
         return out
