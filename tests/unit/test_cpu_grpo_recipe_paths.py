@@ -111,7 +111,7 @@ def _shim_dir(tmp_path, args_file):
     return str(shim)
 
 
-@pytest.mark.parametrize("use_v1", [None, "True"])
+@pytest.mark.parametrize("use_v1", [None, "True", "False"])
 def test_recipe_reaches_verl_with_testbed_paths_on_a_cold_cache(cold_env, tmp_path, use_v1):
     args_file = tmp_path / "main_ppo_args.txt"
     env = dict(cold_env, PATH=_shim_dir(tmp_path, args_file) + os.pathsep + os.environ.get("PATH", ""),
@@ -128,7 +128,7 @@ def test_recipe_reaches_verl_with_testbed_paths_on_a_cold_cache(cold_env, tmp_pa
     assert train.split("=", 1)[1] == os.path.join(os.path.dirname(model_dir), "data", "train.parquet")
     assert "trainer.total_training_steps=1" in args
     tq = "transfer_queue.backend.SimpleStorage.num_data_storage_units=2"
-    if use_v1:
+    if use_v1 != "False":  # veRL's default trainer unless told
         assert "trainer.use_v1=True" in args and tq in args
     else:
         assert "trainer.use_v1=False" in args and tq not in args
