@@ -73,6 +73,8 @@ LINEAR_MOD = "{VLLM_LINEAR_MODULE}"
 VLLM_ROWS: List[Dict[str, Any]] = [
     # Scheduler subclass (vllm_adapter/scheduler.py): resolved at import, so the class must exist.
     dict(id="VLLM_BASE_SCHEDULER", kind="class", target="{VLLM_BASE_SCHEDULER}", need=REQ),
+    dict(id="VLLM_SCHED_SET_PAUSE_STATE", kind="method", target="{VLLM_BASE_SCHEDULER}",
+         attr="{VLLM_SCHED_SET_PAUSE_STATE}", need=REQ),
     # vLLM's own plugin allow-list (startup_checks: our general plugin excluded -> one clear line).
     dict(id="VLLM_PLUGINS_ENV", kind="string-literal", under="vllm/envs.py", value="{VLLM_PLUGINS_ENV}", need=REQ),
     dict(id="SCHED_DYNAMIC_SD_LOOKUP_ATTR", kind="instance-attr", target="{VLLM_BASE_SCHEDULER}",

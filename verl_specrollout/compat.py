@@ -340,6 +340,7 @@ SCHED_OUT_NUM_SPEC_TOKENS_ATTR = "num_spec_tokens_to_schedule"
 # Pure validation / expansion of num_speculative_tokens_per_batch_size.
 VLLM_DYNAMIC_SD_BUILD = "vllm.v1.spec_decode.dynamic.utils:build_dynamic_sd_schedule_lookup"
 VLLM_BASE_SCHEDULER = "vllm.v1.core.sched.scheduler:Scheduler"
+VLLM_SCHED_SET_PAUSE_STATE = "set_pause_state"  # Scheduler.set_pause_state(state): pause / resume generation
 # What vLLM picks itself when async scheduling is on and no scheduler_cls is given.
 VLLM_ASYNC_SCHEDULER = "vllm.v1.core.sched.async_scheduler:AsyncScheduler"
 # Proposer base class of model drafters; propose() runs at the end of every step. The K=0 skip

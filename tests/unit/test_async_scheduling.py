@@ -108,3 +108,26 @@ def test_scheduler_class_follows_the_engines_scheduling_mode():
     mro = type(async_obj).__mro__
     # our hooks run first, then AsyncScheduler's placeholder bookkeeping, then Scheduler's
     assert mro.index(sched_mod.SpecRolloutScheduler) < mro.index(AsyncScheduler) < mro.index(Scheduler)
+
+
+def test_a_generation_pause_is_not_a_step_cost():
+    """veRL's async trainers pause generation around weight syncs and training; requests queued
+    meanwhile keep the engine looking busy, so the interval across a pause must not be credited to
+    the first step after it (it would price speculation out)."""
+    sched_mod = pytest.importorskip("verl_specrollout.vllm_adapter.scheduler")
+    from vllm.v1.core.sched.interface import PauseState
+
+    clock = FakeClock()
+    sched = object.__new__(sched_mod.SpecRolloutScheduler)  # only the pause hook and the timer
+    sched._sr_timer = StepTimer(clock)
+    sched._pause_state = PauseState.UNPAUSED
+    assert sched._sr_timer.on_update(busy_after=True) is None
+    clock.t = 0.02
+    assert sched._sr_timer.on_update(busy_after=True) == pytest.approx(0.02)  # a step, waiting non-empty
+    sched.set_pause_state(PauseState.PAUSED_ALL)
+    clock.t = 30.0  # training and the weight sync, requests still waiting
+    sched.set_pause_state(PauseState.UNPAUSED)
+    assert sched._pause_state == PauseState.UNPAUSED
+    assert sched._sr_timer.on_update(busy_after=True) is None  # the pause is not measured
+    clock.t = 30.03
+    assert sched._sr_timer.on_update(busy_after=True) == pytest.approx(0.03)

@@ -197,6 +197,15 @@ class SpecRolloutScheduler(Scheduler):
                 logger.exception("SpecRolloutScheduler: planner update failed; keeping the current table")
         return outputs
 
+    def set_pause_state(self, pause_state) -> None:
+        # veRL's async trainers pause generation (AsyncLLM.pause_generation) for every weight sync
+        # and training phase, and requests that arrive meanwhile wait in `waiting`: the engine looks
+        # busy through the pause, so the first step after the resume would be credited with the whole
+        # pause (seconds of training) and the cost model would price every K > 0 out. A pause or a
+        # resume starts a fresh interval instead.
+        super().set_pause_state(pause_state)
+        self._sr_timer.reset()
+
     def update_draft_token_ids(self, draft_token_ids) -> None:
         super().update_draft_token_ids(draft_token_ids)
         if self.planner is None or self._sr_budget is None:
