@@ -97,13 +97,29 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     # engine_kwargs.py always sends the per-batch-size table (dynamic K); draft_load_config has a
     # fallback (load_format=auto for the whole engine).
     dict(id="SpeculativeConfig.num_speculative_tokens_per_batch_size", kind="dataclass-field",
-         target=SPEC_CONFIG, attr="num_speculative_tokens_per_batch_size", need=REQ),
+         target=SPEC_CONFIG, attr="{VLLM_SPEC_DYNAMIC_TABLE_ATTR}", need=REQ),
     dict(id="SpeculativeConfig.draft_load_config", kind="dataclass-field", target=SPEC_CONFIG,
          attr="draft_load_config", need=OPT),
     # Engine arguments build_engine_kwargs and the veRL server set.
     dict(id="EngineArgs.{*}", kind="dataclass-field", target=ENGINE_ARGS, attr="{*}", need=REQ,
          each=("speculative_config", "scheduler_cls", "additional_config", "disable_log_stats", "load_format",
                "async_scheduling")),
+    # CUDA graphs and memory around dynamic K (engine_kwargs.py: graph plan, capture ceiling, draft-probability
+    # reserve; the scheduler's start-up line and its data-parallel guard).
+    dict(id="{*}", kind="dataclass-field", target=ENGINE_ARGS, attr="{{*}}", need=REQ,
+         each=("VLLM_ARG_COMPILATION_CONFIG", "VLLM_ARG_GPU_MEMORY_UTILIZATION", "VLLM_ARG_KV_CACHE_MEMORY_BYTES",
+               "VLLM_ARG_MAX_NUM_SEQS", "VLLM_ARG_MAX_NUM_BATCHED_TOKENS", "VLLM_ARG_ENFORCE_EAGER")),
+    dict(id="{*}", kind="dataclass-field", target="{VLLM_COMPILATION_CONFIG}", attr="{{*}}", need=REQ,
+         each=("VLLM_CC_CUDAGRAPH_MODE", "VLLM_CC_CAPTURE_SIZES", "VLLM_CC_MAX_CAPTURE_SIZE")),
+    dict(id="VllmConfig.compilation_config", kind="dataclass-field", target="vllm.config.vllm:VllmConfig",
+         attr="{VLLM_ARG_COMPILATION_CONFIG}", need=OPT),
+    dict(id="VLLM_CUDAGRAPH_MODE_NONE", kind="instance-attr", target="{VLLM_CUDAGRAPH_MODE_ENUM}",
+         attr="{VLLM_CUDAGRAPH_MODE_NONE}", need=OPT),
+    dict(id="VLLM_PARALLEL_DP_SIZE_ATTR", kind="dataclass-field", target="vllm.config.parallel:ParallelConfig",
+         attr="{VLLM_PARALLEL_DP_SIZE_ATTR}", need=REQ),
+    dict(id="VLLM_CURRENT_PLATFORM", kind="module-attr", target="{VLLM_CURRENT_PLATFORM}", need=OPT),
+    dict(id="{*}", kind="method", target="{VLLM_PLATFORM_CLASS}", attr="{{*}}", need=OPT,
+         each=("VLLM_PLATFORM_TOTAL_MEMORY", "VLLM_PLATFORM_IS_CPU")),
     # Per-request spec-decode stats (vLLM 0.29+; compat.vllm_has_per_request_spec_metrics gates them).
     dict(id="VLLM_ARG_PER_REQUEST_SPEC_METRICS", kind="dataclass-field", target=ENGINE_ARGS,
          attr="{VLLM_ARG_PER_REQUEST_SPEC_METRICS}", need=OPT),
@@ -196,6 +212,11 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     dict(id="V2 runner speculative methods", kind="fact", fn="v2_methods", need=INFO),
     dict(id="K=0 skip reaches", kind="fact", fn="k0_skip_runners", target="{VLLM_PROPOSER}", need=INFO),
     dict(id="sleep level 2", kind="fact", fn="sleep_level2", need=INFO),
+    dict(id="dynamic K and cudagraph mode", kind="fact", fn="dynamic_sd_cudagraph", need=INFO),
+    dict(id="dynamic K with data parallel", kind="fact", fn="dynamic_sd_data_parallel", need=INFO),
+    dict(id="additional_config in the compile cache key", kind="fact", fn="additional_config_hashed", need=INFO),
+    dict(id="default capture ceiling", kind="fact", fn="capture_ceiling", value="{VLLM_DEFAULT_CAPTURE_CEILING}",
+         need=INFO),
 ]
 
 VERL_SERVER_MOD = "verl.workers.rollout.vllm_rollout.vllm_async_server"
@@ -301,6 +322,12 @@ VERL_ROWS: List[Dict[str, Any]] = [
          attr="{VERL_SERVER_CONFIG_ATTR}", need=REQ),
     dict(id="VERL_KEY_BYPASS_MODE", kind="string-literal", under="verl/trainer/ppo/v1/trainer_base.py",
          value="bypass_mode", need=REQ),
+    # What veRL's server passes the engine besides engine_kwargs (engine_kwargs.EngineLimits), and the
+    # cudagraph mode it defaults to after our _preprocess_engine_kwargs.
+    dict(id="RolloutConfig.{*}", kind="dataclass-field", target="verl.workers.config.rollout:RolloutConfig",
+         attr="{*}", each="VERL_ROLLOUT_ENGINE_FIELDS", need=REQ),
+    dict(id="VERL_DEFAULT_CUDAGRAPH_MODE", kind="string-literal", under=VERL_SERVER_MOD.replace(".", "/") + ".py",
+         value="{VERL_DEFAULT_CUDAGRAPH_MODE}", need=OPT),
 ]
 
 # compat constants that name nothing inside vLLM or veRL, with the reason.
@@ -819,8 +846,58 @@ def fact_sleep_level2(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tu
     return True, text, f"{tree.rel(path)}:{fn.lineno}"
 
 
+def _config_function(tree: SourceTree, name: str):
+    path = tree.module_file("vllm.config.vllm")
+    return path, _function(tree.parse(path) if path else None, name)
+
+
+def fact_dynamic_sd_cudagraph(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
+    """What VllmConfig does to a full cudagraph mode when the K table is in the speculative config."""
+    path, fn = _config_function(tree, "_maybe_override_dynamic_sd_cudagraph_mode")
+    if fn is None:
+        return True, "no override: the cudagraph mode is kept", tree.rel(path) if path else ""
+    src = ast.unparse(fn)
+    if "PIECEWISE" not in src:
+        return True, "override found, but not to PIECEWISE", f"{tree.rel(path)}:{fn.lineno}"
+    who = "unless the V2 runner runs" if "use_v2_model_runner" in src else "for every runner"
+    return True, f"full modes become PIECEWISE {who}", f"{tree.rel(path)}:{fn.lineno}"
+
+
+def fact_dynamic_sd_data_parallel(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
+    """Whether VllmConfig drops the K table when data_parallel_size > 1."""
+    path, fn = _config_function(tree, "_maybe_disable_dynamic_sd_for_data_parallel")
+    if fn is None:
+        return True, "kept with data_parallel_size > 1 (no guard in VllmConfig)", tree.rel(path) if path else ""
+    return True, "dropped with data_parallel_size > 1 (static K)", f"{tree.rel(path)}:{fn.lineno}"
+
+
+def fact_additional_config_hashed(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
+    """Whether VllmConfig.compute_hash (the torch.compile cache key's config part) covers additional_config."""
+    hit = look.method("vllm.config.vllm:VllmConfig", "compute_hash")
+    if hit is None:
+        return True, "no VllmConfig.compute_hash", ""
+    path, _cls, fn = hit
+    hashed = "additional_config" in ast.unparse(fn)
+    return True, ("hashed into VllmConfig.compute_hash" if hashed else "not hashed"), f"{tree.rel(path)}:{fn.lineno}"
+
+
+def fact_capture_ceiling(tree: SourceTree, look: Lookup, row: Dict[str, Any]) -> Tuple[bool, str, str]:
+    """The default CUDA-graph capture ceiling in tokens (VllmConfig._set_cudagraph_sizes), against compat's."""
+    path, fn = _config_function(tree, "_set_cudagraph_sizes")
+    if fn is None:
+        return True, "no _set_cudagraph_sizes", ""
+    numbers = sorted({int(n.value) for n in ast.walk(fn) if isinstance(n, ast.Constant)
+                      and isinstance(n.value, int) and not isinstance(n.value, bool) and n.value in (512, 1024)})
+    ours = int(row["value"])
+    text = f"min(max_num_seqs * (1 + K) * 2, {' or '.join(map(str, numbers)) or '?'}) tokens"
+    text += " (as compat says)" if ours in numbers else f" (compat says {ours}: CHECK)"
+    return True, text, f"{tree.rel(path)}:{fn.lineno}"
+
+
 FACTS = {"async_default": fact_async_default, "v2_runner": fact_v2_runner, "v2_methods": fact_v2_methods,
-         "k0_skip_runners": fact_k0_skip_runners, "sleep_level2": fact_sleep_level2}
+         "k0_skip_runners": fact_k0_skip_runners, "sleep_level2": fact_sleep_level2,
+         "dynamic_sd_cudagraph": fact_dynamic_sd_cudagraph, "dynamic_sd_data_parallel": fact_dynamic_sd_data_parallel,
+         "additional_config_hashed": fact_additional_config_hashed, "capture_ceiling": fact_capture_ceiling}
 
 
 # ----------------------------------------------------------------------------------- checks

@@ -168,6 +168,24 @@ VLLM_VERSION_FACTS = (
      "what": "the K=0 draft skip (`planner.skip_draft_at_k0`) wraps the proposer the V1 runner drafts with",
      "since": (((0, 24), "yes"),),
      "check": ("K=0 skip reaches", "VLLM_PROPOSE_ATTN_METADATA_KW/POS"), "expect": {"yes": r"V1 \(.*found"}},
+    {"key": "dynamic_sd_cudagraph",
+     "what": "what `speculative_config.num_speculative_tokens_per_batch_size` does to a full cudagraph mode "
+             "(sent with `engine.graph_plan=piecewise`; `keep_user_mode` does not send it)",
+     "since": (((0, 24), "PIECEWISE for every runner"), ((0, 25), "PIECEWISE with the V1 runner")),
+     "check": ("dynamic K and cudagraph mode",),
+     "expect": {"PIECEWISE for every runner": "PIECEWISE for every runner",
+                "PIECEWISE with the V1 runner": "PIECEWISE unless the V2 runner"}},
+    {"key": "dynamic_sd_data_parallel",
+     "what": "the K table with `data_parallel_size` > 1 in one engine (our scheduler installs none there on "
+             "every version: ranks drafting different K diverge)",
+     "since": (((0, 24), "kept"), ((0, 26), "dropped by vLLM (static K)")),
+     "check": ("dynamic K with data parallel",),
+     "expect": {"kept": "^kept", "dropped by vLLM (static K)": "^dropped"}},
+    {"key": "additional_config_hashed",
+     "what": "`additional_config` is part of the torch.compile cache key (`VllmConfig.compute_hash`), so it "
+             "carries no run-specific value (`config.RUN_SPECIFIC_KEYS` stay out)",
+     "since": (((0, 24), "yes"),),
+     "check": ("additional_config in the compile cache key",), "expect": {"yes": "^hashed"}},
     {"key": "sleep_level2",
      "what": "sleep level 2 discards every weight, the draft's too (our server reloads the draft)",
      "since": (((0, 24), "yes"),),
@@ -359,6 +377,41 @@ VLLM_PROPOSE_ATTN_METADATA_POS = 5  # its index in *args after num_speculative_t
 # runner drafts the scheduled K. The env var is read when vLLM builds its config.
 VLLM_ENV_USE_V2_MODEL_RUNNER = "VLLM_USE_V2_MODEL_RUNNER"
 VLLM_V2_RUNNER_FOLLOWS_SCHEDULED_K = (0, 32)  # first (major, minor) whose V2 runner drafts the scheduled K
+# CUDA graphs and memory around dynamic K (vllm_adapter/engine_kwargs.py `graph_plan`, `graph_capture`,
+# `reserve_draft_probs`; the scheduler's start-up line). The K table as a SpeculativeConfig field: sending it
+# makes VllmConfig turn a full cudagraph mode into PIECEWISE (_maybe_override_dynamic_sd_cudagraph_mode:
+# vllm/config/vllm.py:758-772 in 0.24, every runner; :1064-1081 in 0.31, V1 runner only) and, from 0.26,
+# drop the table when data_parallel_size > 1 (:1083-1100 in 0.31). The scheduler reads it once
+# (Scheduler.__init__, v1/core/sched/scheduler.py:232-239 in 0.24, :292-299 in 0.31) into
+# dynamic_sd_lookup; the V1 runner never reads it (it drafts SchedulerOutput.num_spec_tokens_to_schedule).
+VLLM_SPEC_DYNAMIC_TABLE_ATTR = "num_speculative_tokens_per_batch_size"
+VLLM_ARG_COMPILATION_CONFIG = "compilation_config"          # EngineArgs / VllmConfig field
+VLLM_ARG_GPU_MEMORY_UTILIZATION = "gpu_memory_utilization"  # EngineArgs field
+VLLM_ARG_KV_CACHE_MEMORY_BYTES = "kv_cache_memory_bytes"    # EngineArgs field (wins over the utilization)
+VLLM_ARG_MAX_NUM_SEQS = "max_num_seqs"
+VLLM_ARG_MAX_NUM_BATCHED_TOKENS = "max_num_batched_tokens"
+VLLM_ARG_ENFORCE_EAGER = "enforce_eager"
+VLLM_COMPILATION_CONFIG = "vllm.config.compilation:CompilationConfig"
+VLLM_CC_CUDAGRAPH_MODE = "cudagraph_mode"
+VLLM_CC_CAPTURE_SIZES = "cudagraph_capture_sizes"
+VLLM_CC_MAX_CAPTURE_SIZE = "max_cudagraph_capture_size"
+VLLM_CUDAGRAPH_MODE_ENUM = "vllm.config.compilation:CUDAGraphMode"
+VLLM_CUDAGRAPH_MODE_NONE = "NONE"
+# vLLM's default capture ceiling in tokens, min(max_num_seqs * (1 + K) * 2, 512)
+# (VllmConfig._set_cudagraph_sizes: vllm/config/vllm.py:1688-1692 in 0.24; :2453-2461 in 0.31, where
+# data-center Blackwell gets 1024, as from 0.28).
+VLLM_DEFAULT_CAPTURE_CEILING = 512
+VLLM_PARALLEL_DP_SIZE_ATTR = "data_parallel_size"  # ParallelConfig field
+VLLM_CURRENT_PLATFORM = "vllm.platforms:current_platform"
+VLLM_PLATFORM_CLASS = "vllm.platforms.interface:Platform"
+VLLM_PLATFORM_TOTAL_MEMORY = "get_device_total_memory"  # NVML on CUDA: no CUDA context in the caller
+VLLM_PLATFORM_IS_CPU = "is_cpu"
+# veRL 0.9.1's server (vLLMHttpServer.launch_server, vllm_async_server.py:307-324) pops
+# engine_kwargs.vllm.compilation_config after _preprocess_engine_kwargs, sets its cudagraph_mode default
+# and writes rollout.cudagraph_capture_sizes over it; the RolloutConfig fields it passes besides.
+VERL_DEFAULT_CUDAGRAPH_MODE = "FULL_AND_PIECEWISE"
+VERL_ROLLOUT_ENGINE_FIELDS = ("max_num_seqs", "max_num_batched_tokens", "enforce_eager", "gpu_memory_utilization",
+                              "cudagraph_capture_sizes")
 # Speculative methods whose drafting runs no draft-model forward (K=0 really costs nothing).
 # Model drafters (eagle, eagle3, draft_model, mtp, ...) run one draft forward even at K=0.
 MODEL_FREE_DRAFT_METHODS = ("ngram", "suffix", "ngram_gpu")
@@ -380,6 +433,32 @@ def vllm_has_dynamic_sd() -> bool:
     except (ImportError, AttributeError):
         return False
     return True
+
+
+def clear_dynamic_lookup(scheduler) -> None:
+    """No dynamic K: the scheduler drafts num_speculative_tokens every step, as vLLM without a table."""
+    setattr(scheduler, SCHED_DYNAMIC_SD_LOOKUP_ATTR, None)
+
+
+def vllm_data_parallel_size(vllm_config) -> int:
+    return int(getattr(getattr(vllm_config, "parallel_config", None), VLLM_PARALLEL_DP_SIZE_ATTR, 1) or 1)
+
+
+def vllm_on_cpu() -> bool:
+    """vLLM's current platform is its CPU one (False when it cannot be told)."""
+    try:
+        return bool(getattr(resolve(VLLM_CURRENT_PLATFORM), VLLM_PLATFORM_IS_CPU)())
+    except Exception:
+        return False
+
+
+def vllm_device_total_memory(device_id: int = 0) -> Optional[int]:
+    """Total memory of the process's visible GPU `device_id`, by vLLM's platform (NVML on CUDA, so no CUDA
+    context is created here); None where the platform cannot say."""
+    try:
+        return int(getattr(resolve(VLLM_CURRENT_PLATFORM), VLLM_PLATFORM_TOTAL_MEMORY)(device_id))
+    except Exception:
+        return None
 
 
 def get_dynamic_lookup(scheduler) -> Optional[list]:
