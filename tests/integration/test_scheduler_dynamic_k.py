@@ -4,6 +4,11 @@ Runs a real vLLM CPU engine in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) on a t
 Llama with ngram speculation (no trained draft needed to check K: ngram proposes whenever
 the context repeats, and the prompts are repetitive). K is observed through vLLM's own
 Prometheus counters (vllm:spec_decode_num_drafts / vllm:spec_decode_num_draft_tokens).
+
+Every test runs twice: on an engine whose speculative_config carries no K table (what
+build_engine_kwargs sends by default, engine.graph_plan=keep_user_mode: our scheduler installs the
+lookup itself, and its stats file is named in the environment, not in vLLM's config) and on one
+that carries vLLM's num_speculative_tokens_per_batch_size (engine.graph_plan=piecewise).
 """
 
 from __future__ import annotations
@@ -43,40 +48,46 @@ def _tiny_llama(path: str) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+@pytest.fixture(scope="module", params=["scheduler-lookup", "vllm-table"])
+def engine(request, tmp_path_factory):
     pytest.importorskip("vllm")
     from vllm import LLM
 
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout import compat
+    from verl_specrollout.vllm_adapter.engine_kwargs import apply_channel_env
 
     model_dir = _tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")))
     cfg = SpecRolloutConfig(enable=True, method="ngram", max_k=MAX_K, prompt_lookup_min=1, prompt_lookup_max=3)
     cfg.planner.mode = "static"
     cfg.planner.max_batch = 16
-    llm = LLM(
-        model=model_dir,
-        skip_tokenizer_init=True,
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=256,
-        max_num_seqs=16,
-        max_num_batched_tokens=1024,
-        kv_cache_memory_bytes=64 * 1024 * 1024,
-        disable_log_stats=False,
-        seed=0,
-        scheduler_cls="verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler",
-        speculative_config={
-            "method": "ngram",
-            "num_speculative_tokens": MAX_K,
-            "prompt_lookup_min": 1,
-            "prompt_lookup_max": 3,
-            "num_speculative_tokens_per_batch_size": [[1, 16, MAX_K]],
-        },
-        additional_config={"specrollout": cfg.to_dict()},
-    )
+    spec = {"method": "ngram", "num_speculative_tokens": MAX_K, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+    stats_path = None
+    if request.param == "vllm-table":
+        spec[compat.VLLM_SPEC_DYNAMIC_TABLE_ATTR] = [[1, 16, MAX_K]]
+    else:
+        stats_path = str(tmp_path_factory.mktemp("stats") / "replica0_node0_1234.json")
+    apply_channel_env(cfg, stats_path=stats_path)  # the in-process engine core reads it at start
+    try:
+        llm = LLM(
+            model=model_dir,
+            skip_tokenizer_init=True,
+            dtype="float32",
+            enforce_eager=True,
+            max_model_len=256,
+            max_num_seqs=16,
+            max_num_batched_tokens=1024,
+            kv_cache_memory_bytes=64 * 1024 * 1024,
+            disable_log_stats=False,
+            seed=0,
+            scheduler_cls="verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler",
+            speculative_config=spec,
+            additional_config={"specrollout": cfg.engine_dict()},
+        )
+    finally:
+        apply_channel_env(SpecRolloutConfig())  # clears both channels
     sched = compat.in_process_scheduler(llm)
+    sched.sr_test_variant, sched.sr_test_stats_path = request.param, stats_path
     yield llm, sched
     del llm
 
@@ -116,6 +127,11 @@ def test_scheduler_is_ours_and_table_installed(engine):
     assert sched.planner is not None and sched.planner.max_k == MAX_K
     lookup = compat.get_dynamic_lookup(sched)
     assert lookup is not None and len(lookup) == 17 and set(lookup[1:]) == {MAX_K}
+    table = getattr(sched.vllm_config.speculative_config, compat.VLLM_SPEC_DYNAMIC_TABLE_ATTR)
+    assert (table is None) == (sched.sr_test_variant == "scheduler-lookup"), table
+    # Nothing run-specific in vLLM's config: the stats file came through the environment.
+    assert sched.vllm_config.additional_config["specrollout"]["planner"]["stats_path"] is None
+    assert sched._sr_stats_path == sched.sr_test_stats_path
 
 
 def test_live_table_k0_drafts_nothing_then_k3_drafts(engine):
@@ -204,3 +220,16 @@ def test_adaptive_planner_observes_and_replans(engine):
     from verl_specrollout.policy.planner import rows_to_dense
 
     assert compat.get_dynamic_lookup(sched) == rows_to_dense(p.rows(), 16, MAX_K)
+
+
+def test_stats_reach_the_file_named_in_the_environment(engine):
+    llm, sched = engine
+    if sched.sr_test_stats_path is None:
+        pytest.skip("this engine was given no stats file")
+    import json
+
+    sched.set_policy("static", [[1, 4, MAX_K], [5, 16, 1]])
+    _generate(llm)  # the engine drains at the end: the scheduler writes its stats
+    with open(sched.sr_test_stats_path) as f:
+        stats = json.load(f)
+    assert stats["table"] == [[1, 4, MAX_K], [5, 16, 1]]

@@ -37,7 +37,8 @@ from verl_specrollout.config import SpecRolloutConfig
 from verl_specrollout.metrics import counts_delta
 from verl_specrollout.verl_adapter.startup_checks import check_rollout
 from verl_specrollout.verl_adapter.trainer_hooks import register_replica
-from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs, pin_model_runner
+from verl_specrollout.vllm_adapter.engine_kwargs import (EngineLimits, apply_channel_env, build_engine_kwargs,
+                                                          pin_model_runner)
 
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,24 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         if not spec_cfg.enable:
             return
         check_versions()
-        if not spec_cfg.planner.stats_path:
+        stats_path = spec_cfg.planner.stats_path
+        if not stats_path:
             d = os.path.join(tempfile.gettempdir(), "specrollout_stats")
             os.makedirs(d, exist_ok=True)
-            spec_cfg.planner.stats_path = os.path.join(
+            stats_path = os.path.join(
                 d, f"replica{getattr(self, 'replica_rank', 0)}_node{getattr(self, 'node_rank', 0)}_{os.getpid()}.json")
-        self._sr_stats_path = spec_cfg.planner.stats_path
+        self._sr_stats_path = stats_path
+        # The per-process path reaches the engine core (a child of this process) through the environment:
+        # in additional_config it would change vLLM's compile-cache key at every start (config.RUN_SPECIFIC_KEYS).
+        apply_channel_env(spec_cfg, stats_path=stats_path)
         pin_model_runner()  # before vLLM builds its config in this process
-        extra = build_engine_kwargs(spec_cfg, target_path=self.model_config.local_path, existing=engine_kwargs)
+        on_cpu = compat.vllm_on_cpu()
+        limits = EngineLimits(
+            **{name: getattr(self.config, name, None) for name in compat.VERL_ROLLOUT_ENGINE_FIELDS},
+            device_memory_bytes=None if on_cpu else compat.vllm_device_total_memory(),
+            on_cpu=on_cpu)
+        extra = build_engine_kwargs(spec_cfg, target_path=self.model_config.local_path, existing=engine_kwargs,
+                                    limits=limits)
         # vLLM's spec-decode counters exist only with log stats on (veRL defaults them off).
         extra["disable_log_stats"] = False
         # Per-request stats feed veRL's own rollout/spec_accept_* metrics (see generate).

