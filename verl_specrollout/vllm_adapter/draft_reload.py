@@ -5,17 +5,21 @@ It reads ``<publish_dir>/LATEST`` (written by :mod:`verl_specrollout.learner.pub
 when a newer version is there, runs :func:`reload_draft_in_worker` inside every vLLM worker
 (``collective_rpc`` with a callable: the worker object comes in as ``self``).  The worker
 reaches the drafter through ``model_runner.get_draft_model()`` (vLLM 0.26+; older runners:
-``model_runner.drafter.model``) and calls the draft model's own ``load_weights``.
+``model_runner.drafter.model``) and calls the draft model's own ``load_weights``. A version
+already live is not reloaded (only LATEST is read). Each worker maps the checkpoint files rather
+than reading them (vllm_adapter/draft_files.py: one read per node and version through the page
+cache, no per-rank copy).
 
 Safety rules enforced here, not assumed:
 
 * Modules the draft shares with the target (``embed_tokens``, ``lm_head`` when the draft
   checkpoint has none) are never written: checkpoint tensors under those names are skipped
   (writing them would overwrite the *policy's* embedding / head inside vLLM) and a fingerprint
-  of the target's embedding and head is asserted unchanged after the load.
+  of the target's embedding and head (address, shape, dtype, a strided sample read in place:
+  no full-size temporary) is asserted unchanged after the load.
 * A version that fails to load (missing file, wrong shapes, NaN, any exception) leaves the last
-  good draft in place (parameters are snapshotted and restored) and is logged at WARNING; the
-  reload returns the version that is actually live.
+  good draft in place (parameters are copied to host memory before the load and put back) and is
+  logged at WARNING; the reload returns the version that is actually live.
 * CPU only: vLLM-CPU repacks linear weights for oneDNN / sgl kernels at load time and replaces
   ``layer.weight`` by an empty Parameter (``dispatch_cpu_unquantized_gemm(remove_weight=True)``),
   so ``load_weights`` would have nowhere to write.  For the draft's linears only, we give such a
@@ -37,6 +41,7 @@ import torch
 
 from verl_specrollout import compat
 from verl_specrollout.learner.publisher import list_versions, read_latest, version_name
+from verl_specrollout.vllm_adapter.draft_files import check_finite, map_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +76,32 @@ def _get_target_model(worker) -> Optional[torch.nn.Module]:
         return None
 
 
+FINGERPRINT_SAMPLES = 4096
+
+
 def _fingerprint(module: Optional[torch.nn.Module]) -> dict:
+    """Per shared parameter (embed_tokens, lm_head) of the target: its address, shape, dtype and the
+    bytes of a strided sample of about FINGERPRINT_SAMPLES elements, read in its own dtype. A load
+    that wrote into it (a whole tensor or a TP shard of it) changes the sample; a module swapped for
+    another changes the address. No copy of the parameter is made: the former float32 sums copied
+    each 152064 x 3584 bf16 matrix of a 7B target twice (2.2 GB each, 4.4 GB transient)."""
     if module is None:
         return {}
     out = {}
     for name, p in module.named_parameters():
         if any(s in name for s in compat.VLLM_DRAFT_SHARED_MODULES) and p.numel() > 0:
-            out[name] = (p.data_ptr(), float(p.detach().float().sum()), float(p.detach().float().abs().sum()))
+            out[name] = (p.data_ptr(), tuple(p.shape), str(p.dtype), _strided_sample(p))
     return out
+
+
+def _strided_sample(p: torch.Tensor) -> bytes:
+    n = p.numel()
+    step = max(1, n // FINGERPRINT_SAMPLES)
+    if p.dim() > 1 and step % p.shape[-1] == 0:
+        step += 1  # walk across columns as well as rows
+    idx = torch.arange(0, n, step, device=p.device)
+    sample = torch.take(p.detach(), idx).cpu()
+    return sample.view(torch.uint8).numpy().tobytes() if sample.dtype != torch.bool else sample.numpy().tobytes()
 
 
 def _shared_names(draft: torch.nn.Module, target: Optional[torch.nn.Module]) -> set:
@@ -104,17 +127,11 @@ def _shared_names(draft: torch.nn.Module, target: Optional[torch.nn.Module]) -> 
 
 def _read_checkpoint(ckpt_dir: str) -> dict:
     """Every tensor of a draft checkpoint in any format draft/format.py knows (safetensors or a
-    torch .bin read with weights_only, single file or sharded); refuses non-finite values."""
-    from verl_specrollout.draft.eagle3 import read_weights
-    from verl_specrollout.draft.format import find_weight_files
-
-    files = find_weight_files(ckpt_dir)
-    if not files:
-        raise FileNotFoundError(f"no model.safetensors / pytorch_model.bin (or index) in {ckpt_dir}")
-    sd = read_weights(ckpt_dir, files)
-    for k, v in sd.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ValueError(f"non-finite values in {k}")
+    torch .bin read with weights_only, single file or sharded), as views of the mapped files (one
+    read per node and version, shared by the TP ranks: vllm_adapter/draft_files.py); refuses
+    non-finite values."""
+    sd = map_checkpoint(ckpt_dir)
+    check_finite(sd)
     return sd
 
 
@@ -166,7 +183,8 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
     skip = _shared_names(draft, target)
     packed = _cpu_packed_linears(draft)
     saved_packed = []
-    snapshot = {n: p.detach().clone() for n, p in draft.named_parameters()
+    # The last good draft, kept in host memory (not beside it on the device) in case the load fails.
+    snapshot = {n: p.detach().to("cpu", copy=True) for n, p in draft.named_parameters()
                 if p.numel() > 0 and not any(s in n for s in skip)}
     try:
         sd = _read_checkpoint(ckpt_dir)
