@@ -153,6 +153,14 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     dict(id="draft model reachable (V1 runner)", kind="any-of", need=REQ,
          of=("VLLM_RUNNER_GET_DRAFT_MODEL", "VLLM_RUNNER_DRAFTER_ATTRS[drafter]")),
     dict(id="VLLM_RUNNER_GET_MODEL", kind="method", target=V1_RUNNER, attr="{VLLM_RUNNER_GET_MODEL}", need=REQ),
+    # Sleep mode: the level veRL passes to AsyncLLM.sleep (the server observes it), and vLLM's own
+    # save of the draft's buffers across level 2 (0.27+; without it draft_sleep.py keeps them).
+    dict(id="VLLM_ENGINE_SLEEP", kind="method", target="vllm.v1.engine.async_llm:AsyncLLM",
+         attr="{VLLM_ENGINE_SLEEP}", need=REQ),
+    dict(id="VLLM_SLEEP_LEVEL_ARG", kind="param-at-index", target="vllm.v1.engine.async_llm:AsyncLLM",
+         attr="{VLLM_ENGINE_SLEEP}", param="{VLLM_SLEEP_LEVEL_ARG}", index=1, need=REQ),
+    dict(id="VLLM_WORKER_SLEEP_SAVED_DRAFT_BUFFERS", kind="instance-attr", target=GPU_WORKER,
+         attr="{VLLM_WORKER_SLEEP_SAVED_DRAFT_BUFFERS}", need=OPT),
     dict(id="VLLM_DRAFT_OWN_LM_HEAD_FLAG", kind="attr-anywhere", under="vllm/model_executor",
          attr="{VLLM_DRAFT_OWN_LM_HEAD_FLAG}", need=OPT),
     dict(id="VLLM_DRAFT_OWN_EMBED_FLAG", kind="attr-anywhere", under="vllm/model_executor",
@@ -346,6 +354,8 @@ NOT_CHECKED = {
     "SPECROLLOUT_WORKER_EXTENSION": "our own class",
     "WORKER_RELOAD_METHOD": "our own method name",
     "WORKER_GROUP_STATS_METHOD": "our own method name",
+    "WORKER_KEEP_DRAFT_METHOD": "our own method name",
+    "VLLM_SLEEP_LEVEL_DISCARDS_WEIGHTS": "a sleep level number; the 'sleep level 2' fact reads Worker.sleep's branch on it",
     "MODEL_FREE_DRAFT_METHODS": "speculative method names (user config values)",
     "VLLM_DRAFT_SHARED_MODULES": "parameter-name substrings of the draft model's checkpoint",
     "HF_DECODER_ATTRS": "HF transformers model layout, not vLLM",

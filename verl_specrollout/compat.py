@@ -85,6 +85,7 @@ VERL_SERVER_OVERRIDES = ("_preprocess_engine_kwargs", "_get_worker_extension_cls
 VERL_VLLM_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils:vLLMColocateWorkerExtension"
 SPECROLLOUT_WORKER_EXTENSION = "verl_specrollout.verl_adapter.worker_extension.SpecRolloutWorkerExtension"
 WORKER_RELOAD_METHOD = "specrollout_reload_draft"  # by name: vLLM's mp executor refuses callables
+WORKER_KEEP_DRAFT_METHOD = "specrollout_keep_draft"  # keeps what a level-2 sleep would lose of the draft
 WORKER_GROUP_STATS_METHOD = "specrollout_group_stats"
 # vLLM Prometheus counters read in the rollout server process (AsyncLLM's default logger).
 VLLM_METRICS_SNAPSHOT = "vllm.v1.metrics.reader:get_metrics_snapshot"
@@ -190,6 +191,12 @@ VLLM_VERSION_FACTS = (
      "what": "sleep level 2 discards every weight, the draft's too (our server reloads the draft)",
      "since": (((0, 24), "yes"),),
      "check": ("sleep level 2",), "expect": {"yes": "^yes"}},
+    {"key": "sleep_draft_buffers",
+     "what": "sleep level 2 saves the draft's buffers (e.g. its own RoPE cache) and puts them back at wake-up; "
+             "before, our server keeps them on the host (draft parameters missing from the checkpoint: "
+             "always ours)",
+     "since": (((0, 24), "no"), ((0, 27), "yes")),
+     "check": ("VLLM_WORKER_SLEEP_SAVED_DRAFT_BUFFERS",)},
 )
 
 # Start-up guards (verl_adapter/startup_checks.py) --------------------------------------------
@@ -500,6 +507,15 @@ VLLM_CPU_LINEAR_ATTR = "cpu_linear"
 VLLM_LINEAR_MODULE = "vllm.model_executor.layers.linear"
 VLLM_LINEAR_V2_LIST = "WEIGHT_LOADER_V2_SUPPORTED"   # quant methods using weight_loader_v2
 VLLM_LINEAR_V1_LOADER_CLASSES = ("ReplicatedLinear",)
+# Sleep mode (verl_adapter/server.py, vllm_adapter/draft_sleep.py). veRL calls AsyncLLM.sleep(level=...)
+# with the level its _resolve_sleep_level picks (HYBRID: 2 unless MTP / LoRA adapters / NPU; COLOCATED:
+# 1); level 1 offloads weights to host memory and back, level 2 discards them. Worker.sleep(level=2)
+# saves the target's buffers in every version and the draft's in this dict from 0.27
+# (VLLM_VERSION_FACTS "sleep_draft_buffers"); no version saves draft parameters.
+VLLM_ENGINE_SLEEP = "sleep"
+VLLM_SLEEP_LEVEL_ARG = "level"
+VLLM_SLEEP_LEVEL_DISCARDS_WEIGHTS = 2
+VLLM_WORKER_SLEEP_SAVED_DRAFT_BUFFERS = "_sleep_saved_draft_buffers"
 
 # vLLM V1 model runner: Best-of-N group drafting (vllm_adapter/group_proposer.py) --------
 # Both methods are wrapped at class level. propose_draft_token_ids(self, scheduler_output,

@@ -8,7 +8,9 @@ reaches the drafter through ``model_runner.get_draft_model()`` (vLLM 0.26+; olde
 ``model_runner.drafter.model``) and calls the draft model's own ``load_weights``. A version
 already live is not reloaded (only LATEST is read). Each worker maps the checkpoint files rather
 than reading them (vllm_adapter/draft_files.py: one read per node and version through the page
-cache, no per-rank copy).
+cache, no per-rank copy). After a sleep that discarded the draft (level 2), :meth:`DraftReloader.restore`
+loads with ``restore=True``: the draft tensors no checkpoint holds come back from the host copy
+taken before the sleep (:func:`keep_draft_in_worker`, vllm_adapter/draft_sleep.py), then the checkpoint.
 
 Safety rules enforced here, not assumed:
 
@@ -42,6 +44,7 @@ import torch
 from verl_specrollout import compat
 from verl_specrollout.learner.publisher import list_versions, read_latest, version_name
 from verl_specrollout.vllm_adapter.draft_files import check_finite, map_checkpoint
+from verl_specrollout.vllm_adapter.draft_sleep import keep_draft_state, restore_draft_state
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +170,42 @@ def _weight_loader_v2_supported() -> list:
         return []
 
 
-def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
+def _draft_weights(sd: dict, skip: set) -> tuple:
+    """(checkpoint tensors to load, names skipped because the draft shares them with the target)."""
+    weights, skipped = [], []
+    for name, t in sd.items():
+        if any(s in name for s in skip):
+            skipped.append(name)
+            continue
+        weights.append((name, t))
+    return weights, skipped
+
+
+def keep_draft_in_worker(self, ckpt_dir: Optional[str], live: bool = True) -> dict:
+    """Run inside a vLLM worker before a sleep that may discard weights: keep on the host every draft
+    tensor that loading ``ckpt_dir`` (the checkpoint a restore will load) would not give back
+    (vllm_adapter/draft_sleep.py). Reads only the checkpoint's header. Returns its summary."""
+    draft = _get_draft_model(self)
+    target = _get_target_model(self)
+    weights = None
+    if ckpt_dir:
+        try:
+            weights, _ = _draft_weights(map_checkpoint(ckpt_dir), _shared_names(draft, target))
+        except Exception as exc:
+            logger.warning("specrollout draft sleep state: cannot read %s (%r)", ckpt_dir, exc)
+    return keep_draft_state(self, draft, target, weights, live=live)
+
+
+def reload_draft_in_worker(self, ckpt_dir: str, version: int, restore: bool = False) -> dict:
     """Run inside a vLLM worker (``llm.collective_rpc(reload_draft_in_worker, args=(dir, v))``).
 
-    Returns ``{"version": live_version, "ok": bool, "error": str|None, "loaded": n, "skipped": [...]}``.
+    ``restore``: the draft's weights were discarded (sleep level 2): the draft tensors kept on the
+    host before the sleep go back first, then the checkpoint is loaded over them. Otherwise the
+    draft is live, and what this checkpoint would not restore after a later sleep is kept first.
+
+    Returns ``{"version": live_version, "ok": bool, "error": str|None, "loaded": n, "skipped": [...],
+    "restored": [...], "lost": [...]}`` (``restored``: tensors put back from the host copy; ``lost``:
+    discarded tensors that neither that copy nor the checkpoint holds).
     """
     prev = getattr(self, WORKER_VERSION_ATTR, None)
     try:
@@ -183,19 +218,22 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
     skip = _shared_names(draft, target)
     packed = _cpu_packed_linears(draft)
     saved_packed = []
-    # The last good draft, kept in host memory (not beside it on the device) in case the load fails.
-    snapshot = {n: p.detach().to("cpu", copy=True) for n, p in draft.named_parameters()
-                if p.numel() > 0 and not any(s in n for s in skip)}
+    rollback = {}
+    restored, lost = [], []
     try:
+        if restore:  # before the checkpoint (which wins), and whether or not it loads
+            restored = restore_draft_state(draft, target)
         sd = _read_checkpoint(ckpt_dir)
-        weights, skipped = [], []
-        for name, t in sd.items():
-            if any(s in name for s in skip):
-                skipped.append(name)
-                continue
-            weights.append((name, t))
+        weights, skipped = _draft_weights(sd, skip)
         if not weights:
             raise ValueError("checkpoint has no draft weights")
+        if restore:
+            lost = keep_draft_state(self, draft, target, weights, live=False)["lost"]
+        else:
+            keep_draft_state(self, draft, target, weights, live=True)
+        # The last good draft, kept in host memory (not beside it on the device) in case the load fails.
+        rollback = {n: p.detach().to("cpu", copy=True) for n, p in draft.named_parameters()
+                    if p.numel() > 0 and not any(s in n for s in skip)}
         # CPU only: give repacked linears a full-size weight to load into (see module doc).
         if packed:
             for name, mod in packed:
@@ -209,7 +247,8 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
         fp_after = _fingerprint(target)
         assert fp_after == fp_before, "draft reload wrote into a module shared with the target"
         setattr(self, WORKER_VERSION_ATTR, version)
-        return {"version": version, "ok": True, "error": None, "loaded": len(weights), "skipped": skipped}
+        return {"version": version, "ok": True, "error": None, "loaded": len(weights), "skipped": skipped,
+                "restored": restored, "lost": lost}
     except Exception as exc:
         with torch.no_grad():
             for mod, w, lin in saved_packed:
@@ -217,12 +256,13 @@ def reload_draft_in_worker(self, ckpt_dir: str, version: int) -> dict:
                 mod.weight = w
                 setattr(mod, compat.VLLM_CPU_LINEAR_ATTR, lin)
             params = dict(draft.named_parameters())
-            for n, t in snapshot.items():
+            for n, t in rollback.items():
                 if n in params and params[n].shape == t.shape:
                     params[n].data.copy_(t)
         logger.warning("specrollout draft reload of v%s from %s failed, keeping v%s: %r",
                        version, ckpt_dir, prev, exc)
-        return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": []}
+        return {"version": prev, "ok": False, "error": repr(exc), "loaded": 0, "skipped": [],
+                "restored": restored, "lost": lost}
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -236,12 +276,18 @@ class DraftReloader:
     server-side ``engine.collective_rpc``; both take a callable and ``args``."""
 
     def __init__(self, rpc: Callable[..., list], publish_dir: Optional[str] = None,
-                 initial_version: Optional[int] = None, method: Any = None, bootstrap_dir: Optional[str] = None):
+                 initial_version: Optional[int] = None, method: Any = None, bootstrap_dir: Optional[str] = None,
+                 keep_method: Any = None):
         """``method``: what ``rpc`` runs in the workers -- default the function
         :func:`reload_draft_in_worker` (in-process / pickling executors); a worker-extension method
-        name (e.g. ``compat.WORKER_RELOAD_METHOD``) where the executor refuses callables."""
+        name (e.g. ``compat.WORKER_RELOAD_METHOD``) where the executor refuses callables.
+        ``keep_method``: the same for :func:`keep_draft_in_worker` (default: the function, or
+        ``compat.WORKER_KEEP_DRAFT_METHOD`` when ``method`` is a name)."""
         self._rpc = rpc
         self._method = method or reload_draft_in_worker
+        self._keep_method = keep_method or (compat.WORKER_KEEP_DRAFT_METHOD if isinstance(self._method, str)
+                                            else keep_draft_in_worker)
+        self.last_keep: Optional[dict] = None
         self.publish_dir = publish_dir
         self.bootstrap_dir = bootstrap_dir  # the draft_path checkpoint: version 0
         self.current_draft_version: Optional[int] = initial_version
@@ -253,10 +299,14 @@ class DraftReloader:
     def for_llm(cls, llm: Any, publish_dir: Optional[str] = None, **kw) -> "DraftReloader":
         return cls(llm.collective_rpc, publish_dir, **kw)
 
-    def load(self, ckpt_dir: str, version: int) -> Optional[int]:
-        """Load ``ckpt_dir`` as ``version`` into every worker; returns the live version."""
+    def _args(self, ckpt_dir: str, version: int, restore: bool) -> tuple:
+        return (ckpt_dir, int(version), True) if restore else (ckpt_dir, int(version))
+
+    def load(self, ckpt_dir: str, version: int, restore: bool = False) -> Optional[int]:
+        """Load ``ckpt_dir`` as ``version`` into every worker; returns the live version.
+        ``restore``: after a sleep that discarded the draft (see :func:`reload_draft_in_worker`)."""
         try:
-            results = self._rpc(self._method, args=(ckpt_dir, int(version)))
+            results = self._rpc(self._method, args=self._args(ckpt_dir, version, restore))
         except Exception as exc:  # the call itself failed: a failed load like any other
             results = [_rpc_failure(exc)]
         return self._finish(results, version)
@@ -311,7 +361,23 @@ class DraftReloader:
         if target is None:
             logger.warning("specrollout: draft weights were discarded and there is no checkpoint to restore")
             return self.current_draft_version
-        return self.load(target[1], target[0])
+        return self.load(target[1], target[0], restore=True)
+
+    def keep_target(self) -> Optional[str]:
+        """The checkpoint a restore would load now (what the host copy must complement)."""
+        target = self.restore_target()
+        return target[1] if target is not None else None
+
+    def keep(self, live: bool = True) -> Optional[dict]:
+        """Before a sleep that may discard weights: every worker keeps on the host the draft tensors
+        the restore checkpoint cannot give back. Returns the first worker's summary (None on failure)."""
+        try:
+            results = self._rpc(self._keep_method, args=(self.keep_target(), bool(live)))
+        except Exception as exc:
+            logger.warning("specrollout: cannot keep the draft's state before sleep: %r", exc)
+            return None
+        self.last_keep = (list(results or []) or [None])[0]
+        return self.last_keep
 
 
 class AsyncDraftReloader(DraftReloader):
@@ -319,9 +385,9 @@ class AsyncDraftReloader(DraftReloader):
     coroutine).  Note veRL's own ``vLLMHttpServer.collective_rpc`` drops the results, so call the
     engine's directly."""
 
-    async def aload(self, ckpt_dir: str, version: int) -> Optional[int]:
+    async def aload(self, ckpt_dir: str, version: int, restore: bool = False) -> Optional[int]:
         try:
-            results = await self._rpc(self._method, args=(ckpt_dir, int(version)))
+            results = await self._rpc(self._method, args=self._args(ckpt_dir, version, restore))
         except Exception as exc:  # the call itself failed: a failed load like any other
             results = [_rpc_failure(exc)]
         return self._finish(results, version)
@@ -341,4 +407,13 @@ class AsyncDraftReloader(DraftReloader):
         if target is None:
             logger.warning("specrollout: draft weights were discarded and there is no checkpoint to restore")
             return self.current_draft_version
-        return await self.aload(target[1], target[0])
+        return await self.aload(target[1], target[0], restore=True)
+
+    async def akeep(self, live: bool = True) -> Optional[dict]:
+        try:
+            results = await self._rpc(self._keep_method, args=(self.keep_target(), bool(live)))
+        except Exception as exc:
+            logger.warning("specrollout: cannot keep the draft's state before sleep: %r", exc)
+            return None
+        self.last_keep = (list(results or []) or [None])[0]
+        return self.last_keep
