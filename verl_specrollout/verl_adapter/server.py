@@ -10,8 +10,9 @@ With speculation on, the server also:
   spec-decode counters off) and points the scheduler's `planner.stats_path` at a per-server file;
 * with the learner on, reloads the newest published draft right after each weight sync
   (`set_global_steps`, which veRL calls after update_weights + clear_kv_cache);
-* with sleep mode on, reloads the draft after every sleep that may have discarded it (see
-  `_sr_weights_may_be_discarded`), learner on or off;
+* with sleep mode on, reloads the draft after every sleep at a level that discards weights (2; see
+  `_sr_weights_may_be_discarded`), learner on or off, and has the workers keep on the host the draft
+  tensors no checkpoint holds (vllm_adapter/draft_sleep.py);
 * answers `specrollout_step_metrics()` (called by the trainer once per step, see
   verl_adapter/trainer_hooks.py): per-request (drafted, accepted, verify steps) of the requests
   finished since the last call (veRL's rollout/spec_* where the trainer does not read them), deltas of vLLM's spec-decode counters, of the planner's
@@ -151,16 +152,47 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             logger.info("verl-specrollout: draft v%s live (was v%s)", v, before)
         return v
 
-    # Sleep level 2 (veRL's HYBRID default, _resolve_sleep_level) discards every weight in vLLM's
-    # "weights" pool, the draft's included; veRL's weight sync restores only the target. So after
-    # any sleep or release that may discard weights, the draft is reloaded from disk (the newest
-    # published version, else draft_path) once weights are back -- at wake-up, at resume after a
-    # weight sync, and as a last guard before the next generate. Reloading costs one read of the
-    # draft checkpoint (an EAGLE-3 head is a few hundred MB at 7B); keeping level 1 instead would
-    # pin a host copy of the whole target (~15 GB per 7B replica) to keep a small draft alive.
-    def _sr_weights_may_be_discarded(self) -> bool:
-        return bool(self.config.enable_sleep_mode) and self._sr_reloader() is not None \
-            and getattr(self, "node_rank", 0) == 0
+    # Sleep level 2 (veRL's HYBRID default, _resolve_sleep_level) discards every tensor in vLLM's
+    # "weights" pool, the draft's included; veRL's weight sync restores only the target. So after a
+    # sleep at level 2 the draft is reloaded from disk (the newest published version, else
+    # draft_path) once weights are back -- at wake-up, at resume after a weight sync, and as a last
+    # guard before the next generate -- and the draft tensors no checkpoint holds (its own RoPE cache,
+    # vLLM 0.24's draft_id_to_target_id, ...) come back from a host copy the workers take before the
+    # first such sleep (vllm_adapter/draft_sleep.py). Level 1 (COLOCATED mode, MTP, LoRA adapters)
+    # offloads the weights to host memory and brings them back whole: nothing to reload. Reloading
+    # costs one read of the draft checkpoint per node (an EAGLE-3 head is a few hundred MB at 7B);
+    # level 1 instead would pin a host copy of the whole target (~15 GB per 7B replica).
+    def _sr_weights_may_be_discarded(self, level) -> bool:
+        """Whether an engine sleep at ``level`` discards the draft's weights (and we have a draft)."""
+        try:
+            level = int(level)
+        except (TypeError, ValueError):
+            level = compat.VLLM_SLEEP_LEVEL_DISCARDS_WEIGHTS  # unknown: assume the worst
+        return level >= compat.VLLM_SLEEP_LEVEL_DISCARDS_WEIGHTS and bool(self.config.enable_sleep_mode) \
+            and self._sr_reloader() is not None and getattr(self, "node_rank", 0) == 0
+
+    def _sr_watch_engine_sleep(self) -> None:
+        """Wrap the engine's sleep once: veRL picks the level (sleep, release_kv_cache), we see it. Before
+        a level that discards weights the workers keep what the restore checkpoint cannot give back."""
+        if getattr(self, "_sr_sleep_watched", False) or self._sr_reloader() is None:
+            return
+        engine_sleep = getattr(self.engine, compat.VLLM_ENGINE_SLEEP)
+
+        async def sleep(*args, **kwargs):
+            level = kwargs.get(compat.VLLM_SLEEP_LEVEL_ARG, args[0] if args else 1)
+            if self._sr_weights_may_be_discarded(level):
+                # A draft already discarded (slept again before a restore) holds nothing worth keeping.
+                kept = await self._sr_reloader().akeep(live=not getattr(self, "_sr_draft_discarded", False))
+                if kept and not getattr(self, "_sr_logged_keep", False):
+                    self._sr_logged_keep = True
+                    logger.info("verl-specrollout: draft tensors kept on the host across sleep level %s: %s "
+                                "(%d bytes per worker; vLLM saves the draft's buffers itself: %s)", level,
+                                kept.get("names"), kept.get("kept_bytes", 0), kept.get("vllm_saves_draft_buffers"))
+                self._sr_draft_discarded = True
+            return await engine_sleep(*args, **kwargs)
+
+        setattr(self.engine, compat.VLLM_ENGINE_SLEEP, sleep)
+        self._sr_sleep_watched = True
 
     async def _sr_restore_if_discarded(self) -> None:
         if not getattr(self, "_sr_draft_discarded", False):
@@ -174,14 +206,12 @@ class SpecRolloutHttpServer(vLLMHttpServer):
             self._sr_restores = getattr(self, "_sr_restores", 0) + 1
 
     async def sleep(self, *args, **kwargs):
-        if self._sr_weights_may_be_discarded():
-            self._sr_draft_discarded = True
+        self._sr_watch_engine_sleep()
         return await super().sleep(*args, **kwargs)
 
     async def release_kv_cache(self, *args, **kwargs):
-        # veRL releases memory for a weight sync by sleeping at the same level and waking weights.
-        if self._sr_weights_may_be_discarded():
-            self._sr_draft_discarded = True
+        # veRL releases memory for a weight sync by sleeping at its level and waking the weights.
+        self._sr_watch_engine_sleep()
         return await super().release_kv_cache(*args, **kwargs)
 
     async def wake_up(self, tags: Optional[list] = None, *args, **kwargs):
