@@ -258,8 +258,9 @@ class EngineConfig:
         "our scheduler installs it, so vLLM keeps the job's cudagraph mode (veRL: `FULL_AND_PIECEWISE`): on the V1 "
         "runner decode steps at K=max_k replay full graphs, every other step its piecewise graph. `piecewise`: the "
         "table is sent and vLLM turns a full cudagraph mode into `PIECEWISE` for the whole engine (the V1 runner; "
-        "every runner on vLLM 0.24). `auto`: `keep_user_mode`, except `piecewise` where the job brings its own "
-        "`scheduler_cls` or chose vLLM's V2 runner. A table that is `max_k` everywhere (`planner.mode=static` "
+        "every runner on vLLM 0.24). `auto`: `piecewise` (vLLM's own path, which it takes \"for reliability\") "
+        "until a GPU run has shown `keep_user_mode` exact and faster; `keep_user_mode` is refused with a job's own "
+        "`scheduler_cls`. A table that is `max_k` everywhere (`planner.mode=static` "
         "without `table`) is never sent: that is vLLM's static speculation.",
         choices=GRAPH_PLANS)
     graph_capture: str = key(

@@ -142,7 +142,7 @@ def test_two_server_processes_of_one_job_share_the_compile_cache_key(tb, monkeyp
 def test_vllm_keeps_verls_cudagraph_mode_without_the_k_table(tb, monkeypatch, gpu_like_platform, clean_env):
     from verl_specrollout import compat
 
-    kw, _ = _server_kwargs(monkeypatch, tb, 0, 1111)
+    kw, _ = _server_kwargs(monkeypatch, tb, 0, 1111, engine={"graph_plan": "keep_user_mode"})
     assert compat.VLLM_SPEC_DYNAMIC_TABLE_ATTR not in kw["speculative_config"]
     assert kw["scheduler_cls"].endswith("SpecRolloutScheduler")
     assert kw["compilation_config"] == {"max_cudagraph_capture_size": 1280}

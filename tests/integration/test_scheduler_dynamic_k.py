@@ -5,10 +5,10 @@ Llama with ngram speculation (no trained draft needed to check K: ngram proposes
 the context repeats, and the prompts are repetitive). K is observed through vLLM's own
 Prometheus counters (vllm:spec_decode_num_drafts / vllm:spec_decode_num_draft_tokens).
 
-Every test runs twice: on an engine whose speculative_config carries no K table (what
-build_engine_kwargs sends by default, engine.graph_plan=keep_user_mode: our scheduler installs the
-lookup itself, and its stats file is named in the environment, not in vLLM's config) and on one
-that carries vLLM's num_speculative_tokens_per_batch_size (engine.graph_plan=piecewise).
+Every test runs twice: on an engine whose speculative_config carries no K table
+(engine.graph_plan=keep_user_mode: our scheduler installs the lookup itself, and its stats file is
+named in the environment, not in vLLM's config) and on one that carries vLLM's
+num_speculative_tokens_per_batch_size (engine.graph_plan=piecewise, what auto picks).
 """
 
 from __future__ import annotations

@@ -46,16 +46,22 @@ def _gpu(**kw):
 
 # ----------------------------------------------------------------------------- graph plan
 
-def test_default_plan_keeps_the_users_graph_mode_and_our_scheduler_installs_k():
+def test_default_plan_is_vllms_own_dynamic_k_path_until_a_gpu_run_validates_keep_user_mode():
     kw = build_engine_kwargs(_cfg(), env={})
-    assert TABLE not in kw["speculative_config"]  # vLLM then keeps FULL_AND_PIECEWISE (see the compile-key test)
+    assert kw["speculative_config"][TABLE]  # vLLM's path: PIECEWISE graphs "for reliability"
     assert kw["scheduler_cls"] == SCHEDULER_CLS
     assert kw["speculative_config"]["num_speculative_tokens"] == 4
 
 
+def test_keep_user_mode_keeps_the_users_graph_mode_and_our_scheduler_installs_k():
+    kw = build_engine_kwargs(_cfg(engine={"graph_plan": "keep_user_mode"}), env={})
+    assert TABLE not in kw["speculative_config"]  # vLLM then keeps FULL_AND_PIECEWISE (see the compile-key test)
+    assert kw["scheduler_cls"] == SCHEDULER_CLS
+
+
 @pytest.mark.parametrize("planner", [{"mode": "off"}, {"mode": "static", "table": [[1, 8, 4], [9, 1024, 1]]}])
 def test_keep_user_mode_brings_our_scheduler_whenever_k_varies(planner):
-    kw = build_engine_kwargs(_cfg(planner=planner), env={})
+    kw = build_engine_kwargs(_cfg(planner=planner, engine={"graph_plan": "keep_user_mode"}), env={})
     assert TABLE not in kw["speculative_config"] and kw["scheduler_cls"] == SCHEDULER_CLS
 
 
@@ -80,7 +86,8 @@ def test_auto_falls_back_to_vllms_table_for_a_user_scheduler_or_the_v2_runner():
     assert kw["speculative_config"][TABLE] == static["table"] and "scheduler_cls" not in kw
     plan, why = resolve_graph_plan(_cfg(), {}, {compat.VLLM_ENV_USE_V2_MODEL_RUNNER: "1"})
     assert plan == "piecewise" and "V2" in why
-    assert resolve_graph_plan(_cfg(), {}, {compat.VLLM_ENV_USE_V2_MODEL_RUNNER: "0"})[0] == "keep_user_mode"
+    keep = _cfg(engine={"graph_plan": "keep_user_mode"})
+    assert resolve_graph_plan(keep, {}, {compat.VLLM_ENV_USE_V2_MODEL_RUNNER: "0"})[0] == "keep_user_mode"
 
 
 def test_keep_user_mode_refuses_a_user_scheduler():
@@ -91,11 +98,11 @@ def test_keep_user_mode_refuses_a_user_scheduler():
 
 def test_plan_is_logged_once_per_engine(caplog):
     with caplog.at_level("INFO", logger="verl_specrollout.vllm_adapter.engine_kwargs"):
-        build_engine_kwargs(_cfg(), limits=_gpu(), env={})
+        build_engine_kwargs(_cfg(engine={"graph_plan": "keep_user_mode"}), limits=_gpu(), env={})
     lines = [r.getMessage() for r in caplog.records if "graph plan" in r.getMessage()]
     assert len(lines) == 1
-    assert ("graph plan keep_user_mode (engine.graph_plan=auto): cudagraph mode FULL_AND_PIECEWISE, capture sizes "
-            "up to 1280 tokens" in lines[0]) and lines[0].endswith("dynamic K via scheduler lookup")
+    assert ("graph plan keep_user_mode (engine.graph_plan=keep_user_mode): cudagraph mode FULL_AND_PIECEWISE, "
+            "capture sizes up to 1280 tokens" in lines[0]) and lines[0].endswith("dynamic K via scheduler lookup")
 
 
 # ----------------------------------------------------------------------------- capture sizes

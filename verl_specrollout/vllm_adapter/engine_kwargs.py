@@ -129,7 +129,11 @@ def resolve_graph_plan(cfg: SpecRolloutConfig, existing: Mapping, env: Optional[
         return "piecewise", "the job's own scheduler_cls reads the K table from vLLM's config"
     if _user_chose_v2_runner(env):
         return "piecewise", "vLLM's V2 runner was chosen: it sizes its full graphs from vLLM's K table"
-    return "keep_user_mode", "engine.graph_plan=auto"
+    # vLLM forces PIECEWISE with a dynamic K table "for reliability". keep_user_mode follows from its
+    # code (above) but has not run on a GPU yet; a full graph replayed for the wrong step shape would
+    # change the target's logits, i.e. break losslessness. Until a GPU run shows keep_user_mode exact
+    # (greedy equality, T=1 marginals) and faster, auto keeps vLLM's own path.
+    return "piecewise", "engine.graph_plan=auto: vLLM's own dynamic-K path until a GPU run validates keep_user_mode"
 
 
 def capture_ceilings(max_num_seqs: int, max_num_batched_tokens: int, max_k: int) -> tuple:
