@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from verl_specrollout.draft import format as fmt_mod
-from verl_specrollout.draft.format import (CONFIG_NAME, UNSUPPORTED_FLAGS, detect_format, find_weight_files,
+from verl_specrollout.draft.format import (CONFIG_NAME, learner_unsupported, detect_format, find_weight_files,
                                            layer_fields, read_draft_info, read_json, safetensors_header)
 from verl_specrollout.draft.resolve import ModelPathError, resolve_model_dir
 from verl_specrollout.errors import SpecRolloutConfigError
@@ -311,12 +311,7 @@ def check_draft(draft_dir: str, target_dir: str) -> Report:
              "overflow; serve both in bfloat16 (veRL's rollout.dtype default)")
 
     # 9. the online learner
-    lc = info.layer_config if info is not None else {}
-    unsupported = [k for k in UNSUPPORTED_FLAGS + ("attention_bias", "mlp_bias") if lc.get(k)]
-    if lc.get("num_hidden_layers", 1) != 1:
-        unsupported.append(f"num_hidden_layers={lc['num_hidden_layers']}")
-    if lc.get("hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act={lc['hidden_act']}")
+    unsupported = learner_unsupported(info.layer_config if info is not None else {})
     if unsupported:
         warn(f"the online learner (learner.enable=true) does not implement {', '.join(unsupported)}; vLLM serves "
              "the head, the learner refuses it")

@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from verl_specrollout.config import SpecRolloutConfigError
-from verl_specrollout.draft.format import UNSUPPORTED_FLAGS, DraftInfo, read_draft_info
+from verl_specrollout.draft.format import DraftInfo, learner_unsupported, read_draft_info
 
 logger = logging.getLogger(__name__)
 
@@ -590,12 +590,7 @@ def config_from_info(info: DraftInfo, sd: dict, aux_layer_ids: Optional[Sequence
 
 def _refuse_unsupported(info: DraftInfo) -> None:
     """Variants vLLM runs but this head does not compute: training them would train another model."""
-    c = info.layer_config
-    on = [k for k in UNSUPPORTED_FLAGS + ("attention_bias", "mlp_bias") if c.get(k)]
-    if c.get("num_hidden_layers", 1) != 1:
-        on.append(f"num_hidden_layers={c['num_hidden_layers']}")
-    if c.get("hidden_act", "silu") != "silu":
-        on.append(f"hidden_act={c['hidden_act']}")
+    on = learner_unsupported(info.layer_config)
     if on:
         raise SpecRolloutConfigError(f"{info.path}: the learner's EAGLE-3 head does not implement "
                                      f"{', '.join(on)}; vLLM can still serve this head with learner.enable=false")

@@ -49,6 +49,18 @@ LAYER_DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_emb
 UNSUPPORTED_FLAGS = ("norm_before_fc", "fc_norm", "norm_output")
 
 
+def learner_unsupported(layer_config: dict) -> list:
+    """The head variants vLLM serves but the online learner's EAGLE-3 head does not compute (training
+    them would train another model): the names of what is on, empty when the learner can train it."""
+    c = layer_config or {}
+    on = [k for k in UNSUPPORTED_FLAGS + ("attention_bias", "mlp_bias") if c.get(k)]
+    if c.get("num_hidden_layers", 1) != 1:
+        on.append(f"num_hidden_layers={c['num_hidden_layers']}")
+    if c.get("hidden_act", "silu") != "silu":
+        on.append(f"hidden_act={c['hidden_act']}")
+    return on
+
+
 def _error(message: str) -> Exception:
     return SpecRolloutConfigError(message)
 
