@@ -162,8 +162,9 @@ def _after_init_model(worker) -> None:
     # validate() turns a hub-id draft_path into its local snapshot (the learner reads the directory).
     spec_cfg = spec_config(config.rollout).validate()
     if not spec_cfg.learner.publish_dir:
-        raise ValueError("specrollout.learner.publish_dir is unset in the actor worker; it is resolved by the "
-                         "trainer (RayPPOTrainer hook) -- set it explicitly for other trainers")
+        raise ValueError("specrollout.learner.publish_dir is unset in the actor worker; it is resolved when veRL's "
+                         "trainer (RayPPOTrainer or the V1 PPOTrainer) is built -- set it explicitly for a trainer "
+                         "of your own")
     # The learner lists the target's files: a hub id (veRL's copy_to_local returns it unchanged) or an
     # hdfs path becomes a local directory here.
     from verl_specrollout.draft.resolve import resolve_model_dir
