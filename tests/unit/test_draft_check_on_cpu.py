@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from hub_rig import fake_hub_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +131,6 @@ def test_hub_id_offline_not_cached_is_one_clear_line(tb, tmp_path):
     assert rc == 2 and len(lines) == 1, lines
     assert lines[0].startswith("FAIL: --draft: acme/missing-eagle3 is not a local directory and not in the "
                                f"Hugging Face cache {tmp_path / 'hub'} (HF_HUB_OFFLINE is set")
-
-
-def fake_hub_cache(root, repo_id, src_dir):
-    """A Hugging Face hub cache holding one snapshot of `repo_id` (refs/main -> snapshots/<commit>)."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    snap = repo / "snapshots" / COMMIT
-    shutil.copytree(src_dir, snap)
-    return snap
 
 
 def test_hub_ids_resolve_from_the_cache(tb, tmp_path, monkeypatch):

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from hub_rig import fake_hub_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SPEC = "+actor_rollout_ref.rollout.custom.specrollout."
 
 
@@ -56,15 +56,6 @@ def run_recipe(name, tmp_path, **env):
 
 def arg(args, key):
     return next(a.split("=", 1)[1] for a in args if a.startswith(key + "="))
-
-
-def fake_hub_cache(root, repo_id, src_dir):
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    snap = repo / "snapshots" / COMMIT
-    shutil.copytree(src_dir, snap)
-    return snap
 
 
 @pytest.mark.parametrize("recipe", ["grpo_qwen2.5_7b_gsm8k_eagle3.sh", "grpo_qwen2.5_7b_math_eagle3.sh"])
