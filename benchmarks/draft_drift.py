@@ -32,7 +32,7 @@ Overhead, honestly split:
 * ``learner_train_fraction``: learner ingest + training + publish seconds over the same denominator.  On
   this 2-core CPU the learner is run in-process (serially), so it competes for the same cores.
 
-CPU-only detail: the engine keeps plain linear weights (testing/cpu_platform/verl_vllm_plugin.py) so the
+CPU-only detail: the engine keeps plain linear weights (cpu_platform/plain_linear_weights.py) so the
 target weights can be synced in place.
 """
 
@@ -207,11 +207,11 @@ class DriftRun:
 
         from verl_specrollout.config import SpecRolloutConfig
         from verl_specrollout.learner.actor import SpecLearner
-        from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
+        from verl_specrollout.cpu_platform import plain_linear_weights
         from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
         from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
-        verl_vllm_plugin.install()  # plain linear weights: in-place target sync on vLLM-CPU (CPU only)
+        plain_linear_weights.install()  # plain linear weights: in-place target sync on vLLM-CPU (CPU only)
         self.args = args
         self.work = args.workdir or tempfile.mkdtemp(prefix="draft_drift-")
         self.setup = setup = TestbedSetup(args)

@@ -12,7 +12,7 @@ choose the draft length K from the live batch size B:
 * ``fastgrpo``: FastGRPO's closed form: a verification budget of C = 160 tokens per step, V = C / B
   tokens per request, K = V - 1 (clamped to 0..max_k);
 * ``tlt``: TLT's rule: speculation only while B <= 32, K picked by a UCB bandit on observed tokens/s;
-* ``ours``: this project's planner (``verl_specrollout.policy.Planner``, the code the scheduler runs),
+* ``ours``: this project's planner (``verl_specrollout.planner.Planner``, the code the scheduler runs),
   fed the simulated step times and per-request acceptance exactly as the scheduler feeds it.
 
 Assumptions (``benchmarks/gpu_calibration.Costs`` holds the constants; with ``--calibration FILE``
@@ -163,11 +163,11 @@ class TLT(Static):
 
 class Ours(Static):
     """The project's planner, fed like vllm_adapter/scheduler.py feeds it, on simulated time
-    (verl_specrollout.policy.trace.PlannerPolicy: the feed the hindsight replay tests use)."""
+    (verl_specrollout.planner.trace.PlannerPolicy: the feed the hindsight replay tests use)."""
 
     def __init__(self, max_k, max_batch):
-        from verl_specrollout.policy.planner import Planner
-        from verl_specrollout.policy.trace import PlannerPolicy
+        from verl_specrollout.planner.planner import Planner
+        from verl_specrollout.planner.trace import PlannerPolicy
 
         self.policy = PlannerPolicy(Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=0, overhead_budget=None))
         self.planner = self.policy.planner

@@ -319,12 +319,12 @@ def main(argv=None):
     max_bs = max(len(loads[w]) for w in WORKLOADS)
     if pair.testbed is not None and args.drift_steps > 0:
         from verl_specrollout import cpu_platform_requested
-        from verl_specrollout.vllm_adapter.plugin import _vllm_runs_on_cpu
+        from verl_specrollout.vllm_adapter.engine_patches import _vllm_runs_on_cpu
 
         if cpu_platform_requested() or _vllm_runs_on_cpu():  # plain linear weights: the target syncs in place
-            from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
+            from verl_specrollout.cpu_platform import plain_linear_weights
 
-            verl_vllm_plugin.install()
+            plain_linear_weights.install()
     work = tempfile.mkdtemp(prefix="group_draft-")
     drift = drift_target(pair, args, os.path.join(work, "target_moved"))
     print(f"[group_draft] drift: {drift if drift else 'none (epoch 2 runs the unchanged target)'}", flush=True)

@@ -6,7 +6,7 @@ The speculative engine (our scheduler, so the planner sees every step) runs each
 0..max_k at each concurrency B (B requests of the same length, ignore_eos, so B stays B); the
 planner's recorder (Planner.recorder = StepTrace.record) keeps every timed pure-decode step that
 verified the K it drafts: its wall seconds and each request's accepted draft tokens. The trace is
-written as JSON lines (policy/trace.py) and replayed: a GRPO-shaped rollout (all requests at once,
+written as JSON lines (planner/trace.py) and replayed: a GRPO-shaped rollout (all requests at once,
 lognormal lengths) through the planner and every static K, in the trace's recorded seconds.
 
 The seconds are this machine's: on a shared CPU they carry its load (on the project's 2 shared
@@ -22,8 +22,8 @@ import json
 import numpy as np
 
 from benchmarks.common import add_model_args, load_prompts, model_pair, write_json
-from verl_specrollout.policy.planner import Planner
-from verl_specrollout.policy.trace import PlannerPolicy, StaticPolicy, StepTrace, replay
+from verl_specrollout.planner.planner import Planner
+from verl_specrollout.planner.trace import PlannerPolicy, StaticPolicy, StepTrace, replay
 
 
 def parse_args(argv=None):

@@ -29,7 +29,7 @@ import random
 import statistics
 import time
 
-from verl_specrollout.policy.planner import Planner
+from verl_specrollout.planner.planner import Planner
 
 MAX_K = 4
 ZERO_K_PASSES = 1  # a model drafter: K = 0 still runs one draft pass

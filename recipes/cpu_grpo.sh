@@ -30,10 +30,10 @@ MAX_RESPONSE=${MAX_RESPONSE:-128}
 MICRO=$((TRAIN_BATCH * N_SAMPLES))
 
 # ---- the CPU testing platform -------------------------------------------------------------
-# SPECROLLOUT_PLATFORM=cpu turns on verl_specrollout.testing.cpu_platform (veRL `cpu` platform, gloo,
+# SPECROLLOUT_PLATFORM=cpu turns on verl_specrollout.cpu_platform (veRL `cpu` platform, gloo,
 # vLLM-CPU fixes); every process that imports veRL installs it (Ray workers inherit the env).
 export SPECROLLOUT_PLATFORM=cpu
-export VERL_USE_EXTERNAL_MODULES=verl_specrollout.testing.cpu_platform.verl_activate
+export VERL_USE_EXTERNAL_MODULES=verl_specrollout.cpu_platform.verl_activate
 export VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl   # veRL `file` logger: one JSON line per step
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"; rm -f "$VERL_FILE_LOGGER_PATH"

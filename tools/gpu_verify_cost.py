@@ -85,7 +85,7 @@ JSON schema (``schema: "specrollout.gpu_verify_cost/1"``)
         },
         "step_observations": [[tokens, requests, passes, seconds], ...]
             # one per point: passes = k draft passes, seconds = step_ms / 1000;
-            # ready for verl_specrollout.policy.cost_model.StepCostModel.observe_many
+            # ready for verl_specrollout.planner.cost_model.StepCostModel.observe_many
       }],
       "skipped_models": [{"name": str, "reason": str}]
     }

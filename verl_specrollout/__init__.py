@@ -13,14 +13,15 @@ logger = logging.getLogger("verl_specrollout")
 
 _registered = False
 
-# Environment switches that select the CPU test platform (verl_specrollout/testing/cpu_platform).
+# Environment switches that select the CPU platform (verl_specrollout/cpu_platform: veRL and
+# vLLM on a machine without a GPU; it refuses to install where CUDA is available).
 # Ray workers and vLLM worker processes inherit them from the driver.
 CPU_PLATFORM_ENVS = ("SPECROLLOUT_PLATFORM", "VERL_PLATFORM")
 
 
 def cpu_platform_requested() -> bool:
-    """True when the user asked for the CPU test platform; the product never imports
-    ``verl_specrollout.testing`` otherwise."""
+    """True when the user asked for the CPU platform; ``verl_specrollout.cpu_platform.verl_platform``
+    is never imported otherwise."""
     return any(os.environ.get(name, "").strip().lower() == "cpu" for name in CPU_PLATFORM_ENVS)
 
 

@@ -122,7 +122,7 @@ def _table_rows(value: list, where: str) -> list:
 
 @dataclass
 class PlannerConfig:
-    """How draft length follows live concurrency (see policy/planner.py)."""
+    """How draft length follows live concurrency (see planner/planner.py)."""
 
     mode: str = key(
         "adaptive",

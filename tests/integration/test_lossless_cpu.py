@@ -231,9 +231,9 @@ def _make_llm(target, draft=None, draft_sample_method="greedy"):
 def _route_expand(impl):
     from vllm.triton_utils import dispatcher
 
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
-    dispatcher.register_kernels({vllm_plugin.EXPAND_KERNEL_NAME: impl})
+    dispatcher.register_kernels({sampling_kernel_fix.EXPAND_KERNEL_NAME: impl})
 
 
 def _in_process_vllm_cpu(run):
@@ -278,9 +278,9 @@ def _runs():
     llm = _make_llm(target, draft)
     from vllm.triton_utils import dispatcher
 
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
-    entry = dispatcher._registry.get(vllm_plugin.EXPAND_KERNEL_NAME)
+    entry = dispatcher._registry.get(sampling_kernel_fix.EXPAND_KERNEL_NAME)
     res["fix_active"] = entry is not None and getattr(entry[1], "_specrollout_fix", False)
     c0 = _counters(llm)
     res["spec"], res["spec_s"] = _sample(llm, prompts, N_PER_PROMPT, seed0=2_000_000)

@@ -217,7 +217,7 @@ def test_adaptive_planner_observes_and_replans(engine):
     assert m["specrollout/num_drafts"] > 0 and all(k.startswith("specrollout/") for k in m)
     # the installed lookup always is what the planner reports
     from verl_specrollout import compat
-    from verl_specrollout.policy.planner import rows_to_dense
+    from verl_specrollout.planner.planner import rows_to_dense
 
     assert compat.get_dynamic_lookup(sched) == rows_to_dense(p.rows(), 16, MAX_K)
 

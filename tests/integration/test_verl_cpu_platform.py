@@ -37,7 +37,7 @@ print(get_device_name(), getattr(u.dispatch_cpu_unquantized_gemm, '_specrollout_
 
 def _probe(probe=PROBE, **env):
     e = {k: v for k, v in os.environ.items() if k not in ("SPECROLLOUT_PLATFORM", "VERL_PLATFORM")}
-    e.update(env, VERL_USE_EXTERNAL_MODULES="verl_specrollout.testing.cpu_platform.verl_activate")
+    e.update(env, VERL_USE_EXTERNAL_MODULES="verl_specrollout.cpu_platform.verl_activate")
     out = subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1].split()

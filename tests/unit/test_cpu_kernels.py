@@ -1,10 +1,10 @@
-"""The vLLM-CPU expand_kernel replacement (verl_specrollout/testing/cpu_platform/expand_kernel.py)."""
+"""The vLLM-CPU expand_kernel replacement (verl_specrollout/cpu_platform/expand_kernel.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from verl_specrollout.testing.cpu_platform.expand_kernel import make_expand_kernel_impl, torch_expand
+from verl_specrollout.cpu_platform.expand_kernel import make_expand_kernel_impl, torch_expand
 
 GREEDY_TEMPERATURE = 0  # what the rejection sampler passes as replace_from for temperatures
 
@@ -98,12 +98,12 @@ def test_plugin_installs_and_vllm_routes_to_it(caplog):
     from vllm.triton_utils import dispatcher
     from vllm.utils import cpu_triton_utils as cpu_tl
 
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
-    assert vllm_plugin.install() is True
+    assert sampling_kernel_fix.install() is True
     assert getattr(cpu_tl._expand_kernel_impl, "_specrollout_fix", False)
     current_platform.register_triton_kernel_overrides()  # what every vLLM worker does at init
-    entry = dispatcher._registry.get(vllm_plugin.EXPAND_KERNEL_NAME)
+    entry = dispatcher._registry.get(sampling_kernel_fix.EXPAND_KERNEL_NAME)
     if entry is not None:  # None when real Triton is present (no fallbacks at all)
         assert getattr(entry[1], "_specrollout_fix", False)
         from vllm.v1.sample import rejection_sampler as rs
@@ -112,37 +112,37 @@ def test_plugin_installs_and_vllm_routes_to_it(caplog):
         cu = torch.tensor([1, 3], dtype=torch.int32)
         out = rs.expand_batch_to_tokens(temps, cu, 3, replace_from=0, replace_to=1)
         assert torch.equal(out, torch.tensor([0.5, 1.0, 1.0]))
-    assert vllm_plugin.install() is True  # idempotent
+    assert sampling_kernel_fix.install() is True  # idempotent
 
 
 def test_plugin_warns_instead_of_crashing_on_unknown_vllm(monkeypatch, caplog):
     _vllm_original()
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
-    monkeypatch.setattr(vllm_plugin, "CPU_TRITON_UTILS_MODULE", "vllm.no_such_module_xyz")
+    monkeypatch.setattr(sampling_kernel_fix, "CPU_TRITON_UTILS_MODULE", "vllm.no_such_module_xyz")
     with caplog.at_level("WARNING", logger="vllm.specrollout_cpu"):
-        assert vllm_plugin.install() is False
+        assert sampling_kernel_fix.install() is False
     assert "may be lossy" in caplog.text
 
 
 def test_plugin_env_switch_disables(monkeypatch):
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
     monkeypatch.setenv("SPECROLLOUT_CPU_FIX", "0")
-    assert not vllm_plugin._fix_enabled()
+    assert not sampling_kernel_fix._fix_enabled()
     monkeypatch.setenv("SPECROLLOUT_CPU_FIX", "1")
-    assert vllm_plugin._fix_enabled()
+    assert sampling_kernel_fix._fix_enabled()
 
 
 def test_plugin_is_noop_off_cpu(monkeypatch):
-    from verl_specrollout.testing.cpu_platform import vllm_plugin
+    from verl_specrollout.cpu_platform import sampling_kernel_fix
 
     called = []
-    monkeypatch.setattr(vllm_plugin, "_state", {"done": False, "logged": False})
-    monkeypatch.setattr(vllm_plugin, "_is_cpu_platform", lambda: False)
-    monkeypatch.setattr(vllm_plugin, "install", lambda: called.append(1))
-    vllm_plugin.register()
-    assert called == [] and vllm_plugin._state["done"]
+    monkeypatch.setattr(sampling_kernel_fix, "_state", {"done": False, "logged": False})
+    monkeypatch.setattr(sampling_kernel_fix, "_is_cpu_platform", lambda: False)
+    monkeypatch.setattr(sampling_kernel_fix, "install", lambda: called.append(1))
+    sampling_kernel_fix.register()
+    assert called == [] and sampling_kernel_fix._state["done"]
 
 
 def test_tolerant_rebind_survives_objects_without_a_dict_namespace():
@@ -151,7 +151,7 @@ def test_tolerant_rebind_survives_objects_without_a_dict_namespace():
     import sys
     import types
 
-    from verl_specrollout.testing.cpu_platform.dispatcher_fix import tolerant_rebind_kernels
+    from verl_specrollout.cpu_platform.dispatcher_fix import tolerant_rebind_kernels
 
     class AnswersEverything:  # like llvmlite's _lib_wrapper: no real __dict__, any name answers
         __slots__ = ()

@@ -286,7 +286,7 @@ def forwarded_planner_keys() -> Tuple[str, ...]:
 def _planner_stats() -> dict:
     """A real planner's stats after some steps (what the scheduler writes to its stats file)."""
     from verl_specrollout.config import SpecRolloutConfig
-    from verl_specrollout.policy.planner import Planner
+    from verl_specrollout.planner.planner import Planner
 
     p = Planner.from_config(SpecRolloutConfig.from_dict({"method": "ngram", "planner": {"replan_interval": 4}}),
                             max_batch=16)

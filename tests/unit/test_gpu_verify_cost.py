@@ -105,7 +105,7 @@ def test_estimates_grow_with_tokens(tiny_run):
 
 def test_step_observations_load_into_the_cost_model(tiny_run):
     result, _ = tiny_run
-    from verl_specrollout.policy.cost_model import StepCostModel
+    from verl_specrollout.planner.cost_model import StepCostModel
 
     for m in result["models"]:
         obs = m["step_observations"]

@@ -1,7 +1,7 @@
 """Hindsight replay: the planner against every static K on recorded step traces, in simulated time.
 
 Each regime is an engine with known step costs and acceptance, recorded ACROSS K (every K at
-every batch size the workload visits: policy/trace.py). The same workload is replayed through the
+every batch size the workload visits: planner/trace.py). The same workload is replayed through the
 planner (its clock on simulated time, fed as the scheduler feeds it) and through each static K,
 each step charged the next recorded step of the cell the policy chose. Checked per regime:
 
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from benchmarks.gpu_scale_sim import ALPHA, GPUS, MODELS, Hardware, rollout_lengths
-from verl_specrollout.policy.planner import Planner, plan_grid
-from verl_specrollout.policy.trace import PlannerPolicy, StaticPolicy, StepTrace, replay, synthetic_trace
+from verl_specrollout.planner.planner import Planner, plan_grid
+from verl_specrollout.planner.trace import PlannerPolicy, StaticPolicy, StepTrace, replay, synthetic_trace
 
 
 def knee(b, k, passes_at_k0=1):
-    """Memory-bound below 256 verified tokens, ten times dearer per token above (test_policy_planner's)."""
+    """Memory-bound below 256 verified tokens, ten times dearer per token above (test_planner's)."""
     tokens = b * (1 + k)
     return 5e-3 + 2e-5 * tokens + 5e-6 * b + 2e-4 * max(0, tokens - 256) + max(k, passes_at_k0) * (1.7e-3 + 1e-5 * b)
 

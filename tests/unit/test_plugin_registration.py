@@ -41,21 +41,24 @@ def _imported_modules_after(code: str, env_extra: dict) -> set:
     return set(out.stdout.split())
 
 
-def test_product_never_imports_the_test_rig_without_the_cpu_platform():
+def test_gpu_process_imports_neither_the_test_rig_nor_the_cpu_platform():
     # What a GPU node does: import veRL (our verl.plugins entry point runs) and let vLLM load its
-    # general plugins on a non-CPU platform. Nothing of verl_specrollout.testing may be imported.
+    # general plugins on a non-CPU platform. Nothing of verl_specrollout.testing or .cpu_platform
+    # may be imported.
     code = (
         "import verl, verl_specrollout\n"
         "assert verl_specrollout._registered\n"
-        "from verl_specrollout.vllm_adapter import plugin\n"
-        "plugin._vllm_runs_on_cpu = lambda: False\n"
-        "plugin.register()\n"
+        "from verl_specrollout.vllm_adapter import engine_patches\n"
+        "engine_patches._vllm_runs_on_cpu = lambda: False\n"
+        "engine_patches.register()\n"
     )
     mods = _imported_modules_after(code, {})
-    assert "verl_specrollout.plugin" in mods
-    assert not [m for m in mods if m.startswith("verl_specrollout.testing")], mods
+    assert "verl_specrollout.register_rollout" in mods
+    assert "verl_specrollout.vllm_adapter.k0_skip" in mods
+    off_gpu = [m for m in mods if m.startswith(("verl_specrollout.testing", "verl_specrollout.cpu_platform"))]
+    assert not off_gpu, off_gpu
 
 
 def test_cpu_platform_is_imported_when_asked_for():
     mods = _imported_modules_after("import verl, verl_specrollout\n", {"SPECROLLOUT_PLATFORM": "cpu"})
-    assert "verl_specrollout.testing.cpu_platform.verl_platform" in mods
+    assert "verl_specrollout.cpu_platform.verl_platform" in mods

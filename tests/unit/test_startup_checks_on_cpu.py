@@ -158,7 +158,7 @@ def test_rollout_dictconfig_and_warning_once_per_process(compose):
     ({"VERL_USE_EXTERNAL_PLUGINS": "none"}, True),
     ({"VERL_USE_EXTERNAL_PLUGINS": ""}, True),  # an empty allow-list
     ({"VERL_USE_EXTERNAL_PLUGINS": "other"}, True),
-    ({"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "x,verl_specrollout.plugin"}, False),
+    ({"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "x,verl_specrollout.register_rollout"}, False),
     ({"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "verl_specrollout"}, True),
 ])
 def test_plugin_allowed_mirrors_verl(env, excluded):
@@ -173,7 +173,7 @@ def test_entry_point_names_match_pyproject():
     verl_eps = {ep.name: ep.value for ep in md.entry_points(group="verl.plugins")}
     vllm_eps = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
     assert verl_eps.get(sc.VERL_ENTRY_POINT) == sc.PLUGIN_MODULE
-    assert vllm_eps.get(sc.VLLM_ENTRY_POINT, "").startswith("verl_specrollout.vllm_adapter.plugin")
+    assert vllm_eps.get(sc.VLLM_ENTRY_POINT, "").startswith("verl_specrollout.vllm_adapter.engine_patches")
 
 
 # ----------------------------------------------------------------------------- in the rollout server
@@ -215,7 +215,7 @@ server.config = RolloutConfig(name="vllm", custom={"specrollout": {"enable": Tru
 async def launch_server(self):
     import vllm.plugins
     vllm.plugins.load_general_plugins()
-    from verl_specrollout.vllm_adapter.plugin import register
+    from verl_specrollout.vllm_adapter.engine_patches import register
     register()  # vLLM may load its plugins again in this process: still one line
 
 asyncio.run(launch_server(server))
@@ -227,7 +227,7 @@ child = subprocess.run([sys.executable, "-c", "import verl; from verl_specrollou
 print(child.stdout + child.stderr)
 """
 CPU_ENV = {"SPECROLLOUT_PLATFORM": "cpu",
-           "VERL_USE_EXTERNAL_MODULES": "verl_specrollout.testing.cpu_platform.verl_activate"}
+           "VERL_USE_EXTERNAL_MODULES": "verl_specrollout.cpu_platform.verl_activate"}
 
 
 @pytest.mark.parametrize("policy", ["none", "auto"])
@@ -261,7 +261,7 @@ def test_plugin_without_a_verl_server_warns_once():
 
 @pytest.mark.parametrize("env", [
     {"VERL_USE_EXTERNAL_PLUGINS": "specrollout, other"},
-    {"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "verl_specrollout.plugin"},
+    {"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "verl_specrollout.register_rollout"},
 ])
 def test_plugin_silent_when_verl_loaded_us(env):
     code = ("import verl, verl_specrollout\n"

@@ -27,7 +27,7 @@ VLLM_PLUGINS allow-list         vLLM never loads our general plugin: K=0    warn
 Callers: ``check_job(config)`` once in the trainer process before workers start (trainer
 construction, both veRL trainers); ``check_rollout(rollout_config, model_config)`` in our replica's
 ``__init__``; ``check_rollout_server_process()`` from our vLLM general plugin
-(vllm_adapter/plugin.py), the only code of ours that still runs when veRL skipped our plugin.
+(vllm_adapter/engine_patches.py), the only code of ours that still runs when veRL skipped our plugin.
 Module import is light (no torch, vLLM, veRL or config): vLLM imports it in every engine process.
 """
 
@@ -53,7 +53,7 @@ vllm_logger = logging.getLogger("vllm.specrollout")
 # Ours (pyproject.toml entry points; tests/unit/test_startup_checks_on_cpu.py checks them).
 VERL_ENTRY_POINT = "specrollout"
 VLLM_ENTRY_POINT = "specrollout"
-PLUGIN_MODULE = "verl_specrollout.plugin"
+PLUGIN_MODULE = "verl_specrollout.register_rollout"
 SPEC_KEY = "actor_rollout_ref.rollout.custom.specrollout"
 OUR_SERVER = ("verl_specrollout.verl_adapter.server", "SpecRolloutHttpServer")
 # Set in a rollout server process once it has been checked, so that vLLM's engine-core and worker
@@ -165,14 +165,14 @@ def _check_bypass(config: Any, spec) -> None:
 
 
 def _check_vllm_plugins(spec, environ: Mapping[str, str], warnings: List[str]) -> None:
-    """VLLM_PLUGINS without our entry point: vLLM never calls vllm_adapter/plugin.py's register."""
+    """VLLM_PLUGINS without our entry point: vLLM never calls vllm_adapter/engine_patches.py's register."""
     raw = environ.get(VLLM_PLUGINS_ENV)
     if raw is None or VLLM_ENTRY_POINT in raw.split(","):
         return
     from verl_specrollout import CPU_PLATFORM_ENVS
 
     head = (f"verl-specrollout: {VLLM_PLUGINS_ENV}={raw!r} excludes vLLM's general plugin '{VLLM_ENTRY_POINT}', "
-            f"so vLLM never loads verl_specrollout.vllm_adapter.plugin")
+            f"so vLLM never loads verl_specrollout.vllm_adapter.engine_patches")
     fix = f"add {VLLM_ENTRY_POINT} to {VLLM_PLUGINS_ENV} (comma list, no spaces) or unset it"
     # Error: group drafting is that plugin (it wraps vLLM's model runner); without it `group` is plain
     # ngram drafting and `eagle3+group` plain EAGLE-3 -- not the method asked for.

@@ -29,7 +29,7 @@ Safety rules enforced here, not assumed:
   call the layer's ``quant_method.process_weights_after_loading`` to repack (which empties it
   again).  On failure the old packed kernel closure and empty weight are put back, so the last
   good draft keeps running.  If the CPU plain-weight plugin
-  (``testing/cpu_platform/verl_vllm_plugin.py``) is active, weights are already plain and this path is
+  (``cpu_platform/plain_linear_weights.py``) is active, weights are already plain and this path is
   simply not taken.  GPU builds never take it (weights are never emptied there).
 """
 

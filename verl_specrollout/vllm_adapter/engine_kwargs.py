@@ -73,14 +73,14 @@ def initial_table(cfg: SpecRolloutConfig) -> list:
     """The batch-size -> K table the engine starts with (vLLM's [min_bs, max_bs, K] rows).
 
     adaptive: the planner's first cold-start table (K = 1 at large batch sizes, up to max_k where
-    the batch is small: policy/planner.py); the planner rewrites it live from measurements.
+    the batch is small: planner/planner.py); the planner rewrites it live from measurements.
     static: the user's table, else max_k everywhere. off: K=0 everywhere (drafts nothing).
     """
     p = cfg.planner
     if p.table is not None:
         return [list(r) for r in validate_table(p.table, cfg.max_k)]
     if p.mode == "adaptive":
-        from verl_specrollout.policy.planner import initial_rows
+        from verl_specrollout.planner.planner import initial_rows
 
         return initial_rows(cfg.max_k, p.max_batch)
     k = 0 if p.mode == "off" else cfg.max_k

@@ -26,7 +26,7 @@ and running request this module
 6. returns one draft list per request, ragged (vLLM's ngram method returns the same shape).
 
 How it is installed: vLLM's ``GPUModelRunner.propose_draft_token_ids`` and ``execute_model``
-are wrapped at class level, once per process, by the vLLM plugin (plugin.py); the CPU runner
+are wrapped at class level, once per process, by the vLLM plugin (engine_patches.py); the CPU runner
 subclasses that class. A runner reads its engine's ``additional_config`` once: without group
 drafting both wrappers call vLLM's method and nothing else. vLLM's ``custom_class`` proposer
 method cannot do this: it sees neither request ids nor prompt lengths and replaces the model

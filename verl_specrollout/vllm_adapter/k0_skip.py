@@ -15,7 +15,7 @@ sampling stays exact; only the acceptance rate can drop, and the planner sees th
 its online acceptance estimate like any other. ``benchmarks/grpo_rollout.py`` measures
 both settings side by side.
 
-Installed at class level in every vLLM process (vllm_adapter/plugin.py, and explicitly by
+Installed at class level in every vLLM process (vllm_adapter/engine_patches.py, and explicitly by
 ``make_llm`` for in-process engines); a proposer reads the switch from its own engine's
 ``additional_config`` once, so engines without our config are untouched.
 """

@@ -52,8 +52,8 @@ from typing import Any, List, Optional
 
 from verl_specrollout import compat
 from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, validate_table
-from verl_specrollout.policy.acceptance import PerRequestAcceptance
-from verl_specrollout.policy.planner import Planner, allocate_verification_budget, resize_dense
+from verl_specrollout.planner.acceptance import PerRequestAcceptance
+from verl_specrollout.planner.planner import Planner, allocate_verification_budget, resize_dense
 from verl_specrollout.vllm_adapter.engine_kwargs import CONTROL_PATH_ENV, STATS_PATH_ENV
 from verl_specrollout.vllm_adapter.step_timer import StepTimer
 

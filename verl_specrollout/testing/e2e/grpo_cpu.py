@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from verl_specrollout.testing.cpu_platform.verl_platform import cpu_overrides
+from verl_specrollout.cpu_platform.verl_platform import cpu_overrides
 
 # Metrics kept in the summary besides timing_s/* and specrollout/*.
 # training/rollout_probs_diff_* compare vLLM's sampling probs with the actor's: ~1e-3 when weight
@@ -146,7 +146,7 @@ def run(steps: int, out: str, extra: list[str] | None = None, *, model=None, dat
            *([f"trainer.rollout_data_dir={Path(rollout_data_dir).resolve()}"] if rollout_data_dir else []),
            *(extra or [])]
     extra_env = dict(env or {})
-    modules = ["verl_specrollout.testing.cpu_platform.verl_activate"]
+    modules = ["verl_specrollout.cpu_platform.verl_activate"]
     if rollout_data_dir:
         modules.append("verl_specrollout.testing.e2e.rollout_dump")
     env = dict(os.environ)

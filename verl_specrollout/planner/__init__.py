@@ -1,8 +1,8 @@
 """Concurrency-aware draft-length planning (numpy and scipy; no torch / vLLM imports)."""
 
-from verl_specrollout.policy.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
-from verl_specrollout.policy.cost_model import StepCostModel
-from verl_specrollout.policy.planner import (
+from verl_specrollout.planner.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
+from verl_specrollout.planner.cost_model import StepCostModel
+from verl_specrollout.planner.planner import (
     Planner,
     allocate_verification_budget,
     choose_k,

@@ -83,7 +83,7 @@ def register() -> None:
 
 def install() -> bool:
     """Replace vLLM-CPU's expand fallback with ours. Returns True when installed."""
-    from verl_specrollout.testing.cpu_platform.expand_kernel import make_expand_kernel_impl
+    from verl_specrollout.cpu_platform.expand_kernel import make_expand_kernel_impl
 
     _install_tolerant_rebind()
     try:
@@ -123,7 +123,7 @@ def install() -> bool:
 
 def _install_tolerant_rebind() -> None:
     """See dispatcher_fix.py: vLLM's sys.modules scan crashes on some third-party objects."""
-    from verl_specrollout.testing.cpu_platform.dispatcher_fix import tolerant_rebind_kernels
+    from verl_specrollout.cpu_platform.dispatcher_fix import tolerant_rebind_kernels
 
     try:
         disp = importlib.import_module(DISPATCHER_MODULE)

