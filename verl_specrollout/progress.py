@@ -84,23 +84,24 @@ class Progress:
         text = ", ".join(parts)
         return f"{text} {note}" if note else text
 
-    def update(self, n: int = 1, note: str = "") -> bool:
-        """Count ``n`` more items; True when a line was printed."""
+    def update(self, n: int = 1, note="") -> bool:
+        """Count ``n`` more items; True when a line was printed. ``note`` may be a callable, called only
+        when a line is printed (a training loop's loss read or an extra metric costs nothing otherwise)."""
         self.done += n
         return self._maybe_print(note)
 
-    def set(self, done: int, note: str = "") -> bool:
+    def set(self, done: int, note="") -> bool:
         """Set the count (for loops that number their own items, e.g. ``enumerate``)."""
         self.done = done
         return self._maybe_print(note)
 
-    def _maybe_print(self, note: str) -> bool:
+    def _maybe_print(self, note) -> bool:
         now = self._clock()
         last = self.total is not None and self.done >= self.total
         if not (last or self._last_print is None or now - self._last_print >= self.every_s):
             return False
         self._last_print = now
-        self.print(note)
+        self.print(note() if callable(note) else note)
         return True
 
     def print(self, note: str = "") -> None:

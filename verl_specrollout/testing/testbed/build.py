@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from verl_specrollout.progress import Progress
+
 from . import task as task_mod
 from .tokenizer import build_tokenizer
 
@@ -95,6 +97,15 @@ def _expanded_recipe(size: str) -> dict:
 
 def _log(msg):
     print(f"[testbed] {msg}", flush=True)
+
+
+# Seconds between progress lines of a training loop (the medium build's target loop runs ~18 min).
+PROGRESS_EVERY_S = 15.0
+
+
+def _progress(what: str, total: int, unit: str = "step") -> Progress:
+    """i/N, elapsed, ETA of one training loop; printing never touches the artifacts or the recipe hash."""
+    return Progress(total, f"testbed {what}", every_s=PROGRESS_EVERY_S, unit=unit)
 
 
 def _seed_all(seed):
@@ -188,7 +199,7 @@ def train_target(recipe, tok, encoded, cfg):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"],
                             betas=(0.9, 0.98))
-    t0 = time.time()
+    progress = _progress("target", tr["steps"])
     for step, idx in enumerate(_batches([len(s) for s, _ in encoded], tr["batch_size"], tr["steps"],
                                         recipe["seed"] + 1)):
         ids, am, _ = make_batch(encoded, idx, tok.pad_token_id)
@@ -200,8 +211,7 @@ def train_target(recipe, tok, encoded, cfg):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == tr["steps"] - 1:
-            _log(f"target step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        progress.update(note=lambda: f"loss {loss.item():.4f}")
     model.eval()
     return model
 
@@ -238,7 +248,7 @@ def train_eagle3(recipe, tok, encoded, target):
     emb_w = target.model.embed_tokens.weight.detach()
     head_w = target.lm_head.weight.detach()
     opt = torch.optim.AdamW(draft.parameters(), lr=tr["lr"], weight_decay=0.0, betas=(0.9, 0.98))
-    t0 = time.time()
+    progress = _progress("eagle3", tr["steps"])
     stats = {}
     for step, idx in enumerate(_batches([len(s) for s, _ in encoded], tr["batch_size"], tr["steps"],
                                         recipe["seed"] + 3)):
@@ -255,10 +265,8 @@ def train_eagle3(recipe, tok, encoded, target):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == tr["steps"] - 1:
-            _log(f"eagle3 step {step} loss {loss.item():.4f} "
-                 + " ".join(f"{k}={v:.3f}" for k, v in stats.items() if "top1" in k)
-                 + f" ({time.time() - t0:.0f}s)")
+        progress.update(note=lambda: f"loss {loss.item():.4f} "
+                        + " ".join(f"{k}={v:.3f}" for k, v in stats.items() if "top1" in k))
     draft.eval()
     return draft, stats
 
@@ -269,7 +277,7 @@ def train_draft_lm(recipe, tok, encoded, target, cfg):
     model = _new_llama(cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"], weight_decay=0.0, betas=(0.9, 0.98))
-    t0 = time.time()
+    progress = _progress("draft_lm", tr["steps"])
     for step, idx in enumerate(_batches([len(s) for s, _ in encoded], tr["batch_size"], tr["steps"],
                                         recipe["seed"] + 5)):
         ids, am, _ = make_batch(encoded, idx, tok.pad_token_id)
@@ -285,13 +293,14 @@ def train_draft_lm(recipe, tok, encoded, target, cfg):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == tr["steps"] - 1:
-            with torch.no_grad():
-                agree = ((logits.argmax(-1) == tlogits.argmax(-1)).float() * m).sum() / m.sum()
-            _log(f"draft_lm step {step} loss {loss.item():.4f} top1 {agree:.3f} "
-                 f"({time.time() - t0:.0f}s)")
+        progress.update(note=lambda: f"loss {loss.item():.4f} top1 {_agreement(logits, tlogits, m):.3f}")
     model.eval()
     return model
+
+
+@torch.no_grad()
+def _agreement(logits, tlogits, mask) -> float:
+    return float(((logits.argmax(-1) == tlogits.argmax(-1)).float() * mask).sum() / mask.sum())
 
 
 @torch.no_grad()
@@ -300,6 +309,7 @@ def greedy_accuracy(target, tok, examples, n=64, max_new_tokens=160):
     from .reward import compute_score
 
     correct = 0
+    progress = _progress("greedy eval", min(n, len(examples)), unit="prompt")
     for ex in examples[:n]:
         p = tok.apply_chat_template(task_mod.prompt_messages(ex), add_generation_prompt=True,
                                     tokenize=False)
@@ -308,6 +318,7 @@ def greedy_accuracy(target, tok, examples, n=64, max_new_tokens=160):
                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         correct += compute_score(task_mod.DATA_SOURCE, text, str(ex.answer))
+        progress.update()
     return correct / max(1, min(n, len(examples)))
 
 
