@@ -175,19 +175,18 @@ def recording(self) -> dict:
     """What :func:`start_recording` recorded since it was last called, with this rank's view of the
     K=0 skip: the proposer's switch (k0_skip.py reads it from the engine config once and caches it on
     the proposer) and the engine config it came from."""
-    from verl_specrollout.config import ADDITIONAL_CONFIG_KEY
     from verl_specrollout.vllm_adapter import k0_skip
+    from verl_specrollout.vllm_adapter.engine_config import engine_config
 
     runner = _runner(self)
     rec = runner.__dict__.get(RECORD_ATTR) or {"steps": [], "propose": [], "drafts": [], "forwards": 0}
     proposer = _proposer(self)
-    raw = compat.additional_config(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None)).get(
-        ADDITIONAL_CONFIG_KEY) or {}
+    cfg = engine_config(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None))
     skip = k0_skip._skip_enabled(proposer) if proposer is not None else None
     cls_propose = getattr(compat.resolve(compat.VLLM_PROPOSER), compat.VLLM_PROPOSE_METHOD)
     return {**tp_rank(self), "steps": list(rec["steps"]), "propose": list(rec["propose"]),
             "drafts": list(rec["drafts"]), "draft_forwards": rec["forwards"], "skip_draft_at_k0": skip,
-            "config_skip_draft_at_k0": bool((raw.get("planner") or {}).get("skip_draft_at_k0", False)),
+            "config_skip_draft_at_k0": cfg is not None and cfg.planner.skip_draft_at_k0,
             "k0_skip_installed": hasattr(cls_propose, "__wrapped__"),
             "max_k": int(getattr(proposer, "num_speculative_tokens", -1)) if proposer is not None else None}
 

@@ -86,7 +86,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
 from verl_specrollout import compat
-from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, GROUP_BASE_METHODS
+from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.vllm_adapter.engine_config import engine_config
 
 logger = logging.getLogger("vllm.specrollout_group")
 
@@ -145,16 +146,14 @@ class GroupDrafter:
         self.no_draft = 0  # ... of which drafted nothing
 
     @classmethod
-    def from_config(cls, raw: dict, has_model: bool) -> "GroupDrafter":
-        """From the engine's specrollout config (SpecRolloutConfig.to_dict(), checked by the trainer)."""
-        from verl_specrollout.config import SpecRolloutConfig
+    def from_config(cls, cfg: SpecRolloutConfig) -> "GroupDrafter":
+        """From the engine's typed config (vllm_adapter/engine_config.py)."""
         from verl_specrollout.group_draft import GroupSuffixIndex, SourceChooser
 
-        cfg = SpecRolloutConfig.from_dict(raw)
         g = cfg.group
         index = GroupSuffixIndex(max_match=g.max_match, history_depth=g.history_depth,
                                  max_tokens=g.max_index_tokens)
-        return cls(index, SourceChooser(), has_model, skip_draft_at_k0=cfg.planner.skip_draft_at_k0)
+        return cls(index, SourceChooser(), cfg.has_draft_model, skip_draft_at_k0=cfg.planner.skip_draft_at_k0)
 
     # ------------------------------------------------------------------ per step
     def begin_step(self, finished_req_ids: Iterable[str]) -> None:
@@ -299,20 +298,19 @@ def _group_drafter(runner) -> Optional[GroupDrafter]:
 
 
 def _make_drafter(runner) -> Optional[GroupDrafter]:
-    raw = compat.additional_config(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None)).get(
-        ADDITIONAL_CONFIG_KEY) or {}
-    method = raw.get("method")
-    if not raw.get("enable") or method not in GROUP_BASE_METHODS:
+    cfg = engine_config(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None))
+    if cfg is None or not cfg.enable or not cfg.group_drafting:
         return None
+    method = cfg.method
     spec = getattr(runner, compat.VLLM_RUNNER_SPEC_CONFIG_ATTR, None)
     if spec is None:
         _warn_once("nospec", "specrollout: method=%s but the engine has no speculative_config; no group drafts",
                    method)
         return None
     base = getattr(spec, compat.VLLM_SPEC_METHOD_ATTR, None)
-    if base != GROUP_BASE_METHODS[method]:
+    if base != cfg.base_method:
         _warn_once("base", "specrollout: method=%s needs vLLM method %s, the engine runs %s; no group drafts",
-                   method, GROUP_BASE_METHODS[method], base)
+                   method, cfg.base_method, base)
         return None
     if getattr(spec, compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR, "greedy") == "probabilistic":
         raise ValueError(
@@ -321,10 +319,10 @@ def _make_drafter(runner) -> Optional[GroupDrafter]:
     if getattr(runner, compat.VLLM_RUNNER_ASYNC_SCHED_ATTR, False):
         _warn_once("async", "specrollout: method=%s: this engine runs asynchronous scheduling, which group drafting "
                    "does not support; drafting with %s alone (start the engine with async_scheduling=False)",
-                   method, GROUP_BASE_METHODS[method])
+                   method, cfg.base_method)
         return None
-    drafter = GroupDrafter.from_config(raw, has_model=GROUP_BASE_METHODS[method] != "ngram")
-    logger.info("specrollout: Best-of-N group drafting on (method=%s, group=%s)", method, raw.get("group"))
+    drafter = GroupDrafter.from_config(cfg)
+    logger.info("specrollout: Best-of-N group drafting on (method=%s, group=%s)", method, cfg.group)
     return drafter
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 
 from verl_specrollout import compat
-from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig
+from verl_specrollout.vllm_adapter.engine_config import engine_config
 
 logger = logging.getLogger("vllm.specrollout_k0")
 
@@ -36,10 +36,10 @@ _state = {"installed": False}
 def _skip_enabled(proposer) -> bool:
     flag = getattr(proposer, _FLAG, None)
     if flag is None:
-        raw = compat.additional_config(getattr(proposer, "vllm_config", None)).get(ADDITIONAL_CONFIG_KEY)
-        # Read through the typed config, so the key's default is the one the planner prices K=0 with
+        cfg = engine_config(getattr(proposer, "vllm_config", None))
+        # Through the typed config, so the key's default is the one the planner prices K=0 with
         # (an engine without our config is not ours: no skip).
-        flag = bool(raw) and SpecRolloutConfig.from_dict(raw).planner.skip_draft_at_k0
+        flag = cfg is not None and cfg.planner.skip_draft_at_k0
         setattr(proposer, _FLAG, flag)
         if flag:
             logger.info("specrollout: K=0 steps skip the draft forward (planner.skip_draft_at_k0)")
