@@ -360,44 +360,89 @@ def check_target_vocab(draft: Eagle3Draft, rows: int, what: str) -> None:
                          f"{draft.config.vocab_size}")
 
 
-def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits, *,
-                embed_weight=None, lm_head_weight=None, loss_mask=None, num_steps=1,
-                step_decay=0.8):
-    """Soft cross-entropy of each unroll step against the target's next-token distribution.
+def eagle3_loss(draft: Eagle3Draft, aux_hidden_states, input_ids, target_logits=None, *,
+                target_hidden=None, embed_weight=None, lm_head_weight=None, attention_mask=None,
+                loss_mask=None, num_steps=1, step_decay=0.8, soft_ce_weight=1.0, feature_weight=0.0):
+    """The EAGLE-3 training loss, over ``num_steps`` training-time-test unroll steps.
 
-    ``target_logits`` [B,T,V]: the target's full-vocabulary logits at positions 0..T-1 (position
-    p predicts x[p+1]).  Step j slot t is scored against ``target_logits[:, t+j]``, restricted to
-    the draft vocabulary when it is reduced (see :func:`soft_targets`).  ``loss_mask`` [B,T]
-    marks positions p whose prediction should count (e.g. response tokens).  Returns
-    (loss, stats) with per-step top-1 agreement.
+    Step j slot t (see :meth:`Eagle3Draft.forward`) is scored against the target's prediction at
+    position t+j, given either as ``target_logits`` [B,T,V] (full target vocabulary; the testbed
+    build) or as ``target_hidden`` [B,T,H], the target's final post-norm hidden states, turned into
+    logits here with the frozen ``lm_head_weight`` one step at a time (the online learner: capture
+    never ships full-vocabulary logits). Per step::
+
+        L_j = soft_ce_weight * CE(soft_targets(target_j), draft_logits_j)
+              + feature_weight * SmoothL1(norm(draft_hidden_j), target_hidden_j)   (only with target_hidden)
+
+    each a mean over the positions ``loss_mask`` [B,T] marks (default: all); the total is
+    ``sum_j step_decay**(j-1) * L_j / sum_j step_decay**(j-1)``. The feature term regresses the
+    draft's post-norm feature (what vLLM feeds to the shared lm_head) onto the target's (FastGRPO's
+    recipe). ``attention_mask`` defaults to ``loss_mask > 0`` (no mask: every position). A reduced
+    draft vocabulary is scored on its own ids (:func:`soft_targets`); top-1 agreement compares
+    target ids (:func:`top1_agrees`).
+
+    Returns (loss, stats): per step ``step{j}_ce``, ``step{j}_top1``, ``step{j}_tokens`` and, given
+    ``target_hidden``, ``step{j}_feat``.
+
+    Ours, not ``speculators.losses`` (0.9.0), for two measured reasons: installing speculators next
+    to our pins would change them (it requires ``datasets<=5.1.0`` and ``loguru<=0.7.3``, we have
+    5.2.0 and 0.8.0, plus torchvision, torchaudio and ``hs-connectors==0.9.0``); and its EAGLE-3
+    loss is another number: ``kl_div_loss`` is KL(p||q), the soft CE minus the target's entropy
+    (same gradient, different value), normalised per packed row then averaged over rows, with
+    decayed step losses summed rather than averaged, and no feature term.
     """
-    B, T, V = target_logits.shape
-    check_target_vocab(draft, V, "target_logits")
-    ids = draft.target_ids()
-    logits = draft(aux_hidden_states, input_ids, embed_weight=embed_weight,
-                   lm_head_weight=lm_head_weight, num_steps=num_steps,
-                   attention_mask=None if loss_mask is None else (loss_mask > 0))
+    if (target_logits is None) == (target_hidden is None):
+        raise ValueError("eagle3_loss: pass exactly one of target_logits and target_hidden")
+    if target_logits is not None:
+        B, T, V = target_logits.shape
+        check_target_vocab(draft, V, "target_logits")
+        device = target_logits.device
+    else:
+        if lm_head_weight is None:
+            raise ValueError("eagle3_loss: target_hidden needs the target's lm_head_weight")
+        B, T = target_hidden.shape[:2]
+        check_target_vocab(draft, lm_head_weight.shape[0], "the target's lm_head")
+        device = target_hidden.device
+    if feature_weight and target_hidden is None:
+        raise ValueError("eagle3_loss: the feature term needs target_hidden")
+    if attention_mask is None and loss_mask is not None:
+        attention_mask = loss_mask > 0
     if loss_mask is None:
-        loss_mask = torch.ones(B, T, device=target_logits.device)
+        loss_mask = torch.ones(B, T, device=device)
     loss_mask = loss_mask.float()
-    total, stats, wsum = 0.0, {}, 0.0
-    for j, lg in enumerate(logits, start=1):
+    ids = draft.target_ids()  # None unless the draft vocabulary is reduced
+    logits, hiddens = draft(aux_hidden_states, input_ids, embed_weight=embed_weight,
+                            lm_head_weight=lm_head_weight, attention_mask=attention_mask,
+                            num_steps=num_steps, return_hidden=True)
+    total, wsum, stats = 0.0, 0.0, {}
+    for j in range(1, num_steps + 1):
         if j >= T:
             break
-        pred = lg[:, : T - j]
-        tgt = target_logits[:, j:]
+        pred = logits[j - 1][:, : T - j].float()
         m = loss_mask[:, j:]
-        p_t = soft_targets(tgt, ids)
-        ce = -(p_t * torch.log_softmax(pred.float(), -1)).sum(-1)
         denom = m.sum().clamp_min(1.0)
-        step_loss = (ce * m).sum() / denom
-        w = step_decay ** (j - 1)
-        total = total + w * step_loss
-        wsum += w
         with torch.no_grad():
-            acc = (top1_agrees(pred, tgt, ids).float() * m).sum() / denom
-        stats[f"step{j}_loss"] = float(step_loss.detach())
-        stats[f"step{j}_top1"] = float(acc)
+            if target_logits is not None:
+                t_logits = target_logits[:, j:]
+            else:
+                t_logits = F.linear(target_hidden[:, j:].float(), lm_head_weight)  # full target vocabulary
+            p_t = soft_targets(t_logits, ids)
+        ce = -(p_t * torch.log_softmax(pred, -1)).sum(-1)
+        ce_l = (ce * m).sum() / denom
+        step_loss = soft_ce_weight * ce_l
+        if target_hidden is not None:  # computed at weight 0 too: its stat is still reported
+            feat = draft.norm(hiddens[j - 1][:, : T - j]).float()
+            fl = F.smooth_l1_loss(feat, target_hidden[:, j:].float(), reduction="none").mean(-1)
+            f_l = (fl * m).sum() / denom
+            step_loss = feature_weight * f_l + step_loss
+            stats[f"step{j}_feat"] = float(f_l.detach())
+        w = step_decay ** (j - 1)
+        total, wsum = total + w * step_loss, wsum + w
+        with torch.no_grad():
+            agree = (top1_agrees(pred, t_logits, ids).float() * m).sum()
+        stats[f"step{j}_top1"] = float(agree / denom)
+        stats[f"step{j}_ce"] = float(ce_l.detach())
+        stats[f"step{j}_tokens"] = float(m.sum())
     return total / max(wsum, 1e-9), stats
 
 

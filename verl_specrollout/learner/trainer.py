@@ -1,20 +1,10 @@
 """Online EAGLE-3 training step: feature regression + soft cross-entropy (FastGRPO's recipe).
 
-Loss per unroll step j (training-time test, vLLM's drafting alignment, see draft/eagle3.py):
-
-    L_j = w_feat * SmoothL1(norm(draft_hidden_j[t]), h_T[t+j]) + w_ce * CE(softmax(lm_head(h_T[t+j])),
-                                                                        lm_head(norm(draft_hidden_j[t])))
-
-``h_T`` is the target's final post-norm hidden state shipped by capture; the target distribution
-is computed *here* with a frozen copy of the target's ``lm_head`` (full-vocab logits are never
-shipped).  The draft's post-norm feature is what vLLM feeds to the (shared) lm_head, so regressing
-it onto ``h_T`` is the EAGLE feature loss.  Only the draft's own parameters get gradients; the
-embedding / lm_head copies are frozen buffers and the policy is never touched.
-
-A head with a reduced draft vocabulary (``draft_vocab_size`` < the target's, with ``d2t``) has its
-own lm_head and is scored on its own vocabulary: the target's logits at the draft's target ids
-(``arange(draft_vocab) + d2t``), softmaxed over those ids, as speculators trains EAGLE-3 heads
-(see ``draft.eagle3.soft_targets``). Top-1 agreement compares target ids, as vLLM's verification does.
+The loss itself is ``draft.eagle3.eagle3_loss`` (the one the testbed's head is trained with), fed
+the target's final post-norm hidden state ``h_T`` shipped by capture: the target distribution is
+computed there with a frozen copy of the target's ``lm_head`` (full-vocab logits are never
+shipped). Only the draft's own parameters get gradients; the embedding / lm_head copies are frozen
+buffers and the policy is never touched.
 """
 
 from __future__ import annotations
@@ -22,9 +12,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from verl_specrollout.draft.eagle3 import Eagle3Draft, check_target_vocab, soft_targets, top1_agrees
+from verl_specrollout.draft.eagle3 import Eagle3Draft, check_target_vocab, eagle3_loss
 
 
 def collate(samples: list, device="cpu", dtype=torch.float32) -> dict:
@@ -77,37 +66,12 @@ class DraftTrainer:
             self.lm_head_weight = lm_head_weight.detach().to(self.device, torch.float32).clone()
 
     def _losses(self, batch: dict, num_steps: int):
-        logits, hiddens = self.draft(batch["aux"], batch["input_ids"], embed_weight=self.embed_weight,
-                                     lm_head_weight=self.lm_head_weight, attention_mask=batch["attention_mask"],
-                                     num_steps=num_steps, return_hidden=True)
-        T = batch["input_ids"].shape[1]
-        ids = self.draft.target_ids()  # None unless the draft vocabulary is reduced
-        total, wsum, stats = 0.0, 0.0, {}
-        for j in range(1, num_steps + 1):
-            if j >= T:
-                break
-            pred = logits[j - 1][:, : T - j].float()
-            h_t = batch["final_hidden"][:, j:].float()
-            m = batch["loss_mask"][:, j:]
-            denom = m.sum().clamp_min(1.0)
-            with torch.no_grad():
-                t_logits = F.linear(h_t, self.lm_head_weight)  # full target vocabulary
-                p_t = soft_targets(t_logits, ids)
-            ce = -(p_t * torch.log_softmax(pred, -1)).sum(-1)
-            feat = self.draft.norm(hiddens[j - 1][:, : T - j]).float()
-            fl = F.smooth_l1_loss(feat, h_t, reduction="none").mean(-1)
-            ce_l = (ce * m).sum() / denom
-            f_l = (fl * m).sum() / denom
-            step_loss = self.feature_loss_weight * f_l + self.soft_ce_loss_weight * ce_l
-            w = self.step_decay ** (j - 1)
-            total, wsum = total + w * step_loss, wsum + w
-            with torch.no_grad():
-                agree = (top1_agrees(pred, t_logits, ids).float() * m).sum()
-            stats[f"step{j}_top1"] = float(agree / denom)
-            stats[f"step{j}_ce"] = float(ce_l.detach())
-            stats[f"step{j}_feat"] = float(f_l.detach())
-            stats[f"step{j}_tokens"] = float(m.sum())
-        return total / max(wsum, 1e-9), stats
+        """The one EAGLE-3 loss (draft/eagle3.py) on a collated batch, with this trainer's weights."""
+        return eagle3_loss(self.draft, batch["aux"], batch["input_ids"], target_hidden=batch["final_hidden"],
+                           embed_weight=self.embed_weight, lm_head_weight=self.lm_head_weight,
+                           attention_mask=batch["attention_mask"], loss_mask=batch["loss_mask"],
+                           num_steps=num_steps, step_decay=self.step_decay,
+                           soft_ce_weight=self.soft_ce_loss_weight, feature_weight=self.feature_loss_weight)
 
     def train_step(self, samples: list) -> dict:
         batch = collate(samples, self.device)
