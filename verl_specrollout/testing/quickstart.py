@@ -1,7 +1,7 @@
 """The main job on the embedded default testbeds.
 
     python -m verl_specrollout.testing.quickstart [--rollout-size regime-tiny] [--size tiny]
-                                                  [--grpo-steps 4] [--skip-grpo]
+                                                  [--grpo-steps 4] [--skip-grpo | --skip-rollout]
 
 1. Speed: a GRPO-shaped rollout (P prompts x G=8 samples, T=1) through vLLM with and without
    speculation (EAGLE-3 head, adaptive K), configured exactly as the veRL override does, on the
@@ -13,7 +13,9 @@
    picks another) on this CPU machine on the tiny
    testbed, with the speculative rollout (+ online draft learner) and without: per-step rollout
    time, acceptance length, K chosen, draft version, reward. A 2.7 M target is all framework
-   overhead on a CPU, so this part proves the integration, not a speed-up.
+   overhead on a CPU, so this part proves the integration, not a speed-up. Each veRL step is echoed
+   as it lands in veRL's metrics log (i/N, ETA), and ``<out>/rl_metrics.png`` draws acceptance
+   length, K and draft version per step, spec vs plain (verl_specrollout/testing/rl_plot.py).
 The last line is a one-line JSON summary.
 """
 
@@ -26,9 +28,11 @@ import os
 import json
 import statistics
 import sys
+import threading
 import time
 
 from verl_specrollout.config import GROUP_BASE_METHODS, METHODS, SpecRolloutConfig
+from verl_specrollout.progress import Progress, stage
 from verl_specrollout.testing.e2e.grpo_cpu import DEFAULT_TRAINER, TRAINERS
 
 
@@ -57,6 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--grpo-steps", type=int, default=4)
     ap.add_argument("--skip-grpo", action="store_true", help="only the rollout comparison (part 1)")
+    ap.add_argument("--skip-rollout", action="store_true", help="only the veRL GRPO runs (part 2)")
     ap.add_argument("--no-learner", action="store_true", help="GRPO with a frozen draft")
     ap.add_argument("--trainer", default=DEFAULT_TRAINER, choices=list(TRAINERS),
                     help="veRL trainer of part 2 (default: veRL's default, the V1 trainer in sync mode)")
@@ -68,15 +73,23 @@ def main(argv=None) -> dict:
     from verl_specrollout.testing.testbed import build_testbed
 
     args = parse_args(argv)
+    if args.skip_grpo and args.skip_rollout:
+        raise SystemExit("--skip-grpo and --skip-rollout together leave nothing to run")
     regime = args.rollout_size.startswith("regime")
     if args.prompts is None:
         args.prompts = 4 if regime else 16
-    t0 = time.perf_counter()
-    rollout_tb = build_testbed(args.rollout_size)
-    print(f"[quickstart] testbed {args.rollout_size} ready in {time.perf_counter() - t0:.1f}s at {rollout_tb.root}",
-          flush=True)
-    summary = _rollouts(rollout_tb, args, dtype="bfloat16" if regime else "float32")
+    t0, start = time.perf_counter(), time.monotonic()
+    parts = (0 if args.skip_rollout else 1) + (0 if args.skip_grpo else 1)
+    summary = {}
+    if not args.skip_rollout:
+        stage(1, parts, f"rollout speed, plain vs speculative, on the {args.rollout_size} testbed", "quickstart")
+        rollout_tb = build_testbed(args.rollout_size)
+        print(f"[quickstart] testbed {args.rollout_size} ready in {time.perf_counter() - t0:.1f}s at {rollout_tb.root}",
+              flush=True)
+        summary = _rollouts(rollout_tb, args, dtype="bfloat16" if regime else "float32")
     if not args.skip_grpo:
+        stage(parts, parts, f"veRL GRPO, plain then speculative, {args.grpo_steps} steps each, on the {args.size} "
+              "testbed", "quickstart", since=start)
         tb = build_testbed(args.size)
         summary.update(_grpo(tb, args))
     print(json.dumps(summary), flush=True)
@@ -118,9 +131,12 @@ def _rollouts(tb, args, dtype: str) -> dict:
         llm.generate(warm, params, use_tqdm=False)
     runs = {"plain": [], "spec": []}
     before = read_counters(spec_llm)
+    progress = Progress(2 * args.repeats, "quickstart rollouts", every_s=0, unit="run")
     for _ in range(args.repeats):
         for name, llm in (("plain", plain_llm), ("spec", spec_llm)):
             runs[name].append(_timed(llm, prompts, params))
+            sec, n, _ = runs[name][-1]
+            progress.update(note=f"{name} {n / sec:.1f} tok/s")
     counters = read_counters(spec_llm) - before
     del plain_llm, spec_llm
     gc.collect()
@@ -188,8 +204,10 @@ def _grpo(tb, args) -> dict:
     for name, extra in (("plain", []), ("spec", spec_overrides)):
         print(f"[quickstart] GRPO {name}: {args.grpo_steps} steps through veRL's {args.trainer} trainer "
               f"(log: {args.out}/{name}/train.log)", flush=True)
-        res = run(args.grpo_steps, os.path.join(args.out, name), extra, model=str(tb.target_dir),
-                  data=str(tb.data_dir), reward=reward_fn, n=args.group, trainer=args.trainer)
+        run_dir = os.path.join(args.out, name)
+        with _MetricsFollower(os.path.join(run_dir, "metrics.jsonl"), f"quickstart GRPO {name}", args.grpo_steps):
+            res = run(args.grpo_steps, run_dir, extra, model=str(tb.target_dir),
+                      data=str(tb.data_dir), reward=reward_fn, n=args.group, trainer=args.trainer)
         if res["returncode"] != 0 or not res["steps"]:
             print(f"[quickstart] GRPO {name} FAILED (exit {res['returncode']}); see {res['log']}", flush=True)
             return {"grpo_error": f"{name} run failed (exit {res['returncode']}), log {res['log']}"}
@@ -223,7 +241,84 @@ def _grpo(tb, args) -> dict:
     print(f"[quickstart] GRPO rollout time plain {out['rollout_seconds_plain']}s vs spec {out['rollout_seconds_spec']}s; "
           f"step time plain {out['step_seconds_plain']}s vs spec {out['step_seconds_spec']}s; "
           f"e2e speedup {out['e2e_speedup']}x", flush=True)
+    _plot_rl(args)
     return out
+
+
+def _plot_rl(args) -> None:
+    """<out>/rl_metrics.png from both runs' metrics logs; a failed plot is reported, never fatal."""
+    from verl_specrollout.testing.rl_plot import plot, read_steps
+
+    path = os.path.join(args.out, "rl_metrics.png")
+    try:
+        plot(read_steps(os.path.join(args.out, "spec")), read_steps(os.path.join(args.out, "plain")), path,
+             f"veRL GRPO ({args.trainer} trainer), {args.method} {args.mode}, {args.size} testbed, CPU")
+        print(f"[quickstart] RL metrics plot (acceptance length, K, draft version per step): {path}", flush=True)
+    except Exception as exc:  # the numbers above are the result; the figure is a view of them
+        print(f"[quickstart] no RL metrics plot: {exc!r}", flush=True)
+
+
+def _step_note(rec: dict) -> str:
+    data = rec.get("data", {})
+
+    def num(key, fmt):
+        v = data.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    note = (f"rollout {num('timing_s/gen', '.2f')}s step {num('timing_s/step', '.2f')}s "
+            f"reward {num('critic/score/mean', '.3f')}")
+    if "specrollout/mean_k" in data:
+        note += (f" acc.len {num('specrollout/mean_acceptance_length', '.2f')} K {num('specrollout/mean_k', '.2f')} "
+                 f"draft v{num('specrollout/draft_version', 'g')}")
+    return note
+
+
+class _MetricsFollower:
+    """Echoes each veRL step as veRL's file logger writes it (one JSON line per step, unbuffered), with
+    i/N and an ETA; before the first step (Ray and vLLM start-up, a minute or two) a line every 30 s.
+    Follows the file instead of veRL's stdout so the subprocess, its log and grpo_cpu stay as they are."""
+
+    POLL_S = 1.0
+    HEARTBEAT_S = 30.0
+
+    def __init__(self, path: str, label: str, total: int):
+        self.path, self.label, self.total = path, label, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="metrics-follower", daemon=True)
+
+    def __enter__(self):
+        if os.path.exists(self.path):  # a previous run's log: grpo_cpu.run removes it too, maybe after we read it
+            os.remove(self.path)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _follow(self):
+        progress = Progress(self.total, self.label, every_s=0, unit="step")
+        pos, buf, last_beat = 0, "", time.monotonic()
+        while True:
+            stopping = self._stop.is_set()  # read once more after the run ended, then stop
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    f.seek(pos)
+                    buf += f.read()
+                    pos = f.tell()
+                *lines, buf = buf.split("\n")
+                for line in lines:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    progress.set(int(rec.get("step", progress.done + 1)), note=_step_note(rec))
+            if stopping:
+                return
+            if progress.done == 0 and time.monotonic() - last_beat >= self.HEARTBEAT_S:
+                last_beat = time.monotonic()
+                progress.print("veRL starting (Ray, vLLM, FSDP workers)")
+            self._stop.wait(self.POLL_S)
 
 
 if __name__ == "__main__":
