@@ -91,9 +91,10 @@ class Hardware:
         return self.target_step(requests, k, context_tokens) + draft
 
 
-def rollout_lengths(prompts: int, group: int, max_tokens: int, seed: int) -> np.ndarray:
+def rollout_lengths(prompts: int, group: int, max_tokens: int, seed: int, median_div: float = 6.0,
+                    sigma: float = 0.9) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    n = rng.lognormal(math.log(max_tokens / 6), 0.9, size=prompts * group)
+    n = rng.lognormal(math.log(max_tokens / median_div), sigma, size=prompts * group)
     return np.clip(n, 4, max_tokens).astype(int)
 
 
@@ -277,6 +278,8 @@ def plot(rows: list, path: str) -> None:
 
 
 def parse_args(argv=None):
+    from benchmarks.replica_sim import Decoupled  # it builds on this module
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", default="7B,32B,70B")
@@ -292,7 +295,40 @@ def parse_args(argv=None):
                          "the H200 table in benchmarks/calibration/; 'none': the assumed constants")
     ap.add_argument("--engine-overhead-ms", type=float, default=Costs.step_overhead_s * 1e3,
                     help="the engine's own time per step (scheduling, sampling): an assumption either way")
+    rep = ap.add_argument_group("replicas and decoupled speculation (benchmarks/replica_sim.py)")
+    rep.add_argument("--replicas", default=None,
+                     help="'auto' (8 GPUs / TP: 7B 8, 32B 4, 70B 2) or a number: compare plain / coupled / "
+                          "coupled draft LM / decoupled over R replicas instead of the policy grid")
+    rep.add_argument("--transfer-ms", type=float, default=Decoupled.transfer_s * 1e3,
+                     help="one-way latency of a commit to the drafter and of tails back")
+    rep.add_argument("--guess-hit", type=float, default=Decoupled.guess_hit,
+                     help="P(the drafter's guess is the target's token after a rejection): an assumption")
+    rep.add_argument("--lm-alpha-scale", type=float, default=Decoupled.alpha_scale,
+                     help="the draft LM's per-position acceptance relative to EAGLE-3's")
+    rep.add_argument("--length-median-div", type=float, default=6.0,
+                     help="median response length = max tokens / this (lognormal)")
+    rep.add_argument("--length-sigma", type=float, default=0.9)
     return ap.parse_args(argv)
+
+
+def main_replicas(args, costs: Costs) -> dict:
+    from benchmarks import replica_sim
+    from benchmarks.replica_sim import Decoupled
+
+    lengths = rollout_lengths(args.prompts, args.group, args.max_tokens, args.seed, args.length_median_div,
+                              args.length_sigma)
+    assumptions = Decoupled(transfer_s=args.transfer_ms / 1e3, guess_hit=args.guess_hit, alpha_scale=args.lm_alpha_scale)
+    rows = replica_sim.replica_grid(args.models.split(","), args.gpus.split(","), lengths, args.max_k, args.seed, costs,
+                                    assumptions, None if args.replicas == "auto" else int(args.replicas))
+    summary = replica_sim.replica_ratios(rows)
+    for s in summary:
+        print(json.dumps(s))
+    print(replica_sim.table(summary))
+    print(replica_sim.SPECACTOR)
+    return {"benchmark": "gpu_scale_sim/replicas", "assumptions": {
+        "costs": dataclasses.asdict(costs), "alpha": ALPHA, "decoupled": dataclasses.asdict(assumptions),
+        "draft_lms": replica_sim.DRAFT_LMS, "models": MODELS, "capped": int((lengths >= args.max_tokens).sum())},
+        "config": vars(args), "summary": summary, "results": rows}
 
 
 def main(argv=None) -> dict:
@@ -302,6 +338,12 @@ def main(argv=None) -> dict:
     costs = gpu_calibration.load(args.calibration, overhead) if args.calibration != "none" \
         else dataclasses.replace(Costs(), step_overhead_s=overhead)
     print(json.dumps({"costs": dataclasses.asdict(costs)}))
+    if args.replicas:
+        payload = main_replicas(args, costs)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(payload, f)
+        return payload
     rows = run_grid(args.models.split(","), args.gpus.split(","), policies, args.prompts, args.group,
                     args.max_tokens, args.max_k, args.seed, costs)
     summary = ratios(rows)
