@@ -1,12 +1,14 @@
 """A GRPO-shaped rollout timed end to end: many prompts x G samples, heavy-tailed lengths.
 
-    python -m benchmarks.grpo_rollout --out results/grpo.json [--size medium]
-    python -m benchmarks.grpo_rollout --out my.json --target DIR --draft DIR --method eagle3 --prompts-file p.jsonl
+    python -m benchmarks.grpo_rollout [--testbed regime] [--prompts 2 --group 8 --ks 1,2,4] [--out results/grpo.json]
+    python -m benchmarks.grpo_rollout --target DIR --draft DIR --method eagle3 --prompts-file p.jsonl
 
 All P*G requests are submitted at once, so the engine starts compute-bound with P*G running
 sequences and ends in a long tail of a few. Compares plain decoding, every single static K
 (the best one is the baseline to beat), a vLLM-style hand-written batch-size -> K table, and
-the adaptive planner; interleaved repeats inside one speculative engine, medians reported.
+the adaptive planner; interleaved repeats inside one speculative engine, medians reported. Writes
+JSON (with provenance), a PNG of each policy's tokens/s over plain and over the best static K, and
+``<out>.timeline.png`` (running requests and K over the rollout). Flags: benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import argparse
 import math
 import time
 
-from benchmarks.common import add_model_args, load_prompts, make_engines, median, model_pair, run_policy, write_json
+from benchmarks.common import (add_common_args, engine_settings, load_prompts, make_engines, median, model_pair,
+                               out_path, plot_path, provenance, run_policy, static_ks, write_json)
+from verl_specrollout.progress import Progress
 
 # The kind of table a user writes by hand for vLLM's num_speculative_tokens_per_batch_size.
 HAND_TABLE = [[1, 4, 4], [5, 16, 2], [17, 4096, 1]]
@@ -40,22 +44,17 @@ def heavy_tail_requests(prompts, group, max_tokens, temperature, seed=0):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--size", default="medium")
+    add_common_args(ap, "grpo_rollout", max_k=4, max_tokens=256, repeats=3)
     ap.add_argument("--method", default="eagle3")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--ks", default="1,2,3,4,6,8")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ks", default=None, help="static K's timed, comma-separated (default 1..--max-k)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--verify-budget", action="store_true",
                     help="also time adaptive with planner.verify_budget=auto (policy adaptive-vb)")
     ap.add_argument("--lengths", choices=("heavy-tail", "natural"), default="heavy-tail",
                     help="heavy-tail: each sample decodes a fixed, seeded length (lognormal, capped at "
                          "--max-tokens; ignore_eos) so every policy runs the same workload; natural: stop at EOS")
-    ap.add_argument("--plot", default=None, help="PNG: running requests and K over time per policy")
-    add_model_args(ap)
     return ap.parse_args(argv)
 
 
@@ -70,6 +69,7 @@ def time_policies(policies, engines, prompts, params, max_bs, hand, repeats, tim
 
     plain, spec, sched = engines
     runs = {p: {"seconds": [], "tokens": [], "acceptance": []} for p in policies}
+    progress = Progress(repeats * len(policies), "grpo_rollout", unit="run")
     for rep in range(repeats):
         for p in policies:
             record = timelines is not None and rep == repeats - 1 and p in TIMELINE_POLICIES
@@ -86,6 +86,7 @@ def time_policies(policies, engines, prompts, params, max_bs, hand, repeats, tim
             runs[p]["acceptance"].append(d.mean_acceptance_length)
             print(f"  rep {rep} {p:14s} {sec:7.2f}s {n / sec:8.1f} tok/s  acceptance length "
                   f"{d.mean_acceptance_length:.2f} ({d.num_drafts} drafts)", flush=True)
+            progress.update()
     return runs
 
 
@@ -121,11 +122,13 @@ def main(argv=None):
     args = parse_args(argv)
     from vllm import SamplingParams
 
-    ks = [int(k) for k in args.ks.split(",")]
+    out = out_path(args)
+    ks = static_ks(args)
     pair = model_pair(args)
     prompts = load_prompts(pair, args.prompts, seed=4242)
     max_bs = max(256, args.prompts * args.group)
-    engines = make_engines(pair, args.method, max(ks), max_bs, args.draft_sampling, dtype=args.dtype)
+    engines = make_engines(pair, args.method, max(ks), max_bs, args.draft_sampling, dtype=args.dtype,
+                           **engine_settings(args))
     plain, spec, sched = engines
     hand = [[lo, min(hi, max_bs), min(k, max(ks))] for lo, hi, k in HAND_TABLE if lo <= max_bs]
     if args.lengths == "natural":
@@ -148,16 +151,48 @@ def main(argv=None):
     ratios = ratios_of(results)
     for k, v in ratios.items():
         print(f"{k}: {v}")
-    write_json(args.out, {"benchmark": "grpo_rollout", "size": args.size, "method": args.method,
-                          "draft_sampling": args.draft_sampling,
-                          "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
-                          "temperature": args.temperature, "lengths": args.lengths, "hand_table": hand,
-                          "seconds_total": round(time.perf_counter() - t_start, 1),
-                          "ratios": ratios, "planner_table": sched.planner.rows(), "results": results,
-                          "timelines": timelines})
-    if args.plot:
-        plot_timelines(timelines, args.plot, f"{args.prompts} x {args.group} requests, {args.size}")
+    testbed = None if args.target else args.testbed
+    write_json(out, {"benchmark": "grpo_rollout", "provenance": provenance(args, pair), "testbed": testbed,
+                     "method": args.method, "draft_sampling": args.draft_sampling, "max_k": max(ks), "ks": ks,
+                     "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
+                     "temperature": args.temperature, "lengths": args.lengths, "hand_table": hand,
+                     "seconds_total": round(time.perf_counter() - t_start, 1),
+                     "ratios": ratios, "planner_table": sched.planner.rows(), "results": results,
+                     "timelines": timelines})
+    title = f"{args.prompts} x {args.group} requests, {testbed or args.target}"
+    png, timeline_png = plot_path(args), plot_path(args, ".timeline")
+    if png:
+        plot_ratios(results, png, title)
+        plot_timelines(timelines, timeline_png, title)
+    print(f"[grpo_rollout] wrote {out}" + (f", {png} and {timeline_png}" if png else ""), flush=True)
     return ratios
+
+
+def plot_ratios(results: list, path: str, title: str) -> None:
+    """Each policy's tokens/s over plain decoding and over the best single static K (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = [r["policy"] if r["k"] is None else f"K={r['k']}" for r in results]
+    by = {(r["policy"], r["k"]): r["tokens_per_s"] for r in results}
+    plain = by[("plain", None)]
+    best = max(v for (p, k), v in by.items() if p == "static-K" and k and k >= 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+    for ax, base, label in ((axes[0], plain, "tokens/s over plain decoding"),
+                            (axes[1], best, "tokens/s over the best static K")):
+        vals = [r["tokens_per_s"] / base for r in results]
+        colors = ["tab:red" if r["policy"].startswith("adaptive") else "tab:gray" if r["policy"] == "plain"
+                  else "tab:blue" for r in results]
+        ax.bar(range(len(vals)), vals, color=colors)
+        ax.axhline(1.0, color="k", lw=1)
+        ax.set_xticks(range(len(vals)), name, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+    fig.suptitle(f"GRPO-shaped rollout: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_timelines(timelines: dict, path: str, title: str) -> None:
@@ -180,6 +215,7 @@ def plot_timelines(timelines: dict, path: str, title: str) -> None:
     top.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
