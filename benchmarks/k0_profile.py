@@ -1,6 +1,6 @@
 """Where a K=0 step's time goes inside a speculative engine, next to plain decoding.
 
-    python -m benchmarks.k0_profile [--size regime] [--batch 64] [--tokens 64] [--repeats 3]
+    python -m benchmarks.k0_profile [--testbed regime] [--batch-sizes 1,64] [--max-tokens 64] [--repeats 3]
 
 One plain engine and one speculative engine (EAGLE-3 by default) run the same B requests of fixed
 length (random token prompts, ignore_eos), the speculative one with its table pinned at K=0, with
@@ -8,6 +8,8 @@ and without the K=0 draft skip (``planner.skip_draft_at_k0``), interleaved, mini
 (load only adds time). Then one run of each under cProfile, whose cumulative times are split into
 what the engine loop spends in: the target forward, the drafter (``propose``), the sampler /
 rejection sampler, our scheduler's hooks (planner observation and re-planning), and the rest.
+Per B in --batch-sizes; JSON (with provenance) and a PNG of each variant's step time over plain's.
+Flags: benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import pstats
 import random
 import time
 
-from benchmarks.common import add_model_args, make_engines, model_pair, set_k0_skip, write_json
+from benchmarks.common import (add_common_args, engine_settings, int_list, make_engines, model_pair, out_path,
+                               plot_path, provenance, set_k0_skip, write_json)
+from verl_specrollout.progress import Progress
 
 # Entry points whose cumulative time is one part of a step: (part, file path substring, function).
 # Per part the largest cumulative time among matches counts (an outer call holds the inner ones).
@@ -35,13 +39,8 @@ TOTAL = ("entrypoints/llm.py", "generate")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="regime")
+    add_common_args(ap, "k0_profile", max_k=None, batch_sizes="64", max_tokens=64, repeats=3)
     ap.add_argument("--method", default="eagle3", choices=["eagle3", "draft_model"])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None)
-    add_model_args(ap, dtype_default="bfloat16")
     return ap.parse_args(argv)
 
 
@@ -74,18 +73,8 @@ def profile(llm, reqs, params) -> dict:
     return out
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from transformers import AutoConfig
-    from vllm import SamplingParams
-
-    pair = model_pair(args)
-    plain, spec, sched = make_engines(pair, args.method, 1, max(args.batch, 8), args.draft_sampling,
-                                      dtype=args.dtype)
-    sched.set_policy("static", [[1, max(args.batch, 8), 0]])
-    vocab = int(AutoConfig.from_pretrained(pair.target_dir).vocab_size)
-    reqs = prompts(vocab, args.batch)
-    params = SamplingParams(temperature=1.0, max_tokens=args.tokens, ignore_eos=True)
+def measure(plain, spec, sched, reqs, params, steps: int, repeats: int, progress) -> tuple:
+    """(ms per step per variant, min over repeats; cProfile split of one run per variant)."""
     variants = {"plain": (plain, None), "spec K=0, draft pass kept": (spec, False),
                 "spec K=0, skipped (default)": (spec, True)}
     for llm, skip in variants.values():  # warm-up
@@ -93,28 +82,82 @@ def main(argv=None):
             set_k0_skip(spec, sched, skip)
         llm.generate(reqs[:4], params, use_tqdm=False)
     best = {name: float("inf") for name in variants}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, (llm, skip) in variants.items():
             if skip is not None:
                 set_k0_skip(spec, sched, skip)
             t0 = time.perf_counter()
             llm.generate(reqs, params, use_tqdm=False)
             best[name] = min(best[name], time.perf_counter() - t0)
-    steps = args.tokens
-    print(f"B={args.batch}, {steps} decode steps; per step (min of {args.repeats}):")
-    for name, sec in best.items():
-        print(f"  {name:32s} {1e3 * sec / steps:7.2f} ms  ({best['plain'] / sec:.3f}x plain)")
+            progress.update(note=name)
     parts = {}
     for name, (llm, skip) in variants.items():
         if skip is not None:
             set_k0_skip(spec, sched, skip)
         parts[name] = {k: round(1e3 * v / steps, 3) for k, v in profile(llm, reqs, params).items()}
-        print(f"  cProfile {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts[name].items()))
-    if args.out:
-        write_json(args.out, {"benchmark": "k0_profile", "batch": args.batch, "tokens": args.tokens,
-                              "ms_per_step": {k: round(1e3 * v / steps, 3) for k, v in best.items()},
-                              "profile_ms_per_step": parts})
-    return best, parts
+        progress.update(note=f"cProfile {name}")
+    return {k: round(1e3 * v / steps, 3) for k, v in best.items()}, parts
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from transformers import AutoConfig
+    from vllm import SamplingParams
+
+    batches = int_list(args.batch_sizes, "--batch-sizes")
+    pair = model_pair(args)
+    max_b = max(max(batches), 8)
+    plain, spec, sched = make_engines(pair, args.method, 1, max_b, args.draft_sampling, dtype=args.dtype,
+                                      **engine_settings(args))
+    sched.set_policy("static", [[1, max_b, 0]])
+    vocab = int(AutoConfig.from_pretrained(pair.target_dir).vocab_size)
+    params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, ignore_eos=True)
+    steps = args.max_tokens
+    progress = Progress(len(batches) * 3 * (args.repeats + 1), "k0_profile", unit="run")
+    rows = []
+    for b in batches:
+        ms, parts = measure(plain, spec, sched, prompts(vocab, b), params, steps, args.repeats, progress)
+        print(f"B={b}, {steps} decode steps; per step (min of {args.repeats}):")
+        for name, v in ms.items():
+            print(f"  {name:32s} {v:7.2f} ms  ({ms['plain'] / v:.3f}x plain)")
+        for name, p in parts.items():
+            print(f"  cProfile {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in p.items()))
+        rows.append({"batch": b, "ms_per_step": ms, "profile_ms_per_step": parts})
+    out = out_path(args)
+    payload = {"benchmark": "k0_profile", "provenance": provenance(args, pair), "tokens": args.max_tokens,
+               "results": rows}
+    if len(rows) == 1:  # the layout of one-B runs before --batch-sizes took a list
+        payload.update(batch=rows[0]["batch"], ms_per_step=rows[0]["ms_per_step"],
+                       profile_ms_per_step=rows[0]["profile_ms_per_step"])
+    write_json(out, payload)
+    png = plot_path(args)
+    if png:
+        plot(rows, png)
+    print(f"[k0_profile] wrote {out}" + (f" and {png}" if png else ""), flush=True)
+    return rows
+
+
+def plot(rows: list, path: str) -> None:
+    """Step time of each variant over plain decoding's, per B (grouped bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows[0]["ms_per_step"])
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([j + i * width for j in range(len(rows))],
+               [r["ms_per_step"][name] / r["ms_per_step"]["plain"] for r in rows], width, label=name)
+    ax.axhline(1.0, color="k", lw=1)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], [f"B={r['batch']}" for r in rows])
+    ax.set_ylabel("decode step time / plain decoding's")
+    ax.set_title("a K=0 step inside the speculative engine vs plain decoding")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
