@@ -1,6 +1,6 @@
 """Record a step trace across K from a real engine, then replay it through the planner and static K.
 
-    python -m benchmarks.record_trace --out results/testbed_trace.jsonl [--size tiny --max-k 3 --batches 1,2,4,8,16]
+    python -m benchmarks.record_trace [--testbed regime --max-k 3 --batch-sizes 1,2,4,8,16] [--out results/trace.jsonl]
 
 The speculative engine (our scheduler, so the planner sees every step) runs each static K in
 0..max_k at each concurrency B (B requests of the same length, ignore_eos, so B stays B); the
@@ -12,6 +12,8 @@ lognormal lengths) through the planner and every static K, in the trace's record
 The seconds are this machine's: on a shared CPU they carry its load (on the project's 2 shared
 cores one cell's steps ranged from 5 ms to 2.4 s, and the replay then mostly measures which cells
 were lucky), so record on a quiet machine or a GPU before reading anything into the replay.
+Writes the trace, ``<out>.replay.json`` (with provenance) and a PNG of each policy's replayed seconds
+over the best static K's. Flags: benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -21,23 +23,23 @@ import json
 
 import numpy as np
 
-from benchmarks.common import add_model_args, load_prompts, model_pair, write_json
+from benchmarks.common import (add_common_args, engine_settings, int_list, load_prompts, model_pair, out_path,
+                               plot_path, provenance, write_json)
+from verl_specrollout.progress import Progress
 from verl_specrollout.planner.planner import Planner
 from verl_specrollout.planner.trace import PlannerPolicy, StaticPolicy, StepTrace, replay
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="trace JSON lines; the replay summary goes to <out>.replay.json")
-    ap.add_argument("--size", default="tiny")
+    add_common_args(ap, "record_trace", max_k=3, batch_sizes="1,2,4,8,16", max_tokens=48)
     ap.add_argument("--method", default="eagle3")
-    ap.add_argument("--max-k", type=int, default=3)
-    ap.add_argument("--batches", default="1,2,4,8,16")
-    ap.add_argument("--tokens", type=int, default=48, help="tokens per request per run")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--rollouts", type=int, default=4, help="GRPO-shaped rollouts replayed")
-    add_model_args(ap)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.out is None:  # the trace is JSON lines; the replay summary goes next to it
+        args.out = out_path(args).rsplit(".", 1)[0] + ".jsonl"
+    return args
 
 
 def record(args) -> StepTrace:
@@ -48,16 +50,17 @@ def record(args) -> StepTrace:
     from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
     pair = model_pair(args)
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = int_list(args.batch_sizes, "--batch-sizes")
     max_b = max(batches)
     cfg = SpecRolloutConfig.from_dict({"enable": True, "method": args.method, "draft_path": pair.draft_for(args.method),
                                        "max_k": args.max_k, "planner": {"mode": "adaptive", "max_batch": max_b}})
     llm = make_llm(pair.target_dir, cfg, max_num_seqs=max_b, max_num_batched_tokens=max(2048, max_b * (args.max_k + 1)),
-                   dtype=args.dtype)
+                   dtype=args.dtype, **engine_settings(args))
     sched = compat.in_process_scheduler(llm)
     prompts = load_prompts(pair, max_b)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.tokens, ignore_eos=True)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, ignore_eos=True)
     trace = StepTrace(args.max_k)
+    progress = Progress((args.max_k + 1) * len(batches), "record_trace", unit="cell")
     for k in range(args.max_k + 1):
         sched.set_policy("static", [[1, max_b, k]])
         for b in batches:
@@ -65,8 +68,9 @@ def record(args) -> StepTrace:
             llm.generate(prompts[:b], params, use_tqdm=False)  # warm-up: shapes, caches
             sched.planner.recorder = trace.record
             llm.generate(prompts[:b], params, use_tqdm=False)
+            progress.update(note=f"K={k} B={b}")
     sched.planner.recorder = None
-    return trace
+    return trace, pair
 
 
 def replay_summary(trace: StepTrace, rollouts: int, seed: int = 0, min_steps: int = 8) -> dict:
@@ -91,13 +95,39 @@ def replay_summary(trace: StepTrace, rollouts: int, seed: int = 0, min_steps: in
             "cells": {f"{b},{k}": len(v) for (b, k), v in sorted(trace.cells.items())}}
 
 
+def plot(summary: dict, path: str) -> None:
+    """Replayed seconds of each policy over the best static K's (below 1: faster than it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    secs = summary["seconds"]
+    best = secs[summary["best_static"]]
+    names = list(secs)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(names)), [secs[n] / best for n in names],
+           color=["tab:red" if n == "adaptive" else "tab:blue" for n in names])
+    ax.axhline(1.0, color="k", lw=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel(f"replayed seconds / {summary['best_static']}'s")
+    ax.set_title("GRPO-shaped rollouts replayed through the recorded trace", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    trace = record(args)
+    trace, pair = record(args)
     trace.save(args.out)
     summary = replay_summary(trace, args.rollouts)
     print(json.dumps(summary))
-    write_json(args.out + ".replay.json", summary)
+    write_json(args.out + ".replay.json", {"provenance": provenance(args, pair), **summary})
+    png = plot_path(args)
+    if png:
+        plot(summary, png)
+    print(f"[record_trace] wrote {args.out}, {args.out}.replay.json" + (f" and {png}" if png else ""), flush=True)
     return summary
 
 
