@@ -1,8 +1,8 @@
 """Best-of-N group drafting (EAGLE-3 or a draft copied from the request's GRPO group) vs EAGLE-3
 alone, vLLM's ngram and SuffixDecoding, on GRPO-shaped rollouts over two epochs.
 
-    SPECROLLOUT_PLATFORM=cpu python -m benchmarks.group_draft --out results/group_draft.json [--size medium]
-    python -m benchmarks.group_draft --out my.json --target DIR --draft EAGLE3_DIR [--prompts-file p.jsonl]
+    SPECROLLOUT_PLATFORM=cpu python -m benchmarks.group_draft [--testbed tiny] [--out results/group_draft.json]
+    python -m benchmarks.group_draft --target DIR --draft EAGLE3_DIR [--prompts-file p.jsonl]
 
 Per method, ONE engine runs, in order (the group index must see epoch 1 to draft from it in epoch 2):
 
@@ -23,7 +23,7 @@ registers a vLLM plugin, so keep it out of the shared .venv: on this machine its
 the Python headers named, then install it aside and put it on PYTHONPATH for this benchmark:
 ``CMAKE_ARGS="-DPython_EXECUTABLE=$PWD/.venv/bin/python -DPython_INCLUDE_DIR=<python include dir>"
 .venv/bin/pip wheel --no-deps arctic-inference -w W && .venv/bin/pip install --no-deps --target SITE
-W/arctic_inference-*.whl``, then ``PYTHONPATH=SITE python -m benchmarks.group_draft ...``. Every method runs at a static K = --k by default (--planner adaptive lets
+W/arctic_inference-*.whl``, then ``PYTHONPATH=SITE python -m benchmarks.group_draft ...``. Every method runs at a static K = --max-k by default (--planner adaptive lets
 the planner choose) with synchronous scheduling (--async-scheduling as-deployed keeps each method's
 default: on GPUs vLLM schedules EAGLE-3 alone asynchronously, which group drafting gives up).
 
@@ -31,6 +31,8 @@ Reported per method and workload: tokens/s, mean acceptance length (vLLM's count
 drafts; group drafts are ragged, so also draft and accepted tokens), the group drafter's per-source
 counts, and ratios vs eagle3 alone. Each method has its own engine (this machine: 10-30 % between
 engine instances, benchmarks/common.py), so tokens/s ratios carry that noise; acceptance does not.
+JSON (with provenance) and a PNG of both ratios per workload. Flags: benchmarks/common.py; the default
+testbed is tiny in float32, the setting of the results in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ import os
 import tempfile
 import time
 
-from benchmarks.common import ModelPair, load_prompts, median, write_json
+from benchmarks.common import (ModelPair, add_common_args, engine_settings, load_prompts, median, out_path, plot_path,
+                               provenance, write_json)
+from verl_specrollout.progress import Progress
 
 METHODS = ("eagle3", "ngram", "group", "eagle3+group", "suffix")
 WORKLOADS = ("epoch1", "epoch2", "distinct")
@@ -50,27 +54,18 @@ BASELINE = "eagle3"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--plot", default=None, help="also draw acceptance and tokens/s per method to this PNG")
-    ap.add_argument("--replot", default=None, help="only draw --plot (else --out) from this saved JSON")
-    ap.add_argument("--size", default="tiny", help="testbed size (tiny, medium, regime)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="engine dtype (bfloat16 on the regime testbed: docs/benchmarks.md)")
-    ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
-    ap.add_argument("--draft", default=None, help="EAGLE-3 head dir for the eagle3 methods (with --target)")
-    ap.add_argument("--prompts-file", default=None, help="prompts, one per line (text or JSONL), see common.py")
+    add_common_args(ap, "group_draft", testbed="tiny", dtype="float32", max_k=4, max_tokens=256, repeats=1)
+    ap.add_argument("--replot", default=None, help="only draw the PNG (--plot PATH, else next to this JSON) from a saved JSON")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--prompts", type=int, default=16, help="prompts per epoch (P)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt (G)")
-    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--k", type=int, default=4, help="draft length (static K; max K with --planner adaptive)")
-    ap.add_argument("--planner", choices=("static", "adaptive"), default="static")
+    ap.add_argument("--planner", choices=("static", "adaptive"), default="static",
+                    help="static: K = --max-k throughout; adaptive: the planner picks K up to --max-k")
     ap.add_argument("--async-scheduling", choices=("off", "as-deployed"), default="off")
     ap.add_argument("--drift-steps", type=int, default=8, help="target SFT steps between the epochs (testbed)")
     ap.add_argument("--drift-lr", type=float, default=1e-3)
     ap.add_argument("--drift-batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=1, help="whole runs per method (fresh engine each); medians")
     return ap.parse_args(argv)
 
 
@@ -80,7 +75,7 @@ def model_pair(args) -> ModelPair:
         return ModelPair(args.target, {"eagle3": args.draft}, args.prompts_file)
     from verl_specrollout.testing.testbed import build_testbed
 
-    tb = build_testbed(args.size)
+    tb = build_testbed(args.testbed)
     return ModelPair(tb.target_dir, {"eagle3": tb.eagle3_dir}, args.prompts_file, tb)
 
 
@@ -160,13 +155,14 @@ def make_engine(method: str, pair: ModelPair, args, max_bs: int):
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.vllm_adapter.offline_engine import make_llm
 
-    overrides = dict(max_num_seqs=max_bs, max_num_batched_tokens=max(2048, max_bs * (args.k + 1)), dtype=args.dtype)
+    overrides = dict(max_num_seqs=max_bs, max_num_batched_tokens=max(2048, max_bs * (args.max_k + 1)), dtype=args.dtype,
+                     **engine_settings(args))
     if args.async_scheduling == "off":
         overrides["async_scheduling"] = False
     if method == "suffix":  # not a specrollout method: vLLM's own speculative_config, vLLM's scheduler
-        return make_llm(pair.target_dir, None, speculative_config={"method": "suffix", "num_speculative_tokens": args.k},
+        return make_llm(pair.target_dir, None, speculative_config={"method": "suffix", "num_speculative_tokens": args.max_k},
                         **overrides)
-    cfg = {"enable": True, "method": method, "max_k": args.k,
+    cfg = {"enable": True, "method": method, "max_k": args.max_k, "draft_sampling": args.draft_sampling,
            "planner": {"mode": args.planner, "max_batch": max_bs}}
     if method.startswith("eagle3"):
         cfg["draft_path"] = pair.draft_for("eagle3")
@@ -212,7 +208,7 @@ def run_workload(llm, prompts, args) -> dict:
             "group_sources": _delta(g1, g0)}
 
 
-def run_method(method: str, pair: ModelPair, loads: dict, drift, args, max_bs: int) -> dict:
+def run_method(method: str, pair: ModelPair, loads: dict, drift, args, max_bs: int, progress=None) -> dict:
     llm = make_engine(method, pair, args, max_bs)
     try:
         # compile paths at batch sizes like the workload's; prompts of no measured group
@@ -230,6 +226,8 @@ def run_method(method: str, pair: ModelPair, loads: dict, drift, args, max_bs: i
             print(f"  {method:13s} {name:9s} {r['tokens_per_s']:8.1f} tok/s  acceptance length "
                   f"{r['mean_acceptance_length']:.2f}  ({r['tokens']} tokens, {r['seconds']:.1f}s)"
                   + (f"  sources {r['group_sources']}" if r["group_sources"] else ""), flush=True)
+            if progress is not None:
+                progress.update(note=f"{method} {name}")
         return out
     finally:
         del llm
@@ -265,31 +263,34 @@ def ratios_of(rows: list) -> dict:
 
 
 def plot(rows: list, path: str, title: str = "") -> None:
-    """Acceptance length and tokens/s per method, grouped by workload (skipped without matplotlib)."""
-    try:
-        import matplotlib
+    """Tokens/s and acceptance length of each method over EAGLE-3 alone's, grouped by workload."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     by = {(r["method"], r["workload"]): r for r in rows}
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != BASELINE]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(methods)
-    for ax, key, label in ((axes[0], "mean_acceptance_length", "mean acceptance length (vLLM counters)"),
-                           (axes[1], "tokens_per_s", "output tokens/s (one engine per method)")):
+    width = 0.8 / max(1, len(methods))
+    for ax, key, label in ((axes[0], "tokens_per_s", "tokens/s over EAGLE-3 alone (one engine per method)"),
+                           (axes[1], "mean_acceptance_length", "acceptance length over EAGLE-3 alone")):
         for i, m in enumerate(methods):
-            ys = [by[(m, w)][key] if (m, w) in by else 0 for w in WORKLOADS]
+            ys = []
+            for w in WORKLOADS:
+                base, r = by.get((BASELINE, w)), by.get((m, w))
+                ys.append(r[key] / base[key] if r and base and base[key] else 0)
             ax.bar([j + i * width for j in range(len(WORKLOADS))], ys, width, label=m)
+        ax.axhline(1.0, color="k", lw=1, label=BASELINE)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(WORKLOADS))], list(WORKLOADS))
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, ncol=len(methods), loc="upper center", frameon=False)
+    fig.legend(handles, labels, fontsize=8, ncol=len(methods) + 1, loc="upper center", frameon=False)
     if title:
         fig.suptitle(title, fontsize=9, y=0.02)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -299,8 +300,11 @@ def main(argv=None):
 
         with open(args.replot) as f:
             saved = json.load(f)
-        plot(saved["results"], args.plot or args.out)
+        png = args.plot if isinstance(args.plot, str) else os.path.splitext(args.replot)[0] + ".png"
+        plot(saved["results"], png)
+        print(f"[group_draft] wrote {png}", flush=True)
         return saved.get("ratios_vs_eagle3")
+    out = out_path(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -330,10 +334,11 @@ def main(argv=None):
     print(f"[group_draft] drift: {drift if drift else 'none (epoch 2 runs the unchanged target)'}", flush=True)
     t_start = time.perf_counter()
     runs = {m: [] for m in methods}
+    progress = Progress(args.repeats * len(methods) * len(WORKLOADS), "group_draft", unit="workload")
     for rep in range(args.repeats):
         for m in methods:
             print(f"[group_draft] rep {rep} method {m}", flush=True)
-            runs[m].append(run_method(m, pair, loads, drift, args, max_bs))
+            runs[m].append(run_method(m, pair, loads, drift, args, max_bs, progress))
     rows = summarise(runs)
     ratios = ratios_of(rows)
     print(f"\n{'method':13s} " + " ".join(f"{w + ' tok/s':>15s} {'acc.len':>7s}" for w in WORKLOADS))
@@ -345,16 +350,19 @@ def main(argv=None):
             cells.append(f"{r['tokens_per_s']:8.1f}" + (f" ({rt:.2f}x)" if rt else " " * 8)
                          + f" {r['mean_acceptance_length']:7.2f}")
         print(f"{m:13s} " + " ".join(cells))
-    write_json(args.out, {"benchmark": "group_draft", "size": None if args.target else args.size,
-                          "target": pair.target_dir, "methods": methods, "skipped": skipped,
-                          "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
-                          "temperature": args.temperature, "k": args.k, "planner": args.planner,
-                          "async_scheduling": args.async_scheduling, "repeats": args.repeats,
-                          "drift": {k: v for k, v in drift.items() if k != "dir"} if drift else None,
-                          "seconds_total": round(time.perf_counter() - t_start, 1),
-                          "ratios_vs_eagle3": ratios, "results": rows})
-    if args.plot:
-        plot(rows, args.plot)
+    write_json(out, {"benchmark": "group_draft", "provenance": provenance(args, pair),
+                     "testbed": None if args.target else args.testbed,
+                     "target": pair.target_dir, "methods": methods, "skipped": skipped,
+                     "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
+                     "temperature": args.temperature, "k": args.max_k, "planner": args.planner,
+                     "async_scheduling": args.async_scheduling, "repeats": args.repeats,
+                     "drift": {k: v for k, v in drift.items() if k != "dir"} if drift else None,
+                     "seconds_total": round(time.perf_counter() - t_start, 1),
+                     "ratios_vs_eagle3": ratios, "results": rows})
+    png = plot_path(args)
+    if png:
+        plot(rows, png)
+    print(f"[group_draft] wrote {out}" + (f" and {png}" if png else ""), flush=True)
     return ratios
 
 
