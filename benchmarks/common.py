@@ -96,11 +96,12 @@ def add_output_args(ap, name: str) -> None:
     ap.add_argument("--no-plot", dest="plot", action="store_false", help="no PNG")
 
 
-def add_common_args(ap, name: str, *, engine: bool = True, testbed: str = DEFAULT_TESTBED,
+def add_common_args(ap, name: str, *, engine: bool = True, own_pair: bool = True, testbed: str = DEFAULT_TESTBED,
                     dtype: str = DEFAULT_DTYPE, max_k: Optional[int] = 4, batch_sizes: Optional[str] = None,
                     max_tokens: Optional[int] = None, repeats: Optional[int] = None) -> None:
     """The shared vocabulary (module docstring). A flag whose default is None here is not taken by this
-    benchmark; ``engine=False`` leaves out the model and engine flags (benchmarks without an engine)."""
+    benchmark; ``engine=False`` leaves out the model and engine flags (benchmarks without an engine),
+    ``own_pair=False`` the --target / --draft / --prompts-file / --draft-sampling of a testbed-only one."""
     add_output_args(ap, name)
     if max_k is not None:
         ap.add_argument("--max-k", type=int, default=max_k, help=f"largest draft length K (default {max_k})")
@@ -115,22 +116,25 @@ def add_common_args(ap, name: str, *, engine: bool = True, testbed: str = DEFAUL
     if repeats is not None:
         ap.add_argument("--repeats", type=int, default=repeats, help=f"interleaved repeats (default {repeats})")
     if engine:
-        add_model_args(ap, dtype, testbed)
+        add_model_args(ap, dtype, testbed, own_pair=own_pair)
         add_engine_args(ap)
 
 
-def add_model_args(ap, dtype_default: str = DEFAULT_DTYPE, testbed_default: str = DEFAULT_TESTBED) -> None:
-    """--testbed, or --target / --draft / --prompts-file to measure your own pair; --dtype, --method."""
+def add_model_args(ap, dtype_default: str = DEFAULT_DTYPE, testbed_default: str = DEFAULT_TESTBED, *,
+                   own_pair: bool = True) -> None:
+    """--testbed, or --target / --draft / --prompts-file to measure your own pair; --dtype, --draft-sampling."""
     from verl_specrollout.testing.testbed.build import SIZES
 
     ap.add_argument("--testbed", default=testbed_default, choices=SIZES,
-                    help=f"project testbed when no --target is given (default {testbed_default})")
+                    help=f"project testbed{' when no --target is given' if own_pair else ''} (default {testbed_default})")
     _alias(ap, "--size", "testbed", choices=SIZES)
-    ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
-    ap.add_argument("--draft", default=None, help="draft dir for --method (EAGLE-3 head or draft LM)")
     ap.add_argument("--dtype", default=dtype_default, choices=DTYPES,
                     help=f"engine dtype (default {dtype_default}; docs/benchmarks.md: float32 verification is not "
                          "memory-bound on this CPU)")
+    if not own_pair:
+        return
+    ap.add_argument("--target", default=None, help="target model dir (HF format); default: the testbed's")
+    ap.add_argument("--draft", default=None, help="draft dir for --method (EAGLE-3 head or draft LM)")
     ap.add_argument("--prompts-file", default=None,
                     help="prompts, one per line (plain text, or JSONL with a 'prompt' string or chat 'messages')")
     ap.add_argument("--draft-sampling", default="auto", choices=["auto", "greedy", "probabilistic"],

@@ -1,6 +1,6 @@
 """Does online draft learning keep acceptance up while the target drifts the way RL moves it?
 
-    python -m benchmarks.draft_drift --out results/draft_drift_testbed.json
+    python -m benchmarks.draft_drift [--testbed tiny] [--out results/draft_drift.json]
 
 Setup (CPU, ~10 min on 2 cores): the project testbed
 (``build_testbed("tiny")``: 2.7M-parameter Llama target trained on the GSM8K-shaped task, its
@@ -34,6 +34,10 @@ Overhead, honestly split:
 
 CPU-only detail: the engine keeps plain linear weights (cpu_platform/plain_linear_weights.py) so the
 target weights can be synced in place.
+
+Writes JSON (with provenance) and a PNG: both drafts' acceptance length and online / frozen per drift
+step. Flags: benchmarks/common.py (testbed only: no --target); default the tiny testbed in float32,
+the setting of the results in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ import tempfile
 import time
 
 import torch
+
+from benchmarks.common import ModelPair, add_common_args, engine_settings, out_path, plot_path, provenance
+from verl_specrollout.progress import Progress
 
 
 def _target_sync_fn(self, target_dir):
@@ -73,13 +80,14 @@ class TestbedSetup:
         from verl_specrollout.testing.testbed.measure import task_prompts
 
         self.args = args
-        self.tb = build_testbed(args.size)
+        self.tb = build_testbed(args.testbed)
         self.tok = AutoTokenizer.from_pretrained(self.tb.tokenizer_dir)
         self.target0, self.frozen_dir, self.aux = self.tb.target_dir, self.tb.eagle3_dir, self.tb.aux_layer_ids
         self.eval_prompts = [p for p, _ in task_prompts(self.tb, args.prompts, "test")]
         self._train = [p for p, _ in task_prompts(self.tb, args.rollout_prompts * (args.steps + 1), "train")]
-        self.llm_kwargs = dict(max_model_len=512, max_num_seqs=64)
-        self.sampling = dict(max_tokens=args.tokens, temperature=args.temperature)
+        self.llm_kwargs = dict(max_model_len=512, max_num_seqs=64, dtype=args.dtype)
+        self.llm_kwargs.update(engine_settings(args))
+        self.sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature)
         self._sft_step = 0
 
     def train_prompts(self, step):
@@ -170,8 +178,7 @@ def _plain_forward(policy, rollouts):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--size", default="tiny", help="testbed size")
+    add_common_args(ap, "draft_drift", own_pair=False, testbed="tiny", dtype="float32", max_k=3, max_tokens=160)
     ap.add_argument("--drift-style", default="steps", help="shifted task format (testing/testbed/drift.py STYLES)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--steps", type=int, default=4, help="drift steps")
@@ -186,9 +193,7 @@ def parse_args(argv=None):
     ap.add_argument("--rollout-prompts", type=int, default=128, help="rollout prompts per drift step")
     ap.add_argument("--micro-batch", type=int, default=32, help="sequences per log-prob / capture forward")
     ap.add_argument("--timing-repeats", type=int, default=2, help="forward timings: min over repeats")
-    ap.add_argument("--tokens", type=int, default=160)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--capture-budget-mb", type=float, default=None,
                     help="per-step capture budget (learner.capture_budget_mb, one rank); default: keep everything")
@@ -221,7 +226,7 @@ class DriftRun:
             setup.target0, setup.aux, bootstrap_dir=setup.frozen_dir,
             batch_size=args.learner_batch, num_steps=args.unroll, save_state_on_publish=False)
         spec = SpecRolloutConfig.from_dict({"enable": True, "method": "eagle3", "draft_path": setup.frozen_dir,
-                                            "max_k": args.k, "planner": {"mode": "static"}})
+                                            "max_k": args.max_k, "planner": {"mode": "static"}})
         self.llm = make_llm(setup.target0, spec, gpu_memory_utilization=0.08, **setup.llm_kwargs)
         self.reloader = DraftReloader.for_llm(self.llm, self.learner.publisher.publish_dir, initial_version=0)
         self.expand_fix = _expand_fix_active()
@@ -390,6 +395,7 @@ def summarise(run: DriftRun, steps: list, wall_s: float, load_start) -> dict:
 
 
 def plot(steps: list, args, path: str) -> None:
+    """Both drafts' acceptance length per drift step, and the online draft's over the frozen one's."""
     try:
         import matplotlib
 
@@ -397,17 +403,23 @@ def plot(steps: list, args, path: str) -> None:
         import matplotlib.pyplot as plt
 
         xs = [r["step"] for r in steps]
-        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        fig, (ax, ratio) = plt.subplots(1, 2, figsize=(9.5, 3.4))
         ax.plot(xs, [r["frozen_acceptance_length"] for r in steps], "o-", label="frozen draft")
         ax.plot(xs, [r["online_acceptance_length"] for r in steps], "s-", label="online-learned draft")
-        ax.set_xlabel("target drift step")
         ax.set_ylabel("mean acceptance length (vLLM)")
-        ax.set_ylim(1.0, args.k + 1.0)
-        ax.set_xticks(xs)
-        ax.set_title(f"EAGLE-3 under drift (testbed, T={args.temperature:g}, K={args.k})")
+        ax.set_ylim(1.0, args.max_k + 1.0)
         ax.legend()
+        ratio.plot(xs, [r["online_over_frozen"] for r in steps], "s-", color="tab:green")
+        ratio.axhline(1.0, color="k", lw=1)
+        ratio.set_ylabel("online / frozen acceptance length")
+        for a in (ax, ratio):
+            a.set_xlabel("target drift step")
+            a.set_xticks(xs)
+        fig.suptitle(f"EAGLE-3 under drift ({args.testbed} testbed, T={args.temperature:g}, K={args.max_k})",
+                     fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
+        plt.close(fig)
     except Exception as exc:  # plotting is optional
         print(f"[drift] no plot: {exc!r}")
 
@@ -416,17 +428,27 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("SPECROLLOUT_PLATFORM", "cpu")
     torch.set_num_threads(args.threads)
+    out = out_path(args)
     t_start, load_start = time.time(), os.getloadavg()
     run = DriftRun(args)
-    steps = [run.run_step(step) for step in range(args.steps + 1)]
+    progress = Progress(args.steps + 1, "draft_drift", unit="drift step")
+    steps = []
+    for step in range(args.steps + 1):
+        steps.append(run.run_step(step))
+        progress.update(note=f"online/frozen {steps[-1]['online_over_frozen']}")
     result = summarise(run, steps, time.time() - t_start, load_start)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    tb = run.setup.tb
+    result["provenance"] = provenance(args, ModelPair(tb.target_dir, {"eagle3": tb.eagle3_dir}, None, tb))
+    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result, f, indent=2)
-    plot(steps, args, os.path.splitext(args.out)[0] + ".png")
+    png = plot_path(args)
+    if png:
+        plot(steps, args, png)
     print(json.dumps({k: result[k] for k in ("overhead_fraction", "overhead_fraction_separate_forward",
                                              "learner_train_fraction", "final_online_over_frozen",
                                              "wall_seconds")}))
+    print(f"[draft_drift] wrote {out}" + (f" and {png}" if png else ""), flush=True)
     return result
 
 
