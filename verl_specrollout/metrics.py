@@ -1,10 +1,14 @@
-"""Metric names verl-specrollout logs (all under the `specrollout/` prefix) and the
-conversion of planner stats (Planner.stats() / SpecRolloutScheduler.specrollout_stats())
-into a flat {name: float} dict for veRL's tracking loggers."""
+"""Metric names verl-specrollout logs (all under the `specrollout/` prefix) and the one
+conversion of the rollout's stats (rollout_stats.PlannerStats: Planner.stats(),
+SpecRolloutScheduler.specrollout_stats(); rollout_stats.RolloutStepStats: what each rollout
+server answers per training step) into a flat {name: float} dict for veRL's tracking loggers."""
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+import dataclasses
+from typing import Dict, List, Mapping, Optional, Union
+
+from verl_specrollout.rollout_stats import PlannerStats, RolloutStepStats, SpecCounters, k_hist_add
 
 PREFIX = "specrollout/"
 
@@ -39,24 +43,26 @@ def _bs_bucket(b: int):
     return lo, lo * 2 - 1
 
 
-def planner_metrics(stats: Mapping) -> Dict[str, float]:
-    """Flatten planner stats into specrollout/* scalars (missing keys are skipped)."""
-    out: Dict[str, float] = {}
-    if not stats:
-        return out
-    out[SPEC_OFF_FRACTION] = float(stats.get("spec_off_fraction", 0.0))
-    out[TABLE_CHANGES] = float(stats.get("table_changes", 0))
-    out[REPLANS] = float(stats.get("replans", 0))
-    out[TABLE_ROWS] = float(len(stats.get("table") or []))
-    hist = stats.get("k_hist") or {}
+def planner_metrics(stats: Union[PlannerStats, Mapping, None]) -> Dict[str, float]:
+    """Flatten planner stats (a PlannerStats, or its to_dict form as the scheduler writes it) into
+    specrollout/* scalars: the one place the names are given values. cost/* only when the stats
+    carry the cost model."""
+    if not isinstance(stats, PlannerStats):
+        if not stats:
+            return {}
+        stats = PlannerStats.from_dict(stats)
+    out: Dict[str, float] = {
+        SPEC_OFF_FRACTION: stats.spec_off_fraction,
+        TABLE_CHANGES: float(stats.table_changes),
+        REPLANS: float(stats.replans),
+        TABLE_ROWS: float(len(stats.table)),
+    }
     tot_steps = 0
     k_steps: Dict[int, int] = {}
     by_bucket: Dict[tuple, list] = {}
-    for b, h in hist.items():
-        b = int(b)
+    for b, h in stats.k_hist.items():
         acc = by_bucket.setdefault(_bs_bucket(b), [0, 0])
         for k, n in h.items():
-            k, n = int(k), int(n)
             tot_steps += n
             k_steps[k] = k_steps.get(k, 0) + n
             acc[0] += k * n
@@ -67,20 +73,18 @@ def planner_metrics(stats: Mapping) -> Dict[str, float]:
             out[K_FRACTION.format(k=k)] = n / tot_steps
         for (lo, hi), (ks, n) in sorted(by_bucket.items()):
             out[MEAN_K_BY_BS.format(lo=lo, hi=hi)] = ks / max(n, 1)
-    for i, a in enumerate(stats.get("alpha") or [], start=1):
+    for i, a in enumerate(stats.alpha, start=1):
         out[ALPHA_POS.format(i=i)] = float(a)
-    for i, a in enumerate(stats.get("accepted_per_pos") or [], start=1):
+    for i, a in enumerate(stats.accepted_per_pos, start=1):
         out[ACCEPTED_PER_POS.format(i=i)] = float(a)
-    nd = int(stats.get("num_drafts", 0))
-    ndt = int(stats.get("num_draft_tokens", 0))
-    na = int(stats.get("num_accepted_tokens", 0))
-    out[NUM_DRAFTS] = float(nd)
-    out[NUM_DRAFT_TOKENS] = float(ndt)
-    out[NUM_ACCEPTED_TOKENS] = float(na)
-    out[ACCEPTANCE_RATE] = na / ndt if ndt else 0.0
-    out[MEAN_ACCEPTANCE_LENGTH] = 1.0 + na / nd if nd else 1.0
-    cm = stats.get("cost_model") or {}
-    out[COST_FITTED] = 1.0 if cm.get("fitted") else 0.0
+    out[NUM_DRAFTS] = float(stats.num_drafts)
+    out[NUM_DRAFT_TOKENS] = float(stats.num_draft_tokens)
+    out[NUM_ACCEPTED_TOKENS] = float(stats.num_accepted_tokens)
+    out[ACCEPTANCE_RATE] = stats.acceptance_rate
+    out[MEAN_ACCEPTANCE_LENGTH] = stats.mean_acceptance_length
+    cm = stats.cost_model
+    if cm:
+        out[COST_FITTED] = 1.0 if cm.get("fitted") else 0.0
     if cm.get("fitted"):
         out[COST_PER_TOKEN] = float(cm.get("tokens", 0.0))
         out[COST_PER_STEP] = float(cm.get("intercept", 0.0))
@@ -108,63 +112,47 @@ LEARNER_TRAIN_CALL_ERRORS = LEARNER.format(name="train_call_errors")
 LEARNER_STATE_REFUSED = LEARNER.format(name="state_refused")  # 1: a saved state was refused, started fresh
 
 
+def _step_stats(r) -> RolloutStepStats:
+    return r if isinstance(r, RolloutStepStats) else RolloutStepStats.from_dict(r)
+
+
+def step_stats_summary(servers: List[RolloutStepStats]) -> PlannerStats:
+    """One training step's planner-shaped stats over every server: the K histograms of the step
+    summed, acceptance from vLLM's own counters (summed deltas), the table, alpha and cost model of
+    the first server that sent its planner's stats."""
+    counters = SpecCounters()
+    k_hist: dict = {}
+    planner = next((s.planner for s in servers if s.planner is not None), None) or PlannerStats()
+    for s in servers:
+        if s.vllm is not None:
+            counters = counters + s.vllm
+        if s.planner is not None:
+            k_hist_add(k_hist, s.planner.k_hist)
+    return dataclasses.replace(
+        planner, k_hist=k_hist, num_drafts=counters.num_drafts, num_draft_tokens=counters.num_draft_tokens,
+        num_accepted_tokens=counters.num_accepted_tokens, accepted_per_pos=counters.per_position_acceptance)
+
+
 def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[str, float]:
     """Combine per-step results of ``SpecRolloutHttpServer.specrollout_step_metrics`` (one per
-    server) and ``SpecLearner.metrics`` into flat specrollout/* scalars.
+    server, RolloutStepStats or its to_dict form) and ``SpecLearner.metrics`` into flat
+    specrollout/* scalars.
 
     Acceptance comes from vLLM's own counters (per-step deltas); the K-by-concurrency summary and
     the speculation-off fraction from the planner's per-step K histogram delta."""
-    nd = ndt = na = 0
-    per_pos: list = []
-    k_hist: Dict[int, Dict[int, int]] = {}
-    planner: dict = {}
-    versions, live, reloads, failures, restores = [], [], 0, 0, 0
-    for r in server_results or []:
-        if not r:
-            continue
-        versions.append(int(r.get("draft_version", 0)))
-        live.append(int(r.get("draft_version_live", 0)))
-        reloads += int(r.get("draft_reloads", 0))
-        failures += int(r.get("draft_reload_failures", 0))
-        restores += int(r.get("draft_restores_after_sleep", 0))
-        v = r.get("vllm")
-        if v:
-            nd += int(v["num_drafts"])
-            ndt += int(v["num_draft_tokens"])
-            na += int(v["num_accepted_tokens"])
-            app = list(v.get("accepted_per_pos") or [])
-            per_pos += [0] * (len(app) - len(per_pos))
-            for i, a in enumerate(app):
-                per_pos[i] += int(a)
-        for b, h in (r.get("k_hist") or {}).items():
-            acc = k_hist.setdefault(int(b), {})
-            for k, n in h.items():
-                acc[int(k)] = acc.get(int(k), 0) + int(n)
-        planner = planner or (r.get("planner") or {})
-    steps = sum(n for h in k_hist.values() for n in h.values())
-    off = sum(h.get(0, 0) for h in k_hist.values())
-    stats = {"k_hist": k_hist, "spec_off_fraction": off / steps if steps else 0.0,
-             "num_drafts": nd, "num_draft_tokens": ndt, "num_accepted_tokens": na,
-             "accepted_per_pos": [a / nd for a in per_pos] if nd else [],
-             "alpha": planner.get("alpha") or [], "table": planner.get("table") or [],
-             "table_changes": planner.get("table_changes") or 0, "replans": planner.get("replans") or 0,
-             "cost_model": planner.get("cost_model") or {}}
-    out = planner_metrics(stats)
-    if not planner.get("cost_model"):
-        # The servers did not send the planner's step-cost model (specrollout_step_metrics forwards
-        # a subset of the planner's stats): no cost/* at all rather than a misleading cost/fitted=0.
-        out.pop(COST_FITTED, None)
-    if versions:
-        out[DRAFT_VERSION] = float(min(versions))
-        out[DRAFT_VERSION_LIVE] = float(min(live))
-        out[DRAFT_RELOADS] = float(reloads)
-        out[DRAFT_RELOAD_FAILURES] = float(failures)
-        out[DRAFT_RESTORES] = float(restores)
+    servers = [_step_stats(r) for r in server_results or [] if r]
+    out = planner_metrics(step_stats_summary(servers))
+    if servers:
+        out[DRAFT_VERSION] = float(min(s.draft_version for s in servers))
+        out[DRAFT_VERSION_LIVE] = float(min(s.draft_version_live for s in servers))
+        out[DRAFT_RELOADS] = float(sum(s.draft_reloads for s in servers))
+        out[DRAFT_RELOAD_FAILURES] = float(sum(s.draft_reload_failures for s in servers))
+        out[DRAFT_RESTORES] = float(sum(s.draft_restores_after_sleep for s in servers))
     for k, v in (learner or {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         out[LEARNER.format(name=k)] = float(v)
-    out.update(group_metrics(server_results))
+    out.update(group_metrics(servers))
     return out
 
 
@@ -196,7 +184,7 @@ def group_metrics(server_results: list) -> Dict[str, float]:
     index: Dict[str, float] = {}
     seen = False
     for r in server_results or []:
-        g = (r or {}).get("group")
+        g = _step_stats(r).group if r else None
         if not g:
             continue
         seen = True

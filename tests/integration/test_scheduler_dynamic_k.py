@@ -217,9 +217,9 @@ def test_adaptive_planner_observes_and_replans(engine):
     assert m["specrollout/num_drafts"] > 0 and all(k.startswith("specrollout/") for k in m)
     # the installed lookup always is what the planner reports
     from verl_specrollout import compat
-    from verl_specrollout.planner.planner import rows_to_dense
+    from verl_specrollout.planner import KTable
 
-    assert compat.get_dynamic_lookup(sched) == rows_to_dense(p.rows(), 16, MAX_K)
+    assert compat.get_dynamic_lookup(sched) == KTable.from_rows(p.rows(), 16, MAX_K).lookup()
 
 
 def test_stats_reach_the_file_named_in_the_environment(engine):

@@ -9,14 +9,7 @@ import pytest
 
 from verl_specrollout.planner.acceptance import AcceptanceEstimator, PerRequestAcceptance, expected_tokens
 from verl_specrollout.planner.cost_model import StepCostModel
-from verl_specrollout.planner.planner import (
-    Planner,
-    allocate_verification_budget,
-    choose_k,
-    dense_to_rows,
-    resize_dense,
-    rows_to_dense,
-)
+from verl_specrollout.planner import KTable, Planner, allocate_verification_budget, choose_k
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -82,7 +75,7 @@ def _accepted(alpha, k, rnd):
 def test_k0_when_compute_bound_and_acceptance_low():
     p = planner_with(compute_bound_cost(), alpha=0.15, zero_k_passes=0)
     dense = p.plan()
-    assert set(dense[1:]) == {0}, dense_to_rows(dense)
+    assert set(dense[1:]) == {0}, dense.rows()
 
 
 def test_k0_at_high_batch_even_with_decent_acceptance_past_the_knee():
@@ -308,11 +301,18 @@ def test_budget_allocation_is_optimal_and_shortens_failing_requests():
 # ------------------------------------------------------------------ table format
 def test_rows_dense_roundtrip():
     dense = [0, 4, 4, 3, 3, 3, 0, 0, 1]
-    rows = dense_to_rows(dense)
+    table = KTable.of(dense)
+    rows = table.rows()
     assert rows == [[1, 2, 4], [3, 5, 3], [6, 7, 0], [8, 8, 1]]
-    assert rows_to_dense(rows, 8, 4) == dense
-    assert resize_dense(dense, 10) == dense + [1, 1]
-    assert resize_dense(dense, 3) == dense[:4]
+    assert KTable.from_rows(rows, 8, 4) == table and table.lookup() == dense
+    assert table.lookup(10) == dense + [1, 1]
+    assert table.lookup(3) == dense[:4]
+    assert table.k_for(1000) == 1 and table.k_for(0) == 4  # vLLM's tail; batch sizes start at 1
+    assert KTable.from_rows([[1, 2, 9], [5, 8, 1]], 8, 4).lookup() == [0, 4, 4, 4, 4, 1, 1, 1, 1]  # cap, gap
+    with pytest.raises(ValueError, match="batch size 1"):
+        KTable.from_rows([[2, 8, 1]], 8, 4)
+    with pytest.raises(ValueError, match="K must be >= 0"):
+        KTable.of([0, 1, -1])
 
 
 def _vllm_dynamic_utils():
@@ -347,8 +347,8 @@ def test_emitted_tables_pass_vllm_validation():
             assert [list(r) for r in parsed] == rows
             assert utils.build_dynamic_sd_schedule_lookup(rows, 256, 4) == p.lookup()
             # vLLM pads/truncates to its own max_num_seqs the same way we do
-            assert utils.build_dynamic_sd_schedule_lookup(rows, 512, 4) == resize_dense(p.lookup(), 512)
-            assert utils.build_dynamic_sd_schedule_lookup(rows, 16, 4) == resize_dense(p.lookup(), 16)
+            assert utils.build_dynamic_sd_schedule_lookup(rows, 512, 4) == p.lookup(512)
+            assert utils.build_dynamic_sd_schedule_lookup(rows, 16, 4) == p.lookup(16)
     # K=0 rows are legal in vLLM's validation
     utils.validate_and_normalize_dynamic_sd_schedule([[1, 4, 3], [5, 1024, 0]])
 
@@ -456,7 +456,7 @@ def test_bucket_medians_and_array_lookups_match_one_cell_at_a_time():
 
 
 def test_plan_equals_choose_k_at_every_grid_point():
-    from verl_specrollout.planner.planner import plan_grid
+    from verl_specrollout.planner.decision import plan_grid
 
     p = planner_with(knee_cost(), alpha=0.7, max_batch=256)
     assert (p.trusted_max_k(plan_grid(256)) == 4).all()  # every K was timed: no trust-region limit

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from benchmarks.gpu_scale_sim import ALPHA, GPUS, MODELS, Hardware, rollout_lengths
-from verl_specrollout.planner.planner import Planner, plan_grid
+from verl_specrollout.planner import Planner
+from verl_specrollout.planner.decision import plan_grid
 from verl_specrollout.planner.trace import PlannerPolicy, StaticPolicy, StepTrace, replay, synthetic_trace
 
 

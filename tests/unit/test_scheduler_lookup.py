@@ -50,9 +50,7 @@ def make(monkeypatch):
 def test_installs_the_planners_lookup_without_vllms_table(make, caplog):
     with caplog.at_level("INFO", logger="verl_specrollout.scheduler"):
         s = make(mode="static", table=None)
-    from verl_specrollout.planner.planner import resize_dense
-
-    assert compat.get_dynamic_lookup(s) == resize_dense(s.planner.lookup(), MAX_BS) and len(s.dynamic_sd_lookup) == 17
+    assert compat.get_dynamic_lookup(s) == s.planner.lookup(MAX_BS) and len(s.dynamic_sd_lookup) == 17
     assert ("cudagraph mode FULL_AND_PIECEWISE, capture sizes up to 160 tokens (B <= 32 at K=4, B <= 16 at K=0), "
             "dynamic K via scheduler lookup") in caplog.text
     assert "WARNING" not in [r.levelname for r in caplog.records]

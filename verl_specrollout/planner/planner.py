@@ -13,11 +13,16 @@ In vLLM's dynamic-K path (0.31/0.32) a model drafter (eagle/eagle3/draft_model) 
 its first forward when K = 0 ("to keep the drafter KV cache in sync", llm_base_proposer.py),
 so for those `passes(0) = 1`; ngram drafting costs no model pass (`passes(0) = 0`).
 
-Output is vLLM's format: `num_speculative_tokens_per_batch_size` rows
-``[[min_bs, max_bs, K], ...]`` (inclusive, contiguous, first row starts at 1; K = 0 rows
-ARE accepted by vLLM 0.31's `validate_and_normalize_dynamic_sd_schedule`, which only
-requires K >= 0) and the dense 1-indexed lookup the scheduler reads
-(`Scheduler.dynamic_sd_lookup[batch_size] -> K`, index 0 unused).
+Output is a KTable (planner/ktable.py): vLLM's dense lookup, which the scheduler installs as
+`Scheduler.dynamic_sd_lookup` as it is, and which converts to vLLM's
+`num_speculative_tokens_per_batch_size` rows (K = 0 rows ARE accepted by vLLM 0.31's
+`validate_and_normalize_dynamic_sd_schedule`, which only requires K >= 0).
+
+Three parts, one job each: estimation (planner/acceptance.py's AcceptanceEstimator and
+planner/cost_model.py's StepCostModel, fitted online), decision (planner/decision.py: pure
+functions from those estimates to a KTable), and the bookkeeping here (`Planner`: modes, the
+cold-start phases, re-plan timing, which (batch size, K) cells were timed, the K histogram,
+and its stats as rollout_stats.PlannerStats).
 
 Modes (PlannerConfig.mode):
 - adaptive: plan from the fitted models every `replan_interval` steps, with hysteresis, after a
@@ -72,220 +77,53 @@ is optimal for the geometric model.
 
 from __future__ import annotations
 
-import heapq
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from verl_specrollout.config import MODES
+from verl_specrollout.config import MODES, PlannerConfig
 from verl_specrollout.planner.acceptance import AcceptanceEstimator, batch_class
 from verl_specrollout.planner.cost_model import StepCostModel
-
-# The cold start verifies at most about this many tokens per step (cold_cap): memory-bound for any
-# multi-billion-parameter target on an accelerator (a roofline knee sits at a few hundred tokens).
-COLD_TOKENS = 64
-# Batch sizes whose throughput-by-K rows stats() reports.
-REPORTED_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-# ---------------------------------------------------------------- table formats
-def dense_to_rows(dense: Sequence[int]) -> List[List[int]]:
-    """1-indexed dense lookup (index 0 unused) -> contiguous [min_bs, max_bs, K] rows."""
-    rows: List[List[int]] = []
-    for b in range(1, len(dense)):
-        k = int(dense[b])
-        if rows and rows[-1][2] == k:
-            rows[-1][1] = b
-        else:
-            rows.append([b, b, k])
-    return rows
-
-
-def rows_to_dense(rows: Sequence[Sequence[int]], max_batch: int, max_k: int) -> List[int]:
-    """Same semantics as vLLM's build_dynamic_sd_schedule_lookup (gaps and the tail carry the
-    previous K forward; K is capped at max_k)."""
-    parsed = sorted((int(r[0]), int(r[1]), int(r[2])) for r in rows)
-    if not parsed or parsed[0][0] != 1:
-        raise ValueError("table must start at batch size 1")
-    dense = [0] * (max_batch + 1)
-    nxt, last = 1, parsed[0][2]
-    for lo, hi, k in parsed:
-        for b in range(nxt, min(lo, max_batch + 1)):  # gap: carry the previous K
-            dense[b] = min(max_k, last)
-        for b in range(max(lo, nxt), min(hi, max_batch) + 1):
-            dense[b] = min(max_k, k)
-        nxt, last = max(nxt, hi + 1), k
-    for b in range(nxt, max_batch + 1):
-        dense[b] = min(max_k, last)
-    return dense
+from verl_specrollout.planner.decision import (  # noqa: F401 (re-exported: the planner's public names)
+    COLD_TOKENS,
+    REPORTED_BATCH_SIZES,
+    Plan,
+    allocate_verification_budget,
+    best_k,
+    choose_k,
+    cold_cap,
+    cold_start_table,
+    cover_table,
+    decide,
+    default_explore_ks,
+    draft_passes,
+    initial_rows,
+    initial_table,
+    plan_grid,
+    probe_k,
+    probe_table,
+    throughput,
+    throughput_table,
+)
+from verl_specrollout.planner.ktable import KTable
+from verl_specrollout.rollout_stats import PlannerStats
 
 
-def resize_dense(dense: Sequence[int], max_batch: int) -> List[int]:
-    """Truncate or extend (carrying the last K) a dense lookup to cover 1..max_batch."""
-    out = list(dense[: max_batch + 1])
-    last = out[-1] if len(out) > 1 else 0
-    out.extend([last] * (max_batch + 1 - len(out)))
-    out[0] = 0
-    return out
-
-
-def plan_grid(max_batch: int, exact_upto: int = 16, ratio: float = 1.05) -> List[int]:
-    """Batch sizes the planner evaluates: every size up to `exact_upto`, then ~5 % apart
-    (powers of two always included); sizes in between take the K of the grid point below.
-    Keeps a re-plan to ~100 evaluations at max_batch 1024."""
-    pts = set(range(1, min(exact_upto, max_batch) + 1))
-    b = float(exact_upto)
-    while b < max_batch:
-        b *= ratio
-        pts.add(min(max_batch, int(round(b))))
-    p2 = 1
-    while p2 <= max_batch:
-        pts.add(p2)
-        p2 *= 2
-    return sorted(pts)
-
-
-def cold_cap(batch_size, cold_tokens: int):
-    """Largest K the cold start tries at a batch size (an int or an array of them): verify at most
-    ~cold_tokens tokens per step, but K = 1 always (large batches must see K = 0 and 1)."""
-    return np.maximum(1, cold_tokens // np.maximum(batch_size, 1) - 1)
-
-
-def cold_start_dense(k: int, max_batch: int, max_k: int, cold_tokens: int) -> List[int]:
-    """Dense lookup of a cold-start interval that tries `k`: min(k, cold cap) at every batch size."""
-    caps = cold_cap(np.arange(1, max_batch + 1), cold_tokens)
-    return [0] + np.minimum(min(k, max_k), caps).tolist()
-
-
-def default_explore_ks(max_k: int) -> List[int]:
-    ks = [max_k, 0, 1, max(1, max_k // 2)]
-    return [k for i, k in enumerate(ks) if k not in ks[:i]]
-
-
-def initial_rows(max_k: int, max_batch: int, cold_tokens: int = COLD_TOKENS) -> List[List[int]]:
-    """The adaptive planner's first table, as vLLM rows (what the engine starts with)."""
-    return dense_to_rows(cold_start_dense(default_explore_ks(max_k)[0], max_batch, max_k, cold_tokens))
-
-
-# ---------------------------------------------------------------- pure choices
-def draft_passes(k, zero_k_passes: int):
-    """Draft forward passes the engine runs to draft k tokens (an int or an array of them): k,
-    but never fewer than a K = 0 step's (a model drafter keeps its KV cache in sync with one pass
-    even at K = 0)."""
-    return np.maximum(k, zero_k_passes) if isinstance(k, np.ndarray) else max(k, zero_k_passes)
-
-
-def throughput(batch_size: int, k: int, expected: Sequence[float], cost: StepCostModel, zero_k_passes: int) -> float:
-    """Committed tokens per second of a decode step of batch_size requests drafting k."""
-    seconds = cost.predict_local(batch_size * (1 + k), batch_size, draft_passes(k, zero_k_passes))
-    return batch_size * expected[k] / seconds
-
-
-def throughput_table(
-    batch_sizes: Sequence[int], expected: Sequence[float], cost: StepCostModel, max_k: int, zero_k_passes: int
-) -> np.ndarray:
-    """throughput() for every batch size (rows) and K = 0..max_k (columns), in one model call.
-    `expected` is one [E[0..max_k]] list for all rows, or one per row."""
-    batch = np.asarray(batch_sizes, dtype=np.float64)[:, None]
-    k = np.arange(max_k + 1)[None, :]
-    seconds = cost.predict_local(batch * (1 + k), batch, draft_passes(k, zero_k_passes))
-    return batch * np.asarray(expected, dtype=np.float64)[..., : max_k + 1] / seconds
-
-
-def best_k(tokens_per_second: np.ndarray, current: np.ndarray, hysteresis: float) -> np.ndarray:
-    """Per row, the K of highest throughput (the smaller K on exact ties), unless the row's
-    `current` K (-1: none) is within `hysteresis` of it: switching on noise churns the table."""
-    best = np.argmax(tokens_per_second, axis=1)  # first maximum: the smallest such K
-    rows = np.arange(len(best))
-    valid = (current >= 0) & (current < tokens_per_second.shape[1])
-    current_tps = tokens_per_second[rows, np.where(valid, current, 0)]
-    stay = valid & (tokens_per_second[rows, best] <= current_tps * (1.0 + hysteresis))
-    return np.where(stay, current, best)
-
-
-def probe_k(tokens_per_second: np.ndarray, chosen: np.ndarray, sign: int, tolerance: float) -> np.ndarray:
-    """Per row, the neighbour chosen+sign (else chosen-sign) whose throughput is within
-    `tolerance` of the chosen K's; the chosen K itself where neither neighbour is."""
-    rows = np.arange(len(chosen))
-    n_k = tokens_per_second.shape[1]
-    floor = tokens_per_second[rows, chosen] * (1.0 - tolerance)
-    out = chosen.copy()
-    undecided = np.ones(len(chosen), dtype=bool)
-    for cand in (chosen + sign, chosen - sign):
-        inside = (cand >= 0) & (cand < n_k)
-        ok = undecided & inside & (tokens_per_second[rows, np.clip(cand, 0, n_k - 1)] >= floor)
-        out[ok] = cand[ok]
-        undecided &= ~ok
-    return out
-
-
-def choose_k(
-    batch_size: int,
-    expected: Sequence[float],
-    cost: StepCostModel,
-    max_k: int,
-    zero_k_passes: int = 0,
-    current: Optional[int] = None,
-    hysteresis: float = 0.0,
-) -> Tuple[int, List[float]]:
-    """Best K for one batch size; keeps `current` unless another K is better by > hysteresis.
-    Also returns the throughput of every K."""
-    tokens_per_second = throughput_table([batch_size], expected, cost, max_k, zero_k_passes)
-    k = best_k(tokens_per_second, np.array([-1 if current is None else current]), hysteresis)
-    return int(k[0]), tokens_per_second[0].tolist()
-
-
-def allocate_verification_budget(
-    budget: int,
-    rates: Sequence[float],
-    max_lens: Sequence[int],
-    min_gain: float = 0.0,
-) -> List[int]:
-    """Split `budget` draft tokens across requests to maximise expected accepted tokens.
-
-    Request r with running acceptance rate rates[r] gets k_r <= max_lens[r] tokens; its j-th
-    token is worth rates[r]**j (geometric model), so taking marginal gains greedily from a
-    heap is optimal. Tokens worth less than `min_gain` are never verified (min_gain = the
-    marginal step cost of one verified token times the current throughput makes the budget
-    self-limiting; see Planner.min_token_gain). Ties go to the earlier request.
-    """
-    n = len(rates)
-    alloc = [0] * n
-    if budget <= 0 or n == 0:
-        return alloc
-    heap = []
-    for r in range(n):
-        p = min(max(float(rates[r]), 0.0), 1.0)
-        if max_lens[r] > 0 and p > 0 and p >= min_gain:
-            heap.append((-p, r, p))
-    heapq.heapify(heap)
-    left = budget
-    while heap and left > 0:
-        neg_gain, r, p = heapq.heappop(heap)
-        alloc[r] += 1
-        left -= 1
-        if alloc[r] < max_lens[r]:
-            g = -neg_gain * p
-            if g > 0 and g >= min_gain:
-                heapq.heappush(heap, (-g, r, p))
-    return alloc
-
-
-# ---------------------------------------------------------------------- Planner
 class Planner:
+    """Bookkeeping around the estimators and the decision (see the module doc).
+
+    Settings come from the typed PlannerConfig (`settings`, or its fields as keyword arguments);
+    the rest are the planner's own tuning, fixed by the measurements cited at each.
+    """
+
     def __init__(
         self,
         max_k: int,
-        max_batch: int = 1024,
-        mode: str = "adaptive",
-        table: Optional[Sequence[Sequence[int]]] = None,
-        replan_interval: int = 16,
-        acceptance_decay: float = 0.98,
-        prior_acceptance: float = 0.6,
+        max_batch: Optional[int] = None,
+        *,
         zero_k_passes: int = 0,
-        hysteresis: float = 0.03,
-        explore_every: int = 8,
+        settings: Optional[PlannerConfig] = None,
         explore_ks: Optional[Sequence[int]] = None,
         explore_tolerance: float = 0.03,
         cover_tolerance: float = 0.05,
@@ -293,19 +131,26 @@ class Planner:
         cost_window: int = 4096,
         overhead_budget: Optional[float] = 0.02,
         clock=time.perf_counter,
+        **config_fields,
     ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if settings is not None and config_fields:
+            raise TypeError(f"Planner: give settings or PlannerConfig fields, not both ({sorted(config_fields)})")
+        cfg = settings if settings is not None else PlannerConfig(**config_fields)
+        max_batch = cfg.max_batch if max_batch is None else max_batch
+        if cfg.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
         if max_k < 1 or max_batch < 1:
             raise ValueError("max_k and max_batch must be >= 1")
+        self.settings = cfg
         self.max_k = max_k
         self.max_batch = max_batch
-        self.mode = mode
-        self.user_table = [list(r) for r in table] if table else None
-        self.replan_interval = max(1, int(replan_interval))
+        # Live state (set_mode, the scheduler and benchmarks change these while the engine runs).
+        self.mode = cfg.mode
+        self.user_table = [list(r) for r in cfg.table] if cfg.table else None
+        self.replan_interval = max(1, int(cfg.replan_interval))
         self.zero_k_passes = zero_k_passes
-        self.hysteresis = hysteresis
-        self.explore_every = explore_every
+        self.hysteresis = cfg.hysteresis
+        self.explore_every = cfg.explore_every
         self.explore_ks = list(default_explore_ks(max_k) if explore_ks is None else explore_ks)
         # A periodic probe may lose at most this fraction of predicted throughput where it runs.
         self.explore_tolerance = explore_tolerance
@@ -313,9 +158,15 @@ class Planner:
         self.cover_tolerance = cover_tolerance
         # The cold start verifies at most ~cold_tokens tokens per step (cold_cap).
         self.cold_tokens = max(2, int(cold_tokens))
+        # --- estimation
         self.cost = StepCostModel(window=cost_window)
-        # Re-planning runs on the engine's critical path (inside the scheduler): when one
-        # re-plan took longer than `overhead_budget` of the time since the previous one, the
+        self.acceptance = AcceptanceEstimator(max_k, decay=cfg.acceptance_decay, prior=cfg.prior_acceptance)
+        # Timed steps per (batch-size class, K): where a K has been measured (trust region, coverage probes).
+        self._timed_steps: Dict[Tuple[int, int], int] = {}
+        self.min_probe_steps = max(4, self.replan_interval // 2)
+        self._max_tokens_timed = 0
+        # --- re-plan timing. Re-planning runs on the engine's critical path (inside the scheduler):
+        # when one re-plan took longer than `overhead_budget` of the time since the previous one, the
         # next is postponed. A re-plan over a full window at max_batch 1024 costs ~25-60 ms on
         # two busy CPU cores (python -m benchmarks.replan_cost; 0.25-0.47 s when the fit was pure
         # Python): still several steps of a fast engine with tiny batches, so the budget stays.
@@ -324,88 +175,78 @@ class Planner:
         self._last_replan_end: Optional[float] = None
         self._last_replan_seconds = 0.0
         self.replans_skipped = 0
-        self.acceptance = AcceptanceEstimator(max_k, decay=acceptance_decay, prior=prior_acceptance)
-        self._plan: List[int] = self._cold_dense(0)  # the exploited plan
-        self.dense: List[int] = self._initial_dense()  # what is installed
+        # --- decision state
+        self._plan: KTable = self._cold_table(0)  # the exploited plan
+        self._last_plan: Optional[Plan] = None  # the last decide(): its grid and prices (probe tables)
+        self.table: KTable = self._initial_table()  # what is installed
         self.steps = 0
         self.replans = 0
         self.table_changes = 0
         self._explore_phase = 0
         self._planned = False
-        self._last_tps: Dict[int, List[float]] = {}
-        # The last plan's grid and its predicted throughput by K (for probe tables).
-        self._grid = np.zeros(0, dtype=np.int64)
-        self._grid_tps = np.zeros((0, max_k + 1))
         self._probes = 0
-        # Timed steps per (batch-size class, K): where a K has been measured (coverage probes).
-        self._timed_steps: Dict[Tuple[int, int], int] = {}
-        self.min_probe_steps = max(4, self.replan_interval // 2)
-        self._max_tokens_timed = 0
         # recorder(batch_size, k, seconds, accepted per request), called for every timed step that
         # verified the K it drafts (e.g. planner/trace.py's StepTrace.record); None: off.
         self.recorder = None
         self._timed_step: Optional[Tuple[int, int, int, float]] = None
         self._requests_this_step: Optional[int] = None
-        # metrics
+        # --- counts for stats(): K drafted per batch size, every observed step
         self.k_hist: Dict[int, Dict[int, int]] = {}
-        self.steps_with_spec_off = 0
-        self.steps_observed = 0
 
     # --------------------------------------------------------------- tables
-    def _initial_dense(self) -> List[int]:
+    def _initial_table(self) -> KTable:
         if self.mode == "off":
-            return [0] * (self.max_batch + 1)
+            return KTable.uniform(0, self.max_batch)
+        if self.user_table:  # static with a table, or adaptive with a pinned table: the table wins
+            return KTable.from_rows(self.user_table, self.max_batch, self.max_k)
         if self.mode == "static":
-            if self.user_table:
-                return rows_to_dense(self.user_table, self.max_batch, self.max_k)
-            return [0] + [self.max_k] * self.max_batch
-        if self.user_table:  # adaptive with a pinned table: the table wins
-            return rows_to_dense(self.user_table, self.max_batch, self.max_k)
-        return self._cold_dense(0)
+            return KTable.uniform(self.max_k, self.max_batch)
+        return self._cold_table(0)
 
-    def _cold_dense(self, phase: int) -> List[int]:
+    def _cold_table(self, phase: int) -> KTable:
         """The cold-start table of exploration phase `phase` (cycles through explore_ks). Where the
         cap makes it repeat the previous phase's K (large batches: 1, 0, 1, 1), it takes K = 0
         instead: K = 1 costs most there, and one interval of it is enough."""
         n = len(self.explore_ks)
-        dense = cold_start_dense(self.explore_ks[phase % n], self.max_batch, self.max_k, self.cold_tokens)
+        table = cold_start_table(self.explore_ks[phase % n], self.max_batch, self.max_k, self.cold_tokens)
         if phase:
-            before = cold_start_dense(self.explore_ks[(phase - 1) % n], self.max_batch, self.max_k, self.cold_tokens)
-            dense = [0 if k == kb else k for k, kb in zip(dense, before)]
-        return dense
+            before = cold_start_table(self.explore_ks[(phase - 1) % n], self.max_batch, self.max_k, self.cold_tokens)
+            table = KTable.of(0 if k == kb else k for k, kb in zip(table, before))
+        return table
 
     def rows(self) -> List[List[int]]:
-        return dense_to_rows(self.dense)
+        return self.table.rows()
 
     def lookup(self, max_batch: Optional[int] = None) -> List[int]:
-        return resize_dense(self.dense, max_batch) if max_batch else list(self.dense)
+        """The installed table in vLLM's dynamic_sd_lookup form, sized to max_batch (default: the planner's)."""
+        return self.table.lookup(max_batch)
 
     def k_for(self, b: int) -> int:
-        return self.dense[min(max(b, 1), self.max_batch)]
+        return self.table.k_for(b)
 
-    def planned(self) -> List[int]:
-        """The dense lookup the planner exploits: the installed one without probes (adaptive;
-        before the first plan, the cold-start table)."""
-        return list(self._plan)
+    def planned(self) -> KTable:
+        """The table the planner exploits: the installed one without probes (adaptive; before the
+        first plan, the cold-start table)."""
+        return self._plan
 
-    def set_mode(self, mode: str, table: Optional[Sequence[Sequence[int]]] = None) -> List[int]:
+    def set_mode(self, mode: str, table: Optional[Sequence[Sequence[int]]] = None) -> KTable:
         """Switch policy live (benchmarks: compare policies inside ONE engine)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.user_table = [list(r) for r in table] if table else None
-        new = self._initial_dense()
+        new = self._initial_table()
         if mode == "adaptive" and not self.user_table and self.cost.fit() and self.cost.k_varied:
             new = self._plan = self.plan()
             self._planned = True
         elif mode == "adaptive":
             self._planned, self._explore_phase = False, 0
         self._install(new)
-        return self.dense
+        return self.table
 
-    def _install(self, dense: List[int]) -> bool:
-        if dense != self.dense:
-            self.dense = dense
+    def _install(self, table: KTable) -> bool:
+        if table != self.table:
+            self.table = table
             self.table_changes += 1
             return True
         return False
@@ -421,11 +262,8 @@ class Planner:
         if requests <= 0:
             return
         self._requests_this_step = requests
-        self.steps_observed += 1
         h = self.k_hist.setdefault(requests, {})
         h[drafted_k] = h.get(drafted_k, 0) + 1
-        if drafted_k == 0:
-            self.steps_with_spec_off += 1
         if seconds is not None:
             self._observe_cost(requests, tokens, drafted_k, seconds)
 
@@ -454,9 +292,9 @@ class Planner:
                 self.recorder(requests, k, seconds, [a for _, a in pairs])
         self._timed_step = None
 
-    def tick(self) -> Optional[List[int]]:
-        """Call once per engine step after observing it. Returns the new dense lookup when
-        the installed table changed, else None."""
+    def tick(self) -> Optional[KTable]:
+        """Call once per engine step after observing it. Returns the new table when the installed
+        one changed, else None."""
         self.steps += 1
         if self.mode != "adaptive" or self.user_table:
             return None
@@ -473,7 +311,7 @@ class Planner:
         return out
 
     # ----------------------------------------------------------------- plan
-    def replan(self) -> Optional[List[int]]:
+    def replan(self) -> Optional[KTable]:
         self.replans += 1
         if not self._planned:
             # Cold start: one interval per exploration K (capped where the batch is large) until
@@ -481,80 +319,58 @@ class Planner:
             fitted = self._explore_phase >= 1 and self.cost.fit() and self.cost.k_varied
             if not fitted:
                 self._explore_phase += 1
-                return self._changed(self._cold_dense(self._explore_phase))
+                return self._changed(self._cold_table(self._explore_phase))
         elif not self.cost.fit():
             return None
         self._plan = self.plan(current=self._plan if self._planned else None)
         self._planned = True
         if not self.explore_every:  # no exploration after the cold start
-            return self._changed(list(self._plan))
-        table = list(self._plan)
+            return self._changed(self._plan)
+        table = self._plan
         if self.replans % self.explore_every == 0:
             self._probes += 1
             table = self.probe_table(1 if self._probes % 2 else -1)
         return self._changed(self.cover(table))
 
-    def cover(self, table: List[int]) -> List[int]:
+    def cover(self, table: KTable) -> KTable:
         """`table` with a coverage probe of K*+1 (else K*-1) wherever that K has not been timed in the
         batch size's class and the model predicts it within `cover_tolerance` of the plan's K*
         (and within the probe region: see plan). Such a cell is priced by extrapolation alone; a
         rollout's batch size visits each class for a few re-plan intervals only, so waiting for the
         periodic probe (explore_every) would leave most classes priced that way. Each (class, K) is
         probed once; later probes are the periodic ones."""
-        out = list(table)
-        if not len(self._grid):
-            return out
-        chosen = np.asarray([self._plan[b] for b in self._grid])
-        floor = self._grid_tps[np.arange(len(chosen)), chosen] * (1.0 - self.cover_tolerance)
-        ends = np.append(self._grid[1:], self.max_batch + 1).tolist()
-        for i, b in enumerate(self._grid.tolist()):
-            for cand in (chosen[i] + 1, chosen[i] - 1):
-                if (0 <= cand <= self.max_k and self._grid_tps[i, cand] >= floor[i]
-                        and self._timed_steps.get((batch_class(b), int(cand)), 0) < self.min_probe_steps):
-                    out[b:ends[i]] = [int(cand)] * (ends[i] - b)
-                    break
-        return out
+        if self._last_plan is None:
+            return table
+        return cover_table(table, self._last_plan, self.cover_tolerance, self._untimed)
 
-    def probe_table(self, sign: int) -> List[int]:
+    def _untimed(self, batch_size: int, k: int) -> bool:
+        return self._timed_steps.get((batch_class(batch_size), k), 0) < self.min_probe_steps
+
+    def probe_table(self, sign: int) -> KTable:
         """The last plan with K*+sign (else K*-sign) wherever that probe is predicted to lose at
         most `explore_tolerance` of the plan's throughput; K* elsewhere (see the module doc)."""
-        if not len(self._grid):
-            return list(self._plan)
-        chosen = np.asarray([self._plan[b] for b in self._grid])
-        probe = probe_k(self._grid_tps, chosen, sign, self.explore_tolerance)
-        span = np.diff(np.append(self._grid, self.max_batch + 1))
-        return [0] + np.repeat(probe, span).tolist()
+        if self._last_plan is None:
+            return self._plan
+        return probe_table(self._last_plan, sign, self.explore_tolerance)
 
-    def _changed(self, dense: List[int]) -> Optional[List[int]]:
-        return list(self.dense) if self._install(dense) else None
+    def _changed(self, table: KTable) -> Optional[KTable]:
+        return self.table if self._install(table) else None
 
-    def plan(self, current: Optional[Sequence[int]] = None) -> List[int]:
-        """The best dense lookup under the current models (no exploration)."""
+    def plan(self, current: Optional[Sequence[int]] = None) -> KTable:
+        """The best table under the current models (no exploration)."""
         if not self.cost.fitted:
             self.cost.fit()
         if not self.cost.fitted:
-            return self._cold_dense(0)
+            return self._cold_table(0)
         grid = np.array(plan_grid(self.max_batch))
-        predicted = throughput_table(grid, self.expected_by_batch(grid), self.cost, self.max_k, self.zero_k_passes)
-        self._last_tps = {int(b): row.tolist() for b, row in zip(grid, predicted) if b in REPORTED_BATCH_SIZES}
-        # Trust region: the plan picks among K timed near a batch size (probes go one beyond).
-        trusted_k = self.trusted_max_k(grid)
-        ks = np.arange(self.max_k + 1)[None, :]
-        tokens_per_second = np.where(ks <= trusted_k[:, None], predicted, -np.inf)
-        current_k = np.full(len(grid), -1)
-        if current is not None:
-            inside = grid < len(current)
-            current_k[inside] = np.asarray(current)[grid[inside]]
-        chosen = best_k(tokens_per_second, current_k, self.hysteresis)
-        # What probes may try: one K beyond the trust region, verifying no more tokens per step than
-        # some step already did (past that the model extrapolates over a knee it may not know).
-        seen = max(self._max_tokens_timed, self.cold_tokens)
-        probe_ok = (ks <= trusted_k[:, None] + 1) & (grid[:, None] * (1 + ks) <= seen)
-        self._grid, self._grid_tps = grid, np.where(probe_ok | (ks <= trusted_k[:, None]), predicted, -np.inf)
-        # Sizes between grid points take the K of the grid point below (grid[0] is 1).
-        span = np.diff(np.append(grid, self.max_batch + 1))
-        return [0] + np.repeat(chosen, span).tolist()
+        # Trust region: the plan picks among K timed near a batch size (probes go one beyond, and
+        # verify no more tokens per step than some step already did).
+        self._last_plan = decide(grid, self.expected_by_batch(grid), self.cost, self.max_k, self.zero_k_passes,
+                                 self.trusted_max_k(grid), max(self._max_tokens_timed, self.cold_tokens),
+                                 self.hysteresis, current)
+        return self._last_plan.table
 
+    # ------------------------------------------------------------ estimates
     def trusted_max_k(self, batch_sizes: Sequence[int]) -> np.ndarray:
         """Largest K the plan may choose at each batch size: the largest K timed (for at least
         min_probe_steps steps) in its batch-size class or the class above it (a rollout's batch
@@ -594,46 +410,30 @@ class Planner:
         return max(0.0, seconds_per_token * tokens_per_second)
 
     # -------------------------------------------------------------- metrics
-    def stats(self) -> dict:
-        al = self.acceptance.alphas()
+    def stats(self) -> PlannerStats:
         acc = self.acceptance
-        return {
-            "mode": self.mode,
-            "steps": self.steps,
-            "replans": self.replans,
-            "replans_skipped": self.replans_skipped,
-            "last_replan_seconds": self._last_replan_seconds,
-            "table_changes": self.table_changes,
-            "table": self.rows(),
-            "k_hist": {b: dict(h) for b, h in sorted(self.k_hist.items())},
-            "spec_off_fraction": self.steps_with_spec_off / max(self.steps_observed, 1),
-            "alpha": al,
-            "expected_tokens": acc.expected_table(),
-            "accepted_per_pos": [a / max(acc.total_drafts, 1) for a in acc.total_accepted_per_pos],
-            "num_drafts": acc.total_drafts,
-            "num_draft_tokens": acc.total_draft_tokens,
-            "num_accepted_tokens": acc.total_accepted,
-            "acceptance_rate": acc.total_accepted / max(acc.total_draft_tokens, 1),
-            "cost_model": self.cost.describe(),
-            "throughput_by_k": {b: list(t) for b, t in self._last_tps.items()},
-        }
+        return PlannerStats(
+            mode=self.mode,
+            steps=self.steps,
+            replans=self.replans,
+            replans_skipped=self.replans_skipped,
+            last_replan_seconds=self._last_replan_seconds,
+            table_changes=self.table_changes,
+            table=self.rows(),
+            k_hist={b: dict(h) for b, h in sorted(self.k_hist.items())},
+            alpha=acc.alphas(),
+            expected_tokens=acc.expected_table(),
+            accepted_per_pos=[a / max(acc.total_drafts, 1) for a in acc.total_accepted_per_pos],
+            num_drafts=acc.total_drafts,
+            num_draft_tokens=acc.total_draft_tokens,
+            num_accepted_tokens=acc.total_accepted,
+            cost_model=self.cost.describe(),
+            throughput_by_k=dict(self._last_plan.reported_tps) if self._last_plan is not None else {},
+        )
 
     @classmethod
     def from_config(cls, cfg, max_batch: Optional[int] = None, zero_k_passes: Optional[int] = None) -> "Planner":
-        """From a SpecRolloutConfig (verl_specrollout.config)."""
-        p = cfg.planner
+        """From a SpecRolloutConfig (verl_specrollout.config): its planner block as the settings."""
         if zero_k_passes is None:
-            zero_k_passes = 0 if cfg.base_method == "ngram" or p.skip_draft_at_k0 else 1
-        return cls(
-            max_k=cfg.max_k,
-            max_batch=max_batch or p.max_batch,
-            mode=p.mode,
-            table=p.table,
-            replan_interval=p.replan_interval,
-            acceptance_decay=p.acceptance_decay,
-            prior_acceptance=p.prior_acceptance,
-            zero_k_passes=zero_k_passes,
-            hysteresis=p.hysteresis,
-            explore_every=p.explore_every,
-        )
-
+            zero_k_passes = 0 if cfg.base_method == "ngram" or cfg.planner.skip_draft_at_k0 else 1
+        return cls(cfg.max_k, max_batch, zero_k_passes=zero_k_passes, settings=cfg.planner)

@@ -36,6 +36,7 @@ from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
 from verl_specrollout.config import SpecRolloutConfig
 from verl_specrollout.metrics import counts_delta
+from verl_specrollout.rollout_stats import PlannerStats
 from verl_specrollout.verl_adapter.startup_checks import check_rollout
 from verl_specrollout.verl_adapter.trainer_hooks import register_replica
 from verl_specrollout.vllm_adapter.engine_kwargs import (EngineLimits, apply_channel_env, build_engine_kwargs,
@@ -50,17 +51,6 @@ MAX_STEP_REQUESTS = 1 << 16
 
 vLLMHttpServer = compat.resolve(compat.VERL_VLLM_SERVER)
 vLLMReplica = compat.resolve(compat.VERL_VLLM_REPLICA)
-
-
-def _k_hist_delta(new: dict, old: dict) -> dict:
-    out = {}
-    for b, h in (new or {}).items():
-        prev = (old or {}).get(b, {})
-        d = {k: int(n) - int(prev.get(k, 0)) for k, n in h.items()}
-        d = {k: n for k, n in d.items() if n > 0}
-        if d:
-            out[b] = d
-    return out
 
 
 class SpecRolloutHttpServer(vLLMHttpServer):
@@ -317,11 +307,9 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         if path and os.path.isfile(path):
             try:
                 with open(path) as f:
-                    stats = json.load(f)
-                prev_hist = getattr(self, "_sr_prev_k_hist", {})
-                out["k_hist"] = _k_hist_delta(stats.get("k_hist") or {}, prev_hist)
-                self._sr_prev_k_hist = stats.get("k_hist") or {}
-                out["planner"] = {k: stats.get(k) for k in ("table", "table_changes", "replans", "mode", "alpha", "cost_model")}
+                    stats = PlannerStats.from_dict(json.load(f))
+                out["planner"] = stats.since(getattr(self, "_sr_prev_k_hist", {})).to_dict()
+                self._sr_prev_k_hist = stats.k_hist
             except (OSError, ValueError) as exc:
                 logger.warning("verl-specrollout: cannot read planner stats %s: %r", path, exc)
         return out

