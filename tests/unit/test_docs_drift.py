@@ -268,22 +268,7 @@ def globs_intersect(a: str, b: str) -> bool:
     return nxt[0]
 
 
-def forwarded_planner_keys() -> Tuple[str, ...]:
-    """The planner stats keys the rollout server sends the trainer (server.py's
-    specrollout_step_metrics reads the planner's stats file and forwards a tuple of keys)."""
-    with open(SERVER, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Tuple) and node.elts and all(
-                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
-            keys = tuple(e.value for e in node.elts)
-            if {"alpha", "table"} <= set(keys):
-                return keys
-    pytest.fail("server.py: cannot find the tuple of planner stats keys specrollout_step_metrics forwards; "
-                "update forwarded_planner_keys() in this test")
-
-
-def _planner_stats() -> dict:
+def _planner_stats():
     """A real planner's stats after some steps (what the scheduler writes to its stats file)."""
     from verl_specrollout.config import SpecRolloutConfig
     from verl_specrollout.planner.planner import Planner
@@ -303,22 +288,20 @@ def _planner_stats() -> dict:
 @functools.lru_cache(maxsize=None)
 def logged_metric_globs() -> Tuple[str, ...]:
     """Every name a veRL job logs under specrollout/, as globs: metrics.step_metrics over what a
-    rollout server sends (every field it fills, the planner keys it forwards), the learner's
+    rollout server sends (every field of rollout_stats.RolloutStepStats filled), the learner's
     metrics (any name: `learner/{name}`), and what the trainer hook adds (stall detector)."""
     from verl_specrollout import metrics as M
+    from verl_specrollout.rollout_stats import RolloutStepStats, SpecCounters
 
     stats = _planner_stats()
-    server = {
-        "draft_version": 3, "draft_version_live": 4, "draft_reloads": 1, "draft_restores_after_sleep": 1,
-        "draft_reload_failures": 1,
-        "vllm": {"num_drafts": 10, "num_draft_tokens": 40, "num_accepted_tokens": 20, "accepted_per_pos": [8, 6, 4, 2]},
-        "k_hist": {"1": {"4": 3}, "64": {"0": 2}},
-        "group": {"sources": {s: {"proposed": 4, "accepted": 2, "chosen": 1} for s in M.GROUP_SOURCES},
-                  "request_steps": 10, "no_draft": 1, "index": {"{name}": 100}},
-        "planner": {k: stats.get(k) for k in forwarded_planner_keys()},
-    }
-    if "cost_model" in server["planner"]:  # as once the planner has fitted its model to measured steps
-        server["planner"]["cost_model"] = dict(stats["cost_model"], fitted=True, knot=512.0)
+    stats.cost_model = dict(stats.cost_model, fitted=True, knot=512.0)  # as once fitted to measured steps
+    server = RolloutStepStats(
+        draft_version=3, draft_version_live=4, draft_reloads=1, draft_restores_after_sleep=1, draft_reload_failures=1,
+        vllm=SpecCounters(num_drafts=10, num_draft_tokens=40, num_accepted_tokens=20, accepted_per_pos=[8, 6, 4, 2]),
+        group={"sources": {s: {"proposed": 4, "accepted": 2, "chosen": 1} for s in M.GROUP_SOURCES},
+               "request_steps": 10, "no_draft": 1, "index": {"{name}": 100}},
+        planner=stats.since({}),
+    ).to_dict()  # every field a rollout server fills, in the form it sends
     names = set(M.step_metrics([server], {"{name}": 1.0}))
     names |= set(M.DraftStallDetector().update(1, True))
     return tuple(sorted(metric_glob(n) for n in names))
@@ -388,7 +371,7 @@ def test_cost_model_is_logged_once_the_server_sends_it():
     from verl_specrollout import metrics as M
 
     stats = _planner_stats()
-    cost = dict(stats["cost_model"], fitted=True, tokens=1e-4, intercept=0.01, passes=0.002, knot=512.0)
+    cost = dict(stats.cost_model, fitted=True, tokens=1e-4, intercept=0.01, passes=0.002, knot=512.0)
     out = M.step_metrics([{"planner": {"cost_model": cost}}])
     assert out[M.COST_FITTED] == 1.0 and out[M.COST_PER_TOKEN] == 1e-4 and out[M.COST_KNOT_TOKENS] == 512.0
     assert not any(k.startswith(M.PREFIX + "cost/") for k in M.step_metrics([{"planner": {}}]))
