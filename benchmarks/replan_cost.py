@@ -1,6 +1,6 @@
 """What the planner costs the engine: one full re-plan, and the bookkeeping of every step.
 
-    python -m benchmarks.replan_cost [--out results.json] [--steps 4096] [--repeats 7]
+    python -m benchmarks.replan_cost [--out results/replan_cost.json] [--steps 4096] [--repeats 7]
 
 Both run inside vLLM's scheduler, on the engine's critical path. The planner is fed the way
 ``vllm_adapter/scheduler.py`` feeds it (observe_step, observe_time, observe_drafts, tick) with
@@ -18,7 +18,10 @@ Timed (time.perf_counter, median over repeats):
   re-plan; median over steps, and the median at batch sizes >= 256 (acceptance bookkeeping is
   per request).
 
-Prints one JSON line; ``--out`` also writes it to a file. No engine, no torch: seconds on a CPU.
+Also each as a fraction of the synthetic steps' median time (per step, and a re-plan spread over
+``replan_interval`` = 16 steps): what the planner adds to a step. Prints one JSON line and writes it
+(with provenance) to --out, and a PNG of those fractions. No engine, no torch: seconds on a CPU.
+Flags: benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import random
 import statistics
 import time
 
+from benchmarks.common import add_common_args, int_list, out_path, plot_path, provenance, write_json
 from verl_specrollout.planner.planner import Planner
+from verl_specrollout.progress import Progress
 
 MAX_K = 4
 ZERO_K_PASSES = 1  # a model drafter: K = 0 still runs one draft pass
+REPLAN_INTERVAL = 16  # the planner's default: tick() re-plans every this many steps
 
 
 def step_seconds(tokens: int, requests: int, passes: int) -> float:
@@ -41,7 +47,7 @@ def step_seconds(tokens: int, requests: int, passes: int) -> float:
             + passes * (1.7e-3 + 1e-5 * requests))
 
 
-def synthetic_steps(max_batch: int, n_steps: int, seed: int = 0):
+def synthetic_steps(max_batch: int, n_steps: int, seed: int = 0, max_k: int = MAX_K):
     """(batch size, K, seconds, per-request (drafted, accepted) pairs) for n_steps decode steps."""
     rnd = random.Random(seed)
     steps = []
@@ -49,8 +55,8 @@ def synthetic_steps(max_batch: int, n_steps: int, seed: int = 0):
     while len(steps) < n_steps:
         # Rollouts finish a few requests per step, faster near the end of the long tail.
         batch = max_batch if batch <= 1 else max(1, batch - rnd.randint(0, max(1, batch // 40)))
-        planned = MAX_K if batch <= 8 else 2 if batch <= 64 else 1 if batch <= 256 else 0
-        k = min(MAX_K, max(0, planned + rnd.choice((-1, 0, 0, 0, 0, 1))))
+        planned = max_k if batch <= 8 else min(max_k, 2) if batch <= 64 else min(max_k, 1) if batch <= 256 else 0
+        k = min(max_k, max(0, planned + rnd.choice((-1, 0, 0, 0, 0, 1))))
         passes = max(k, ZERO_K_PASSES) if k else ZERO_K_PASSES
         seconds = step_seconds(batch * (1 + k), batch, passes) * (1 + 0.03 * rnd.gauss(0, 1))
         if rnd.random() < 0.01:
@@ -90,39 +96,76 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(max_batch: int, n_steps: int, repeats: int) -> dict:
+def measure(max_batch: int, n_steps: int, repeats: int, max_k: int = MAX_K) -> dict:
     # replan_interval beyond the run: every tick() is a step between re-plans; replan() is timed apart.
-    planner = Planner(max_k=MAX_K, max_batch=max_batch, zero_k_passes=ZERO_K_PASSES,
+    planner = Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=ZERO_K_PASSES,
                       replan_interval=10 * n_steps, overhead_budget=None)
-    steps = synthetic_steps(max_batch, n_steps)
+    steps = synthetic_steps(max_batch, n_steps, max_k=max_k)
     costs = feed(planner, steps)
     for _ in range(len(planner.explore_ks)):  # past the cold start (at most one re-plan per exploration K)
         planner.replan()
     big = [c for c, s in zip(costs, steps) if s[0] >= 256]
+    step_s = statistics.median(s[2] for s in steps)
+    replan_s = timed(planner.replan, repeats)
     return {
         "max_batch": max_batch,
         "steps": n_steps,
         "buckets": len(planner.cost.buckets()),
-        "replan_ms": 1e3 * timed(planner.replan, repeats),
+        "replan_ms": 1e3 * replan_s,
         "fit_ms": 1e3 * timed(planner.cost.fit, repeats),
         "plan_ms": 1e3 * timed(lambda: planner.plan(current=planner.lookup()), repeats),
         "observe_us": 1e6 * statistics.median(costs),
         "observe_us_batch_ge_256": 1e6 * statistics.median(big) if big else None,
+        "median_step_ms": 1e3 * step_s,
+        "observe_over_step": statistics.median(costs) / step_s,
+        "replan_over_interval": replan_s / (REPLAN_INTERVAL * step_s),
     }
+
+
+def plot(result: dict, path: str) -> None:
+    """The planner's work as a fraction of a (synthetic) engine step, per max_batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    xs = range(len(rows))
+    ax.bar([x - width / 2 for x in xs], [100 * r["observe_over_step"] for r in rows], width,
+           label="per-step bookkeeping / step")
+    ax.bar([x + width / 2 for x in xs], [100 * r["replan_over_interval"] for r in rows], width,
+           label=f"one re-plan / {REPLAN_INTERVAL} steps")
+    ax.set_xticks(list(xs), [f"max_batch {r['max_batch']}" for r in rows])
+    ax.set_ylabel("% of the engine's step time")
+    ax.set_title(f"planner cost on {rows[0]['steps']} synthetic decode steps (median step "
+                 f"{rows[0]['median_step_ms']:.1f} ms)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(ap, "replan_cost", engine=False, max_k=MAX_K, batch_sizes="1024,256", repeats=7)
     ap.add_argument("--steps", type=int, default=4096, help="synthetic steps fed (the cost window is 4096)")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    result = {"max_k": MAX_K, "results": [measure(mb, args.steps, args.repeats) for mb in (1024, 256)]}
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    batches = int_list(args.batch_sizes, "--batch-sizes")
+    progress = Progress(len(batches), "replan_cost", unit="max_batch")
+    rows = []
+    for mb in batches:
+        rows.append(measure(mb, args.steps, args.repeats, args.max_k))
+        progress.update(note=f"max_batch {mb}")
+    result = {"max_k": args.max_k, "results": rows}
+    print(json.dumps(result))
+    out = out_path(args)
+    write_json(out, {"provenance": provenance(args), **result})
+    png = plot_path(args)
+    if png:
+        plot(result, png)
+    print(f"[replan_cost] wrote {out}" + (f" and {png}" if png else ""), flush=True)
     return result
 
 
