@@ -1,6 +1,6 @@
 """Per-step cost of the group suffix index on a GRPO-shaped synthetic rollout.
 
-    python -m benchmarks.group_index_cost [--groups 8 --group-size 32 --length 500 --k 4]
+    python -m benchmarks.group_index_cost [--groups 8 --batch-sizes 64,256,1024 --length 500 --max-k 4]
 
 Each group's responses follow a few shared templates with random deviations (a sibling copies a
 stretch of another's text, then wanders), vocabulary 32k. Every engine step extends each live
@@ -9,6 +9,11 @@ milliseconds per step (wall: median and p90 over steps; CPU time of this process
 disturbed by other jobs on a shared machine), per request, the CPU cost of the rollout's end (all
 requests finished: responses become history), bytes per indexed token (tracemalloc) and the draft hit rate
 against the true continuation (a rough check that proposals are sensible, not an acceptance).
+
+Per B in --batch-sizes (live requests: --groups groups of B / groups siblings; --group-size sets one
+B the old way). Writes JSON (with provenance) and a PNG: CPU cost per request-step relative to the
+smallest B's (flat = the index scales linearly with the requests) and the draft hit fraction.
+Flags: benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import tracemalloc
 
 import numpy as np
 
+from benchmarks.common import add_common_args, int_list, out_path, plot_path, provenance, write_json
 from verl_specrollout.group_draft.index import GroupSuffixIndex
+from verl_specrollout.progress import Progress
 
 
 def synthetic_group(rng, n_req: int, length: int, vocab: int, n_templates: int = 4, stay: float = 0.97):
@@ -100,19 +107,57 @@ def bytes_per_token(length: int, vocab: int, seed: int) -> float:
     return used / idx.stats()["indexed_tokens"]
 
 
+def plot(rows: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bs = [r["requests"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(bs, [r["us_cpu_per_request_step"] / rows[0]["us_cpu_per_request_step"] for r in rows], "o-")
+    a.axhline(1.0, color="k", lw=1)
+    a.set_ylabel(f"CPU per request-step / at B={bs[0]}")
+    b.plot(bs, [r["draft_hit_fraction"] for r in rows], "s-", color="tab:green")
+    b.set_ylabel("draft tokens matching the continuation")
+    b.set_ylim(0, 1)
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("live requests B")
+    fig.suptitle("group suffix index on a synthetic GRPO rollout", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, "group_index_cost", engine=False, max_k=4, batch_sizes="256")
     ap.add_argument("--groups", type=int, default=8)
-    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--group-size", type=int, default=None, help="siblings per group (sets B = groups x this)")
     ap.add_argument("--length", type=int, default=500)
-    ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--tokens-per-step", type=int, default=1)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    out = run(args.groups, args.group_size, args.length, args.k, args.tokens_per_step, args.vocab, args.seed)
-    out["bytes_per_indexed_token"] = bytes_per_token(args.length, args.vocab, args.seed)
+    batches = [args.groups * args.group_size] if args.group_size else int_list(args.batch_sizes, "--batch-sizes")
+    if min(batches) < args.groups:
+        raise SystemExit(f"--batch-sizes: each B must be >= --groups {args.groups}, got {batches}")
+    progress = Progress(len(batches), "group_index_cost", unit="B")
+    rows = []
+    for b in batches:
+        row = run(args.groups, b // args.groups, args.length, args.max_k, args.tokens_per_step, args.vocab, args.seed)
+        row["bytes_per_indexed_token"] = bytes_per_token(args.length, args.vocab, args.seed)
+        rows.append(row)
+        progress.update(note=f"B={row['requests']} {row['step_cpu_ms_median']:.2f} ms CPU per step")
+    out = rows[0] if len(rows) == 1 else {"results": rows}
     print(json.dumps(out, indent=1))
+    path = out_path(args)
+    write_json(path, {"provenance": provenance(args), **out})
+    png = plot_path(args)
+    if png:
+        plot(rows, png)
+    print(f"[group_index_cost] wrote {path}" + (f" and {png}" if png else ""), flush=True)
     return out
 
 
