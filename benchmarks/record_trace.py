@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -36,10 +37,7 @@ def parse_args(argv=None):
     ap.add_argument("--method", default="eagle3")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--rollouts", type=int, default=4, help="GRPO-shaped rollouts replayed")
-    args = ap.parse_args(argv)
-    if args.out is None:  # the trace is JSON lines; the replay summary goes next to it
-        args.out = out_path(args).rsplit(".", 1)[0] + ".jsonl"
-    return args
+    return ap.parse_args(argv)
 
 
 def record(args) -> StepTrace:
@@ -119,15 +117,17 @@ def plot(summary: dict, path: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # the trace is JSON lines; the replay summary goes next to it
+    out = args.out or os.path.splitext(out_path(args))[0] + ".jsonl"
     trace, pair = record(args)
-    trace.save(args.out)
+    trace.save(out)
     summary = replay_summary(trace, args.rollouts)
     print(json.dumps(summary))
-    write_json(args.out + ".replay.json", {"provenance": provenance(args, pair), **summary})
+    write_json(out + ".replay.json", {"provenance": provenance(args, pair), **summary})
     png = plot_path(args)
     if png:
         plot(summary, png)
-    print(f"[record_trace] wrote {args.out}, {args.out}.replay.json" + (f" and {png}" if png else ""), flush=True)
+    print(f"[record_trace] wrote {out}, {out}.replay.json" + (f" and {png}" if png else ""), flush=True)
     return summary
 
 
