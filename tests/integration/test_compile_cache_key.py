@@ -55,6 +55,7 @@ def _server_kwargs(monkeypatch, tb, replica_rank: int, pid: int, **spec) -> dict
     srv.config = _rollout_config(**block)
     srv.model_config = SimpleNamespace(local_path=tb.target_dir)
     srv.replica_rank, srv.node_rank = replica_rank, 0
+    srv.init_specrollout()
     with monkeypatch.context() as m:
         m.setattr(os, "getpid", lambda: pid)
         engine_kwargs: dict = {}
@@ -118,8 +119,9 @@ def test_two_server_processes_of_one_job_share_the_compile_cache_key(tb, monkeyp
     kw_b, srv_b = _server_kwargs(monkeypatch, tb, replica_rank=1, pid=2222)
     env_b = os.environ.get(STATS_PATH_ENV)
     # Each server still has its own stats file, handed to its engine through the environment.
-    assert srv_a._sr_stats_path.endswith("replica0_node0_1111.json") and env_a == srv_a._sr_stats_path
-    assert srv_b._sr_stats_path.endswith("replica1_node0_2222.json") and env_b == srv_b._sr_stats_path
+    path_a, path_b = srv_a.rollout_metrics.stats_path, srv_b.rollout_metrics.stats_path
+    assert path_a.endswith("replica0_node0_1111.json") and env_a == path_a
+    assert path_b.endswith("replica1_node0_2222.json") and env_b == path_b
     assert kw_a["additional_config"] == kw_b["additional_config"]
     hash_a = _vllm_config(tb, kw_a, gpu_like_platform).compute_hash()
     hash_b = _vllm_config(tb, kw_b, gpu_like_platform).compute_hash()
@@ -128,14 +130,14 @@ def test_two_server_processes_of_one_job_share_the_compile_cache_key(tb, monkeyp
     # Before: the per-process stats path was in additional_config, and vLLM's hash followed it.
     old = []
     for kw, srv in ((kw_a, srv_a), (kw_b, srv_b)):
-        ours = srv._sr_cfg().to_dict()
-        ours["planner"]["stats_path"] = srv._sr_stats_path
+        ours = srv.specrollout_config.to_dict()
+        ours["planner"]["stats_path"] = srv.rollout_metrics.stats_path
         old.append(_vllm_config(tb, dict(kw, additional_config={"specrollout": ours}), gpu_like_platform).compute_hash())
     assert old[0] != old[1]
 
     # A user's explicit stats_path keeps working and does not enter the hash either.
     kw_c, srv_c = _server_kwargs(monkeypatch, tb, replica_rank=0, pid=3333, planner={"stats_path": "/tmp/mine.json"})
-    assert srv_c._sr_stats_path == "/tmp/mine.json" == os.environ.get(STATS_PATH_ENV)
+    assert srv_c.rollout_metrics.stats_path == "/tmp/mine.json" == os.environ.get(STATS_PATH_ENV)
     assert _vllm_config(tb, kw_c, gpu_like_platform).compute_hash() == hash_a
 
 

@@ -51,8 +51,8 @@ def _server_for(llm, method):
         return llm.collective_rpc(name, *args, **kwargs)
 
     server = SpecRolloutHttpServer.__new__(SpecRolloutHttpServer)
-    server._sr_cfg_cache = SpecRolloutConfig.from_dict({"enable": True, "method": method})
-    server.engine = SimpleNamespace(collective_rpc=collective_rpc)
+    server.engine, server.node_rank = SimpleNamespace(collective_rpc=collective_rpc), 0
+    server.init_specrollout(SpecRolloutConfig.from_dict({"enable": True, "method": method}))
     assert server._get_worker_extension_cls() == compat.SPECROLLOUT_WORKER_EXTENSION
     return server
 

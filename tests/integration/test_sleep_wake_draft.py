@@ -155,6 +155,7 @@ def _server(engine, spec: dict, mode: str = "HYBRID"):
     server.node_rank, server.replica_rank, server.global_steps = 0, 0, 0
     server.rollout_mode = getattr(RolloutMode, mode)
     server.model_config = OmegaConf.create({"lora_rank": 0, "lora": {}})  # no LoRA: veRL picks level 2
+    server.init_specrollout()
     return server
 
 
@@ -278,7 +279,7 @@ def test_restore_after_sleep_loads_the_newest_published_draft(testbed, engine, t
     # veRL's step order: wake weights, sync the target, then set_global_steps.
     asyncio.run(server.wake_up(tags=["weights"]))
     asyncio.run(server.set_global_steps(1))
-    assert server._sr_live_version() == 4
+    assert server.draft.live_version() == 4
     _assert_same_state(llm, state, "after set_global_steps")
     assert _acceptance(llm, prompts) == pytest.approx(before, abs=0.05)
 

@@ -420,6 +420,7 @@ def _server(llm, spec: dict):
     server.node_rank, server.replica_rank, server.global_steps = 0, 0, 0
     server.rollout_mode = RolloutMode.HYBRID
     server.model_config = OmegaConf.create({"lora_rank": 0, "lora": {}})  # no LoRA: veRL picks level 2
+    server.init_specrollout()
     return server
 
 
@@ -447,7 +448,7 @@ def test_tp2_sleep_level2_restore_every_rank_back_to_the_right_version(reloaded,
     asyncio.run(server.set_global_steps(1))
     states = llm.collective_rpc(tp_probe.draft_state)
     assert_ranks_hold(states, v2, 2)
-    assert server._sr_live_version() == 2
+    assert server.draft.live_version() == 2
     assert [len(n) for n in server.engine.scrambled] == [TP, TP]
     # what each rank kept on the host before the first sleep (draft tensors no checkpoint restores)
     assert states[0]["kept"] == states[1]["kept"], [s["kept"] for s in states]
