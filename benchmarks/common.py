@@ -9,18 +9,19 @@ Flags (``add_common_args``; every engine benchmark takes the same names for the 
 
     --testbed NAME        the project testbed (tiny, medium, regime, regime-tiny); default regime
     --target/--draft DIR  your own pair instead (HF target dir; EAGLE-3 head or draft LM dir)
-    --method M            speculative method (eagle3, draft_model, ...)
     --dtype D             engine dtype; default bfloat16 (float32 verification is not memory-bound here)
     --max-k K             the speculative engine's largest K (static K's timed: 1..K unless --ks)
     --batch-sizes LIST    concurrencies B, comma-separated
     --max-tokens N        tokens decoded per request (at most, for natural lengths)
     --repeats N           interleaved repeats; medians (or minimums, where the benchmark says so)
-    --out PATH            JSON; default results/<benchmark>.json at the repository root
+    --out PATH            JSON; default results/<benchmark>[-<testbed>].json at the repository root
     --plot / --no-plot    a ratio PNG next to the JSON (<out>.png); on by default
     --max-model-len N, --kv-cache-gb G, --enforce-eager / --no-enforce-eager
                           engine settings; default: make_llm's CPU values (512 tokens, 2 GiB, eager)
 
-Old names stay as hidden, deprecated aliases (a warning on stderr): --size (--testbed), --k (--max-k),
+--method, --ks and each benchmark's own knobs are declared in the benchmark. A benchmark takes only
+the flags that mean something for it (k0_profile times K=0 steps: no --max-k). Old names stay as
+hidden, deprecated aliases (a warning on stderr): --size (--testbed), --k (--max-k),
 --batches / --batch (--batch-sizes), --tokens (--max-tokens).
 """
 
