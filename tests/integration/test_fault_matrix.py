@@ -92,7 +92,7 @@ def learner_cfg(pub, **extra):
 
 def start_learner(toy, cfg, name=None):
     """This job's learner (found by name, else created), bootstrapped from the trained toy head."""
-    from verl_specrollout.learner.actor import get_or_create_learner
+    from verl_specrollout.learner.remote import get_or_create_learner
 
     return get_or_create_learner(cfg, toy["target"], toy["aux"], name=name, namespace=NAMESPACE, batch_size=4,
                                  num_steps=1, heldout_every=1000, bootstrap_dir=toy["draft"])
@@ -244,7 +244,7 @@ def test_learner_killed_mid_train_resumes_and_rollouts_keep_the_last_good_draft(
 
 def test_slow_learner_backlog_is_bounded_oldest_dropped_and_counted(ray_local, toy, tmp_path, caplog):
     from verl_specrollout.capture.shipper import SampleShipper
-    from verl_specrollout.learner.actor import MAX_CONCURRENCY, TrainCalls
+    from verl_specrollout.learner.remote import MAX_CONCURRENCY, TrainCalls
 
     pub = tmp_path / "pub"
     a = start_learner(toy, learner_cfg(pub, actor_name="fault_slow"))

@@ -31,7 +31,7 @@ def toy(tmp_path_factory):
 def test_actor_crash_resumes_from_saved_state(ray_local, toy):
     from verl_specrollout.capture.shipper import SampleShipper
     from verl_specrollout.vllm_adapter.draft_reload import read_latest
-    from verl_specrollout.learner.actor import get_or_create_learner
+    from verl_specrollout.learner.remote import get_or_create_learner
 
     ray = ray_local
     pub = str(toy["root"] / "pub")
@@ -77,7 +77,7 @@ def test_one_learner_per_job_and_metrics_never_queue(ray_local, toy, tmp_path):
     import time
 
     from verl_specrollout.errors import SpecRolloutConfigError
-    from verl_specrollout.learner.actor import MAX_CONCURRENCY, get_or_create_learner
+    from verl_specrollout.learner.remote import MAX_CONCURRENCY, get_or_create_learner
 
     ray = ray_local
     cfg_a = {"enable": True, "placement": "cpu", "publish_dir": str(tmp_path / "job_a"), "buffer_bytes": 8 << 20,
@@ -105,7 +105,7 @@ def test_one_learner_per_job_and_metrics_never_queue(ray_local, toy, tmp_path):
 def test_learner_restarts_after_a_crash_and_resumes(ray_local, toy):
     import time
 
-    from verl_specrollout.learner.actor import get_or_create_learner, learner_actor_name
+    from verl_specrollout.learner.remote import get_or_create_learner, learner_actor_name
     from verl_specrollout.learner.publisher import read_latest
 
     ray = ray_local
@@ -193,7 +193,7 @@ def test_learner_crash_rollouts_keep_last_good_draft_then_resume(ray_local, tmp_
 
     from verl_specrollout.draft.eagle3 import Eagle3Config, Eagle3Draft, load_vllm_checkpoint, save_vllm_checkpoint
     from verl_specrollout.vllm_adapter.draft_reload import DraftReloader, read_latest
-    from verl_specrollout.learner.actor import get_or_create_learner
+    from verl_specrollout.learner.remote import get_or_create_learner
     from verl_specrollout.testing.testbed.toy import TOY_AUX, capture_samples, get_toy, greedy_rollouts, toy_prompts
 
     ray = ray_local

@@ -105,7 +105,7 @@ def _node_ids(ray, resource):
 def test_learner_on_node_a_every_node_serves_the_newest_version(cluster, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from verl_specrollout.learner.actor import get_or_create_learner
+    from verl_specrollout.learner.remote import get_or_create_learner
     from verl_specrollout.learner.publisher import read_latest
     from verl_specrollout.testing.testbed.toy import TOY_AUX, capture_samples, get_toy, greedy_rollouts, toy_prompts
 

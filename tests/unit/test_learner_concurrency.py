@@ -6,8 +6,9 @@ import time
 import pytest
 import torch
 
-from verl_specrollout.learner import actor as actor_mod
-from verl_specrollout.learner.actor import SpecLearner, TrainCalls
+from verl_specrollout.learner import remote as remote_mod
+from verl_specrollout.learner.actor import SpecLearner
+from verl_specrollout.learner.remote import TrainCalls
 from verl_specrollout.metrics import (LEARNER_METRICS_MISSES, LEARNER_TRAIN_CALL_ERRORS,
                                       LEARNER_TRAIN_CALLS_SKIPPED, LEARNER_WAIT_S, step_metrics)
 from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, toy_samples
@@ -97,8 +98,8 @@ def test_train_calls_skip_while_running_and_count_errors_logging_once(monkeypatc
             raise failed[ref]
         return {"published": True}
 
-    monkeypatch.setattr(actor_mod, "_call_done", lambda ref: ref in done)
-    monkeypatch.setattr(actor_mod, "_call_result", result)
+    monkeypatch.setattr(remote_mod, "_call_done", lambda ref: ref in done)
+    monkeypatch.setattr(remote_mod, "_call_result", result)
     lr = _FakeLearner()
     calls = TrainCalls(lr)
     assert calls.fire(1, ["a"]) and lr.train_and_publish.calls == [(1, ["a"])]
@@ -163,7 +164,7 @@ def test_trainer_finds_this_jobs_learner_by_derived_name(monkeypatch):
     import ray
 
     from verl_specrollout.config import LearnerConfig
-    from verl_specrollout.learner.actor import learner_actor_name
+    from verl_specrollout.learner.remote import learner_actor_name
     from verl_specrollout.verl_adapter import trainer_hooks
 
     asked = {}

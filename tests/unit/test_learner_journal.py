@@ -4,8 +4,8 @@ import os
 
 import torch
 
-from verl_specrollout.learner.actor import JOURNAL_DIR, SpecLearner
-from verl_specrollout.learner.journal import BatchJournal
+from verl_specrollout.learner.actor import SpecLearner
+from verl_specrollout.learner.journal import JOURNAL_DIR, BatchJournal
 from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, toy_samples
 
 
@@ -32,7 +32,7 @@ def test_a_restarted_learner_gets_back_every_acknowledged_sample(tmp_path):
 def test_evicted_batches_leave_the_journal(tmp_path):
     per_sample = sum(v.numel() * v.element_size() for v in toy_samples(1)[0].values())
     learner = _learner(tmp_path, buffer_bytes=max(1 << 20, 3 * per_sample))
-    journal_dir = os.path.join(learner.state_dir, JOURNAL_DIR)
+    journal_dir = os.path.join(learner.state.directory, JOURNAL_DIR)
     n = (1 << 20) // per_sample + 8  # more than the buffer holds
     for i in range(0, n, 4):
         learner.add_batch(toy_samples(4, seed=100 + i), i)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from verl_specrollout.errors import SpecRolloutConfigError
-from verl_specrollout.learner.actor import DEFAULT_NAME, check_identity, learner_actor_name
+from verl_specrollout.learner.remote import DEFAULT_NAME, check_identity, learner_actor_name
 
 
 def test_default_name_is_derived_from_the_publish_dir(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Learner state: safetensors + JSON header, nothing unpickled; a planted pickle never runs; a
-restarted learner never reuses a version number."""
-import dataclasses
+retired ``.pt`` state stops the learner instead of being read or silently dropped; a restarted
+learner never reuses a version number."""
 import json
 import os
 import pickle
@@ -8,8 +8,9 @@ import pickle
 import pytest
 import torch
 
-from verl_specrollout.learner.actor import (JOURNAL_DIR, LEGACY_STATE_NAME, STATE_META_KEY, STATE_NAME, LearnerStateError,
-                                            SpecLearner)
+from verl_specrollout.learner.actor import SpecLearner
+from verl_specrollout.learner.journal import JOURNAL_DIR
+from verl_specrollout.learner.state import (RETIRED_STATE_NAME, STATE_META_KEY, STATE_NAME, LearnerStateError)
 from verl_specrollout.learner.publisher import Publisher, read_latest
 from verl_specrollout.testing.testbed.toy import TOY_AUX, get_toy, toy_samples
 
@@ -47,27 +48,13 @@ def test_state_is_safetensors_with_a_json_header_and_resumes(tmp_path):
     assert meta["opt_param_groups"][0]["lr"] == a.cfg.lr and meta["eagle3_config"]["aux_layer_ids"] == TOY_AUX
     assert any(n.startswith("draft.") for n in names) and any(n.endswith(".exp_avg") for n in names)
     b = _learner(tmp_path)
-    assert b.resumed and b.state_error is None and b.version == 1 and b.trainer.step == 2
+    assert b.state.resumed and b.state.error is None and b.version == 1 and b.trainer.step == 2
     assert b.metrics()["state_refused"] == 0.0
-    assert b.published_up_to == 3 and b.metrics(4)["lag"] == 1
+    assert b.progress.published_up_to == 3 and b.metrics(4)["lag"] == 1
     _same_weights_and_optimizer(a, b)
     b.add_batch(toy_samples(2, seed=1), policy_step=4)
     b.train(1)  # the loaded optimizer state steps on
     assert b.trainer.step == 3 and b.publish() == 2
-
-
-def test_older_pt_state_loads_with_weights_only(tmp_path):
-    a = _learner(tmp_path, save_state_on_publish=False)
-    a.add_batch(toy_samples(4), policy_step=3)
-    a.train(2)
-    state_dir = tmp_path / "pub" / "state"
-    state_dir.mkdir(exist_ok=True)  # the batch journal lives there already
-    blob = {"trainer": a.trainer.state_dict(), "eagle3_config": dataclasses.asdict(a.trainer.draft.config),
-            "version": 5, "trained_up_to": 3, "published_up_to": 3, "data_policy_step": 3}
-    torch.save(blob, str(state_dir / LEGACY_STATE_NAME))  # what the previous version wrote
-    b = _learner(tmp_path)
-    assert b.resumed and b.version == 5 and b.trainer.step == 2
-    _same_weights_and_optimizer(a, b)
 
 
 class _Payload:
@@ -89,9 +76,8 @@ def _plant(path, marker, how):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("name", [LEGACY_STATE_NAME, STATE_NAME])
 @pytest.mark.parametrize("how", ["pickle", "torch_save"])
-def test_planted_pickle_never_runs_and_is_refused_clearly(tmp_path, caplog, name, how):
+def test_planted_pickle_never_runs_and_is_refused_clearly(tmp_path, caplog, how):
     live = tmp_path / "payload_is_live"
     pickle.loads(pickle.dumps(_Payload(live)))  # the payload really runs when unpickled
     assert live.exists()
@@ -99,13 +85,14 @@ def test_planted_pickle_never_runs_and_is_refused_clearly(tmp_path, caplog, name
     marker = tmp_path / "marker"
     state_dir = tmp_path / "pub" / "state"
     state_dir.mkdir(parents=True)
+    name = STATE_NAME
     _plant(str(state_dir / name), marker, how)
     with caplog.at_level("ERROR"):
         a = _learner(tmp_path)
     assert not marker.exists()
     # refused, logged once with the file named, and the learner starts fresh
-    assert not a.resumed and a.version == 0 and a.trainer.step == 0
-    assert str(state_dir / name) in a.state_error
+    assert not a.state.resumed and a.version == 0 and a.trainer.step == 0
+    assert str(state_dir / name) in a.state.error
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "refusing to resume" in errors[0].getMessage()
     assert str(state_dir / name) in errors[0].getMessage() and "Starting fresh" in errors[0].getMessage()
@@ -115,7 +102,37 @@ def test_planted_pickle_never_runs_and_is_refused_clearly(tmp_path, caplog, name
     a.train(1)
     assert a.publish() == 1
     assert not marker.exists()
-    assert _learner(tmp_path).resumed  # the saved state is read first from now on
+    assert _learner(tmp_path).state.resumed  # the saved state is read from now on
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["pickle", "torch_save"])
+def test_a_retired_pt_state_stops_the_learner_with_the_file_named(tmp_path, how):
+    """``learner_state.pt`` (pre-release versions' torch.save pickle) is never read: a state dir
+    holding only it is training state this version cannot resume, so the learner refuses to start
+    over beside it, and the file is left as it was."""
+    marker = tmp_path / "marker"
+    state_dir = tmp_path / "pub" / "state"
+    state_dir.mkdir(parents=True)
+    retired = state_dir / RETIRED_STATE_NAME
+    _plant(str(retired), marker, how)
+    before = retired.read_bytes()
+    with pytest.raises(LearnerStateError, match="pre-release versions") as info:
+        _learner(tmp_path)
+    assert str(retired) in str(info.value) and "learner.state_dir" in str(info.value)
+    assert not marker.exists() and retired.read_bytes() == before
+    assert not (state_dir / STATE_NAME).exists() and not (tmp_path / "pub" / "LATEST").exists()
+
+
+def test_a_safetensors_state_beside_a_retired_pt_one_is_the_state(tmp_path):
+    a = _learner(tmp_path)
+    a.add_batch(toy_samples(2), policy_step=1)
+    a.train(1)
+    assert a.publish() == 1
+    (tmp_path / "pub" / "state" / RETIRED_STATE_NAME).write_bytes(b"left over")
+    b = _learner(tmp_path)
+    assert b.state.resumed and b.version == 1 and b.trainer.step == 1
+    _same_weights_and_optimizer(a, b)
 
 
 def test_load_state_refusal_keeps_the_running_state(tmp_path):
@@ -139,7 +156,7 @@ def test_version_never_goes_backwards_after_a_publish_whose_state_was_not_saved(
     a.save_state_on_publish = False
     assert a.publish() == 2  # a crash right after this publish: the saved state still says 1
     b = _learner(tmp_path)
-    assert b.resumed and b.version == 2 and b.publish() == 3
+    assert b.state.resumed and b.version == 2 and b.publish() == 3
     assert read_latest(str(tmp_path / "pub"))[0] == 3
 
 

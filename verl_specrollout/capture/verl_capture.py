@@ -352,7 +352,7 @@ def install_capture(engine, learner, aux_layer_ids: Sequence[int], policy_step: 
                     max_in_flight: int = 4, context: int = 1, budget_mb: Optional[float] = None,
                     world_size: int = 1, rank: int = 0) -> EngineCapture:
     """Hooks on ``engine.module`` + async shipping to ``learner``
-    (the handle from ``learner.actor.get_or_create_learner`` / ``ray.get_actor(name, namespace)``).
+    (the handle from ``learner.remote.get_or_create_learner`` / ``ray.get_actor(name, namespace)``).
 
     ``budget_mb``: the step's budget over all ``world_size`` data-parallel ranks (this rank keeps
     ``budget_mb / world_size``); None: no limit.  Raises :class:`CaptureUnsupported` here, at

@@ -72,3 +72,27 @@ class ReplayBuffer:
         return {"buffer_bytes": self.bytes, "buffer_samples": len(self._q), "buffer_cap_bytes": self.cap_bytes,
                 "buffer_added": self.added, "buffer_dropped": self.dropped,
                 "buffer_dropped_bytes": self.dropped_bytes}
+
+
+class HeldOutSplit:
+    """Every ``every``-th sample seen is held out: evaluated on (``SpecLearner.stats``), never
+    trained on or journaled; the newest ``max_samples`` of them are kept."""
+
+    def __init__(self, every: int, max_samples: int = 64):
+        self.every = max(2, int(every))
+        self.samples: collections.deque = collections.deque(maxlen=max_samples)
+        self._seen = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def split(self, samples) -> list:
+        """Keep the held-out ones; return the rest (the ones to train on)."""
+        train = []
+        for s in samples:
+            self._seen += 1
+            if self._seen % self.every == 0:
+                self.samples.append(s)
+            else:
+                train.append(s)
+        return train

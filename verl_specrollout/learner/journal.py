@@ -23,8 +23,20 @@ from typing import Iterator, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
+JOURNAL_DIR = "buffer"  # the journal's directory under the learner's state_dir
 SUFFIX = ".safetensors"
 META_KEY = "specrollout_batch"
+
+
+def open_journal(directory: str) -> Optional["BatchJournal"]:
+    """The batch journal, or None (logged) when its directory cannot be made: the learner then
+    runs with an in-memory buffer only, as it would without a state dir."""
+    try:
+        return BatchJournal(directory)
+    except OSError as exc:
+        logger.error("specrollout learner: cannot keep a batch journal in %s (%r); acknowledged batches "
+                     "are lost if the learner dies", directory, exc)
+        return None
 
 
 class BatchJournal:
@@ -105,3 +117,17 @@ class BatchJournal:
             with self._lock:
                 self._remaining[batch_id] = len(samples)
             yield batch_id, samples
+
+    def restore_into(self, buffer) -> int:
+        """Put the batches acknowledged before a restart back into ``buffer`` (a ReplayBuffer whose
+        evictions call :meth:`released`), oldest first; returns the samples restored."""
+        batches = samples = 0
+        for batch_id, got in self.replay():
+            batches += 1
+            samples += len(got)
+            for s in got:
+                buffer.add(s, tag=batch_id)
+        if batches:
+            logger.warning("specrollout learner: %d acknowledged batches (%d samples) restored into the replay "
+                           "buffer from %s", batches, samples, self.directory)
+        return samples

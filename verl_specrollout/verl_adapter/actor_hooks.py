@@ -54,7 +54,7 @@ class _ActorLearning:
 
         from verl_specrollout.capture.verl_capture import install_capture
         from verl_specrollout.config import draft_aux_layer_ids
-        from verl_specrollout.learner.actor import get_or_create_learner
+        from verl_specrollout.learner.remote import get_or_create_learner
 
         lc = spec_cfg.learner
         aux = list(lc.aux_layer_ids or draft_aux_layer_ids(spec_cfg.draft_path) or [])
@@ -143,7 +143,7 @@ class _ActorLearning:
                 logger.warning("verl-specrollout: cannot send capture counts to the learner: %r", exc)
 
     def _train_and_publish(self) -> None:
-        from verl_specrollout.learner.actor import TrainCalls
+        from verl_specrollout.learner.remote import TrainCalls
 
         # At most one call in flight: a learner slower than a rollout step skips a round (counted)
         # instead of queueing calls; a failed call is logged once and counted.
