@@ -112,10 +112,6 @@ LEARNER_TRAIN_CALL_ERRORS = LEARNER.format(name="train_call_errors")
 LEARNER_STATE_REFUSED = LEARNER.format(name="state_refused")  # 1: a saved state was refused, started fresh
 
 
-def _step_stats(r) -> RolloutStepStats:
-    return r if isinstance(r, RolloutStepStats) else RolloutStepStats.from_dict(r)
-
-
 def step_stats_summary(servers: List[RolloutStepStats]) -> PlannerStats:
     """One training step's planner-shaped stats over every server: the K histograms of the step
     summed, acceptance from vLLM's own counters (summed deltas), the table, alpha and cost model of
@@ -140,7 +136,7 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
 
     Acceptance comes from vLLM's own counters (per-step deltas); the K-by-concurrency summary and
     the speculation-off fraction from the planner's per-step K histogram delta."""
-    servers = [_step_stats(r) for r in server_results or [] if r]
+    servers = [RolloutStepStats.read(r) for r in server_results or [] if r]
     out = planner_metrics(step_stats_summary(servers))
     if servers:
         out[DRAFT_VERSION] = float(min(s.draft_version for s in servers))
@@ -184,7 +180,7 @@ def group_metrics(server_results: list) -> Dict[str, float]:
     index: Dict[str, float] = {}
     seen = False
     for r in server_results or []:
-        g = _step_stats(r).group if r else None
+        g = RolloutStepStats.read(r).group if r else None
         if not g:
             continue
         seen = True

@@ -194,6 +194,11 @@ class RolloutStepStats:
         return {k: v for k, v in d.items() if v is not None and v != {}}
 
     @classmethod
+    def read(cls, raw) -> "RolloutStepStats":
+        """A server's answer as the type, whether it arrives as one or in its to_dict form."""
+        return raw if isinstance(raw, cls) else cls.from_dict(raw)
+
+    @classmethod
     def from_dict(cls, raw: Optional[Mapping]) -> "RolloutStepStats":
         kw = _fields(cls, raw or {})
         kw["vllm"] = SpecCounters(**_fields(SpecCounters, kw["vllm"])) if kw.get("vllm") else None

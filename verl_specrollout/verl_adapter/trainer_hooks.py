@@ -35,6 +35,7 @@ import weakref
 from typing import Dict, Optional, Tuple
 
 from verl_specrollout import compat
+from verl_specrollout.rollout_stats import RolloutStepStats
 from verl_specrollout.verl_adapter.actor_hooks import learning_enabled, spec_config
 from verl_specrollout.verl_adapter.import_hook import patch_on_import, wrap_once
 from verl_specrollout.verl_adapter.startup_checks import check_job
@@ -82,7 +83,7 @@ def _resolve_publish_dir(config) -> None:
         return
     given = spec_config(rollout).learner.publish_dir
     # Absolute, resolved here once: the actor workers, the rollout servers and the learner's name
-    # (derived from it, see learner.remote.learner_actor_name) must agree whatever their cwd.
+    # (derived from it, see learner.actor.learner_actor_name) must agree whatever their cwd.
     path = os.path.abspath(given or default_publish_dir(config.trainer.get("default_local_dir")))
     if path == given:
         return
@@ -105,7 +106,7 @@ def fetch_learner_metrics(learner_cfg, policy_step, timeout: float) -> dict:
     """The learner's ``metrics`` (lock-free on its side), found by this job's learner name."""
     import ray
 
-    from verl_specrollout.learner.remote import learner_actor_name
+    from verl_specrollout.learner.actor import learner_actor_name
 
     h = ray.get_actor(learner_actor_name(learner_cfg), namespace=learner_cfg.actor_namespace)
     return ray.get(h.metrics.remote(policy_step), timeout=timeout)
@@ -131,13 +132,15 @@ def timed_learner_metrics(state: _StepState, learner_cfg, step) -> Tuple[Optiona
 
 def verl_spec_metrics(server_results: list) -> Dict[str, float]:
     """veRL's ``rollout/spec_accept_rate`` / ``rollout/spec_accept_length``, computed by veRL's own
-    function from the per-request (drafted, accepted, verify steps) the servers kept this step."""
+    function from the per-request (drafted, accepted, verify steps) the servers kept this step
+    (rollout_stats.RolloutStepStats.requests)."""
     drafts, accepts, verifies = [], [], []
     for r in server_results or []:
-        req = (r or {}).get("requests") or {}
-        drafts += list(req.get("drafts") or [])
-        accepts += list(req.get("accepts") or [])
-        verifies += list(req.get("verifies") or [])
+        req = RolloutStepStats.read(r).requests if r else None
+        if req is not None:
+            drafts += req.drafts
+            accepts += req.accepts
+            verifies += req.verifies
     if not drafts:
         return {}
     fn = compat.resolve(compat.VERL_SPEC_METRICS_FN)
@@ -169,13 +172,14 @@ def collect_step_metrics(spec_cfg, step, handles: Optional[list] = None) -> Dict
             results = ray.get([h.specrollout_step_metrics.remote() for h in handles], timeout=SERVER_METRICS_TIMEOUT_S)
         except Exception as exc:
             logger.warning("verl-specrollout: rollout server metrics unavailable: %r", exc)
+    servers = [RolloutStepStats.read(r) for r in results if r]  # read once, used by both below
     learner = None
     wait = {}
     if spec_cfg.learner.enable:
         learner, wait = timed_learner_metrics(_state, spec_cfg.learner, step)
-    out = step_metrics(results, learner)
+    out = step_metrics(servers, learner)
     out.update(wait)
-    out.update(verl_spec_metrics(results))
+    out.update(verl_spec_metrics(servers))
     if spec_cfg.learner.enable:
         live = out.get(DRAFT_VERSION_LIVE)
         out.update(_state.stall.update(int(live) if live is not None else None, learner is not None))
