@@ -1,6 +1,6 @@
 """Config fuzz: every declared key gets wrong types, out-of-range values and its valid values.
 
-Driven by the declarations in verl_specrollout/config.py (type annotation + `key(...)` rule),
+Driven by the declarations in verl_specrollout/config/schema.py (type annotation + `key(...)` constraints),
 so a key added there is covered here without edits. The test reads the annotations itself
 to decide which sample values have the wrong type, rather than asking the code under test.
 """
@@ -114,7 +114,7 @@ def _valid(f, annotation, rule) -> list:
     kinds, optional = _kinds(annotation)
     values = [f.default]
     values += [None] if optional else []
-    values += [f.metadata["example"]] if f.metadata.get("example") is not None else []
+    values += [f.example] if f.example is not None else []
     values += [True, False] if bool in kinds else []
     values += list(rule.choices)
     if str in kinds and not rule.choices:
@@ -139,8 +139,8 @@ def _inside(rule, x) -> bool:
 
 def test_every_key_is_declared():
     for key, f, _ in KEYS:
-        assert f.metadata.get("doc"), f"{key} has no description: declare it with key(default, doc, ...)"
-        assert "rule" in f.metadata, key
+        assert f.doc, f"{key} has no description: declare it with key(default, doc, ...)"
+        assert f.rule is not None, key
     SpecRolloutConfig().validate()  # the defaults satisfy their own rules
 
 
@@ -156,13 +156,13 @@ def test_wrong_types_are_refused(bases, base, key, f, annotation):
 @pytest.mark.parametrize("base", ["off", "on"])
 @pytest.mark.parametrize("key, f, annotation", KEYS, ids=[k for k, _, _ in KEYS])
 def test_out_of_range_values_are_refused(bases, base, key, f, annotation):
-    for value in _out_of_range(annotation, f.metadata["rule"]):
+    for value in _out_of_range(annotation, f.rule):
         _assert_refused(_merge(bases[base], _nest(key, value)), key, value, "out of range")
 
 
 @pytest.mark.parametrize("key, f, annotation", KEYS, ids=[k for k, _, _ in KEYS])
 def test_valid_values_are_accepted(bases, key, f, annotation):
-    for value in _valid(f, annotation, f.metadata["rule"]):
+    for value in _valid(f, annotation, f.rule):
         try:
             cfg = SpecRolloutConfig.from_dict(_merge(bases["off"], _nest(key, value))).validate()
         except SpecRolloutConfigError as exc:

@@ -122,7 +122,7 @@ def config_patterns() -> Tuple[str, ...]:
 
     out = []
     for key, f, annotation in c.iter_keys():
-        rule = f.metadata["rule"]
+        rule = f.rule
         out.append(f"{key} must be {c.allowed(annotation, rule)}, got {WILD}")
         if rule.choices:
             out.append(f"{key}={WILD} is not supported; choose one of {', '.join(rule.choices)}")
