@@ -282,3 +282,46 @@ def test_probabilistic_draft_sampling_needs_a_draft_distribution(tmp_path, metho
         _cfg(method=method, draft_path=_ckpt(tmp_path, "draft", 100), draft_sampling="probabilistic")
     with pytest.raises(SpecRolloutConfigError, match="draft_sampling"):
         _cfg(draft_sampling="topk")
+
+
+# ----------------------------------------------------------------------------- which methods run a draft model
+def _vllm_methods(literal):
+    import typing
+
+    for a in typing.get_args(literal):
+        yield from (_vllm_methods(a) if typing.get_origin(a) is typing.Literal else [a])
+
+
+def test_runs_draft_model_agrees_with_vllm():
+    """One answer for every vLLM method: a method whose drafter keeps a draft KV cache (and so runs a
+    draft forward even at K=0) runs a draft model; ngram, ngram_gpu and suffix do not."""
+    speculative = pytest.importorskip("vllm.config.speculative")
+    from verl_specrollout.config import runs_draft_model
+
+    sc = speculative.SpeculativeConfig
+
+    class _Method:  # vLLM's own predicates, asked without building a SpeculativeConfig (that needs models)
+        use_eagle = sc.use_eagle
+        uses_draft_model = sc.uses_draft_model
+        uses_extract_hidden_states = sc.uses_extract_hidden_states
+
+        def __init__(self, method):
+            self.method = method
+
+    methods = set(_vllm_methods(speculative.SpeculativeMethod))
+    assert {"ngram", "ngram_gpu", "suffix", "eagle3", "draft_model"} <= methods
+    for method in methods:
+        if sc.uses_draft_kv_cache(_Method(method)):
+            assert runs_draft_model(method), method
+    for method in ("ngram", "ngram_gpu", "suffix"):
+        assert not sc.uses_draft_kv_cache(_Method(method)) and not runs_draft_model(method), method
+
+
+@pytest.mark.parametrize("method, has_model", [("eagle3", True), ("draft_model", True), ("ngram", False),
+                                               ("eagle3+group", True), ("draft_model+group", True), ("group", False)])
+def test_has_draft_model_is_the_base_methods_answer(method, has_model):
+    from verl_specrollout.config import METHODS, runs_draft_model
+
+    assert method in METHODS
+    cfg = SpecRolloutConfig.from_dict({"method": method})
+    assert cfg.has_draft_model is has_model is runs_draft_model(cfg.base_method)

@@ -25,8 +25,8 @@ import dataclasses
 import os
 from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
-from pydantic import (BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      TypeAdapter, ValidationError, AfterValidator, field_validator, model_validator)
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictFloat, StrictInt,
+                      StrictStr, TypeAdapter, ValidationError, field_validator, model_validator)
 from pydantic.dataclasses import dataclass
 
 from verl_specrollout.config.checkpoint import check_vocab
