@@ -56,7 +56,7 @@ def planner_with(truth, alpha, max_k=4, max_batch=256, zero_k_passes=1, **kw):
     """A planner that has timed every K at every BATCHES size (its cost model fitted) and seen
     drafts at `alpha` (geometric acceptance)."""
     p = Planner(max_k=max_k, max_batch=max_batch, zero_k_passes=zero_k_passes, **kw)
-    for bsz, k, _, t in timed_steps(truth, max_k, zero_k_passes=zero_k_passes, reps=p.min_probe_steps):
+    for bsz, k, _, t in timed_steps(truth, max_k, zero_k_passes=zero_k_passes, reps=p.estimates.min_probe_steps):
         p.observe_time(bsz, bsz * (1 + k), k, t)
     assert p.cost.fit()
     for _ in range(200):
@@ -459,13 +459,13 @@ def test_plan_equals_choose_k_at_every_grid_point():
     from verl_specrollout.planner.decision import plan_grid
 
     p = planner_with(knee_cost(), alpha=0.7, max_batch=256)
-    assert (p.trusted_max_k(plan_grid(256)) == 4).all()  # every K was timed: no trust-region limit
+    assert (p.estimates.trusted_max_k(plan_grid(256)) == 4).all()  # every K was timed: no trust-region limit
     fresh = p.plan()
     current = [0] + [(b // 7) % 5 for b in range(1, 257)]
     sticky = p.plan(current=current)
     grid = plan_grid(256)
     for lo, hi in zip(grid, grid[1:] + [257]):
-        e = p.expected_by_batch([lo])[0]
+        e = p.estimates.expected_by_batch([lo])[0]
         assert set(fresh[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1)[0]}, lo
         assert set(sticky[lo:hi]) == {choose_k(lo, e, p.cost, 4, 1, current[lo], p.hysteresis)[0]}, lo
 

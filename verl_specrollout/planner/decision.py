@@ -148,7 +148,7 @@ def allocate_verification_budget(
     token is worth rates[r]**j (geometric model), so taking marginal gains greedily from a
     heap is optimal. Tokens worth less than `min_gain` are never verified (min_gain = the
     marginal step cost of one verified token times the current throughput makes the budget
-    self-limiting; see Planner.min_token_gain). Ties go to the earlier request.
+    self-limiting; see Estimates.min_token_gain). Ties go to the earlier request.
     """
     n = len(rates)
     alloc = [0] * n

@@ -18,11 +18,11 @@ Output is a KTable (planner/ktable.py): vLLM's dense lookup, which the scheduler
 `num_speculative_tokens_per_batch_size` rows (K = 0 rows ARE accepted by vLLM 0.31's
 `validate_and_normalize_dynamic_sd_schedule`, which only requires K >= 0).
 
-Three parts, one job each: estimation (planner/acceptance.py's AcceptanceEstimator and
-planner/cost_model.py's StepCostModel, fitted online), decision (planner/decision.py: pure
-functions from those estimates to a KTable), and the bookkeeping here (`Planner`: modes, the
-cold-start phases, re-plan timing, which (batch size, K) cells were timed, the K histogram,
-and its stats as rollout_stats.PlannerStats).
+Three parts, one job each: estimation (planner/estimates.py: planner/acceptance.py's
+AcceptanceEstimator and planner/cost_model.py's StepCostModel, fitted online, and which
+(batch-size class, K) cells were timed), decision (planner/decision.py: pure functions from those
+estimates to a KTable), and the bookkeeping here (`Planner`: modes, the cold-start phases, re-plan
+timing, the K histogram, and its stats as rollout_stats.PlannerStats).
 
 Modes (PlannerConfig.mode):
 - adaptive: plan from the fitted models every `replan_interval` steps, with hysteresis, after a
@@ -83,7 +83,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from verl_specrollout.config import MODES, PlannerConfig
-from verl_specrollout.planner.acceptance import AcceptanceEstimator, batch_class
+from verl_specrollout.planner.acceptance import AcceptanceEstimator
 from verl_specrollout.planner.cost_model import StepCostModel
 from verl_specrollout.planner.decision import (  # noqa: F401 (re-exported: the planner's public names)
     COLD_TOKENS,
@@ -106,6 +106,7 @@ from verl_specrollout.planner.decision import (  # noqa: F401 (re-exported: the 
     throughput,
     throughput_table,
 )
+from verl_specrollout.planner.estimates import Estimates
 from verl_specrollout.planner.ktable import KTable
 from verl_specrollout.rollout_stats import PlannerStats
 
@@ -148,7 +149,6 @@ class Planner:
         self.mode = cfg.mode
         self.user_table = [list(r) for r in cfg.table] if cfg.table else None
         self.replan_interval = max(1, int(cfg.replan_interval))
-        self.zero_k_passes = zero_k_passes
         self.hysteresis = cfg.hysteresis
         self.explore_every = cfg.explore_every
         self.explore_ks = list(default_explore_ks(max_k) if explore_ks is None else explore_ks)
@@ -158,13 +158,10 @@ class Planner:
         self.cover_tolerance = cover_tolerance
         # The cold start verifies at most ~cold_tokens tokens per step (cold_cap).
         self.cold_tokens = max(2, int(cold_tokens))
-        # --- estimation
-        self.cost = StepCostModel(window=cost_window)
-        self.acceptance = AcceptanceEstimator(max_k, decay=cfg.acceptance_decay, prior=cfg.prior_acceptance)
-        # Timed steps per (batch-size class, K): where a K has been measured (trust region, coverage probes).
-        self._timed_steps: Dict[Tuple[int, int], int] = {}
-        self.min_probe_steps = max(4, self.replan_interval // 2)
-        self._max_tokens_timed = 0
+        self.estimates = Estimates(
+            max_k, AcceptanceEstimator(max_k, decay=cfg.acceptance_decay, prior=cfg.prior_acceptance),
+            StepCostModel(window=cost_window), zero_k_passes,
+            min_probe_steps=max(4, self.replan_interval // 2), cold_tokens=self.cold_tokens)
         # --- re-plan timing. Re-planning runs on the engine's critical path (inside the scheduler):
         # when one re-plan took longer than `overhead_budget` of the time since the previous one, the
         # next is postponed. A re-plan over a full window at max_batch 1024 costs ~25-60 ms on
@@ -251,9 +248,32 @@ class Planner:
             return True
         return False
 
-    # -------------------------------------------------------------- observe
+    # ------------------------------------------------------------ estimates
+    # The estimators, as the scheduler, the benchmarks and tests reach them.
+    @property
+    def cost(self) -> StepCostModel:
+        return self.estimates.cost
+
+    @cost.setter
+    def cost(self, model: StepCostModel) -> None:
+        self.estimates.cost = model
+
+    @property
+    def acceptance(self) -> AcceptanceEstimator:
+        return self.estimates.acceptance
+
+    @property
+    def zero_k_passes(self) -> int:
+        return self.estimates.zero_k_passes
+
+    @zero_k_passes.setter
+    def zero_k_passes(self, passes: int) -> None:
+        self.estimates.zero_k_passes = passes
+
     def passes_for(self, k: int) -> int:
-        return draft_passes(k, self.zero_k_passes)
+        return self.estimates.passes_for(k)
+
+    # -------------------------------------------------------------- observe
 
     def observe_step(self, requests: int, tokens: int, drafted_k: int, seconds: Optional[float]) -> None:
         """One engine step: `requests` scheduled, `tokens` target tokens, drafting `drafted_k`
@@ -274,12 +294,8 @@ class Planner:
             self._observe_cost(requests, tokens, drafted_k, seconds)
 
     def _observe_cost(self, requests: int, tokens: int, drafted_k: int, seconds: float) -> None:
-        if tokens > 0 and seconds is not None and 0 < seconds < float("inf"):
-            key = (batch_class(requests), int(drafted_k))
-            self._timed_steps[key] = self._timed_steps.get(key, 0) + 1
-            self._timed_step = (requests, tokens, int(drafted_k), float(seconds))
-            self._max_tokens_timed = max(self._max_tokens_timed, int(tokens))
-        self.cost.observe(tokens, requests, self.passes_for(drafted_k), seconds)
+        if self.estimates.observe_cost(requests, tokens, drafted_k, seconds):
+            self._timed_step = (requests, tokens, int(drafted_k), float(seconds))  # for the recorder
 
     def observe_drafts(self, pairs: Sequence[Tuple[int, int]], batch_size: Optional[int] = None) -> None:
         """The step's per-request (num_draft_tokens, num_accepted) verification results; the
@@ -341,10 +357,7 @@ class Planner:
         probed once; later probes are the periodic ones."""
         if self._last_plan is None:
             return table
-        return cover_table(table, self._last_plan, self.cover_tolerance, self._untimed)
-
-    def _untimed(self, batch_size: int, k: int) -> bool:
-        return self._timed_steps.get((batch_class(batch_size), k), 0) < self.min_probe_steps
+        return cover_table(table, self._last_plan, self.cover_tolerance, self.estimates.untimed)
 
     def probe_table(self, sign: int) -> KTable:
         """The last plan with K*+sign (else K*-sign) wherever that probe is predicted to lose at
@@ -365,49 +378,11 @@ class Planner:
         grid = np.array(plan_grid(self.max_batch))
         # Trust region: the plan picks among K timed near a batch size (probes go one beyond, and
         # verify no more tokens per step than some step already did).
-        self._last_plan = decide(grid, self.expected_by_batch(grid), self.cost, self.max_k, self.zero_k_passes,
-                                 self.trusted_max_k(grid), max(self._max_tokens_timed, self.cold_tokens),
+        est = self.estimates
+        self._last_plan = decide(grid, est.expected_by_batch(grid), est.cost, self.max_k, est.zero_k_passes,
+                                 est.trusted_max_k(grid), max(est.max_tokens_timed, self.cold_tokens),
                                  self.hysteresis, current)
         return self._last_plan.table
-
-    # ------------------------------------------------------------ estimates
-    def trusted_max_k(self, batch_sizes: Sequence[int]) -> np.ndarray:
-        """Largest K the plan may choose at each batch size: the largest K timed (for at least
-        min_probe_steps steps) in its batch-size class or the class above it (a rollout's batch
-        falls: that class ran just before), and at least the cold cap. A K beyond is priced by
-        extrapolating the cost model in K, which a knee it has not seen makes wrong by multiples
-        (e.g. K = 2 at B = 128 past a 256-token knee, after seeing K = 0 and 1 there); probes,
-        gated by their predicted loss, extend the region one K at a time."""
-        top: Dict[int, int] = {}
-        for (c, k), n in self._timed_steps.items():
-            if n >= self.min_probe_steps:
-                top[c] = max(top.get(c, -1), k)
-        out = []
-        for b, cap in zip(batch_sizes, cold_cap(np.asarray(batch_sizes), self.cold_tokens).tolist()):
-            c = batch_class(int(b))
-            out.append(min(self.max_k, max(cap, top.get(c, -1), top.get(c + 1, -1))))
-        return np.asarray(out)
-
-    def expected_by_batch(self, batch_sizes: Sequence[int]) -> np.ndarray:
-        """E[0..max_k] at each batch size (rows), from its batch-size class's acceptance."""
-        by_class: Dict[int, List[float]] = {}
-        rows = []
-        for b in batch_sizes:
-            c = batch_class(int(b))
-            if c not in by_class:
-                by_class[c] = self.acceptance.expected_table(int(b))
-            rows.append(by_class[c])
-        return np.asarray(rows, dtype=np.float64).reshape(len(rows), self.max_k + 1)
-
-    def min_token_gain(self, b: int, k: int) -> float:
-        """Expected tokens one extra verified draft token must bring to pay for itself at
-        batch size b and draft length k: marginal step cost of a token x current throughput."""
-        if not self.cost.fitted:
-            return 0.0
-        tokens, passes = b * (1 + k), self.passes_for(k)
-        seconds_per_token = self.cost.predict(tokens + 1, b, passes) - self.cost.predict(tokens, b, passes)
-        tokens_per_second = throughput(b, k, self.acceptance.expected_table(b), self.cost, self.zero_k_passes)
-        return max(0.0, seconds_per_token * tokens_per_second)
 
     # -------------------------------------------------------------- metrics
     def stats(self) -> PlannerStats:

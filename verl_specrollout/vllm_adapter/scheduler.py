@@ -254,7 +254,7 @@ class SpecRolloutScheduler(Scheduler):
         b, k = len(reqs), max(lens)
         budget = sum(lens) if self._sr_budget == "auto" else min(int(self._sr_budget), sum(lens))
         # "auto": keep a token only if it pays for its verification; an int is a plain cap.
-        min_gain = self.planner.min_token_gain(b, k) if self._sr_budget == "auto" else 0.0
+        min_gain = self.planner.estimates.min_token_gain(b, k) if self._sr_budget == "auto" else 0.0
         alloc = allocate_verification_budget(budget, [self._sr_req_acc.rate(r.request_id) for r in reqs], lens, min_gain)
         for r, n, a in zip(reqs, lens, alloc):
             if a < n:
