@@ -40,11 +40,13 @@ class Progress:
     the last one, on the first item and on the last. ``total`` may be None (no ETA then).
 
     The ETA is elapsed / done x remaining: items of one loop cost about the same here (training
-    steps, benchmark repeats), and a smoother estimate would hide a machine that slowed down."""
+    steps, benchmark repeats), and a smoother estimate would hide a machine that slowed down.
+    ``warmup``: the first this many items carry start-up (a veRL job's first step starts Ray and
+    vLLM); once past them the ETA and rate count only the items after."""
 
     def __init__(self, total: Optional[int], label: str, *, every_s: float = DEFAULT_EVERY_S,
                  stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic,
-                 unit: str = ""):
+                 unit: str = "", warmup: int = 0):
         if total is not None and total < 0:
             raise ValueError(f"progress total must be >= 0 or None, got {total}")
         if every_s < 0:
@@ -54,20 +56,29 @@ class Progress:
         self.done = 0
         self.start = clock()
         self._last_print: Optional[float] = None
+        self.warmup = max(0, int(warmup))
+        self._warm_at: Optional[float] = None  # when the warm-up items were done
 
     @property
     def elapsed(self) -> float:
         return self._clock() - self.start
 
+    def _steady(self) -> tuple:
+        """(items, seconds) the ETA and rate go by: past the warm-up items once there are some."""
+        if self._warm_at is not None and self.done > self.warmup:
+            return self.done - self.warmup, self._clock() - self._warm_at
+        return self.done, self.elapsed
+
     def eta(self) -> Optional[float]:
         """Seconds left, or None while nothing is done or the total is unknown."""
-        if self.total is None or self.done <= 0:
+        n, sec = self._steady()
+        if self.total is None or n <= 0:
             return None
-        return self.elapsed / self.done * max(0, self.total - self.done)
+        return sec / n * max(0, self.total - self.done)
 
     def rate(self) -> Optional[float]:
-        el = self.elapsed
-        return self.done / el if el > 0 and self.done > 0 else None
+        n, sec = self._steady()
+        return n / sec if sec > 0 and n > 0 else None
 
     def line(self, note: str = "") -> str:
         if self.total:
@@ -97,6 +108,8 @@ class Progress:
 
     def _maybe_print(self, note) -> bool:
         now = self._clock()
+        if self._warm_at is None and self.warmup and self.done >= self.warmup:
+            self._warm_at = now
         last = self.total is not None and self.done >= self.total
         if not (last or self._last_print is None or now - self._last_print >= self.every_s):
             return False

@@ -61,6 +61,16 @@ def test_stage_line_and_durations(capsys):
     assert fmt_duration(None) == "?" and fmt_duration(float("inf")) == "?" and fmt_duration(float("nan")) == "?"
 
 
+def test_warmup_items_leave_the_eta():
+    clock, out = Clock(), io.StringIO()
+    p = Progress(4, "grpo", every_s=0, stream=out, clock=clock, warmup=1)
+    clock.t += 160  # step 1: start-up
+    p.update()
+    clock.t += 10
+    p.update()
+    assert out.getvalue().splitlines()[-1] == "[grpo] 2/4 50%, 2:50 elapsed, ETA 0:20, 10 s/item"
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="total"):
         Progress(-1, "x")

@@ -297,7 +297,7 @@ class _MetricsFollower:
         self._thread.join(timeout=10)
 
     def _follow(self):
-        progress = Progress(self.total, self.label, every_s=0, unit="step")
+        progress = Progress(self.total, self.label, every_s=0, unit="step", warmup=1)  # step 1 starts Ray, vLLM
         pos, buf, last_beat = 0, "", time.monotonic()
         while True:
             stopping = self._stop.is_set()  # read once more after the run ended, then stop
