@@ -3,7 +3,7 @@
 import json
 
 from verl_specrollout.testing import quickstart
-from verl_specrollout.testing.rl_plot import plot, read_steps, series
+from verl_specrollout.testing.rl_plot import plot, read_steps, rollout_ratio, series
 
 
 def _line(step, **data):
@@ -37,8 +37,9 @@ def test_rl_plot_reads_both_runs_and_writes_a_png(tmp_path):
         "".join(_line(s, **{"timing_s/gen": 3.0, "rollout/spec_accept_length": 1.5 + s,
                             "specrollout/mean_k": 2.0, "specrollout/draft_version": s}) for s in (2, 1))
         + '{"step": 3, "da')  # torn last line of a run still writing
-    (plain / "metrics.jsonl").write_text(_line(1, **{"timing_s/gen": 2.0}))
+    (plain / "metrics.jsonl").write_text(_line(1, **{"timing_s/gen": 2.0}) + _line(2, **{"timing_s/gen": 4.0}))
     steps = read_steps(str(spec))
+    assert rollout_ratio(steps, read_steps(str(plain))) == ([2], [0.75])  # step 1 (start-up) left out
     assert [s["step"] for s in steps] == [1, 2]
     assert series(steps, ("specrollout/mean_acceptance_length", "rollout/spec_accept_length")) == ([1, 2], [2.5, 3.5])
     out = plot(steps, read_steps(str(plain)), str(tmp_path / "rl.png"))

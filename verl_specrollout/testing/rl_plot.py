@@ -1,5 +1,5 @@
 """What an RL user watches over training, from veRL's per-step metrics log: acceptance length, K and
-draft version per step, and the rollout time of the speculative run next to the plain one.
+draft version per step, and the rollout time of the speculative run over the plain one's.
 
 The logs are what veRL's ``file`` tracking backend writes (``trainer.logger=[console,file]``, path
 from ``VERL_FILE_LOGGER_PATH``; ``testing/e2e/grpo_cpu.py`` sets ``<run dir>/metrics.jsonl``): one
@@ -59,9 +59,26 @@ def series(steps: list, keys) -> tuple:
     return xs, ys
 
 
+def rollout_ratio(spec_steps: list, plain_steps: Optional[list]) -> tuple:
+    """(steps, spec rollout seconds / plain's) over the steps both runs logged. Step 1 is left out when
+    later ones exist: it carries Ray and vLLM start-up, which is no property of either rollout."""
+    if not plain_steps:
+        return [], []
+    plain = dict(zip(*series(plain_steps, ROLLOUT_S_KEY)))
+    xs, ys = [], []
+    for x, y in zip(*series(spec_steps, ROLLOUT_S_KEY)):
+        if plain.get(x):
+            xs.append(x)
+            ys.append(y / plain[x])
+    if len(xs) > 1 and xs[0] == 1:
+        xs, ys = xs[1:], ys[1:]
+    return xs, ys
+
+
 def plot(spec_steps: list, plain_steps: Optional[list], path: str, title: str = "") -> str:
     """Four panels over RL steps: acceptance length, mean K, draft version (speculative run; plain
-    decoding is 1 token per step, K = 0, no draft), and rollout seconds of both runs."""
+    decoding is 1 token per step, K = 0, no draft), and the rollout time of the speculative run over
+    the plain run's (step 1, start-up, left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,12 +105,17 @@ def plot(spec_steps: list, plain_steps: Optional[list], path: str, title: str = 
     panel(k, K_KEY, "mean K drafted", 0, "o-")
     panel(ver, VERSION_KEY, "draft version in the rollout", None, "s-")
     ver.yaxis.get_major_locator().set_params(integer=True)
-    for name, steps, style in (("plain", plain_steps, "k--o"), ("speculative", spec_steps, "r-o")):
-        xs, ys = series(steps, ROLLOUT_S_KEY)
-        if xs:
-            roll.plot(xs, ys, style, label=name)
-    roll.set_ylabel("rollout seconds per step")
-    roll.legend(fontsize=8)
+    xs, ratio = rollout_ratio(spec_steps, plain_steps)
+    if xs:
+        roll.plot(xs, ratio, "r-o", label="speculative / plain")
+        roll.axhline(1.0, color="k", lw=1, ls="--", label="plain")
+        roll.set_ylabel("rollout time, spec / plain")
+        roll.set_ylim(min(0.5, 0.9 * min(ratio)), max(1.5, 1.1 * max(ratio)))  # no zoom into noise
+        roll.legend(fontsize=8)
+    else:  # no plain run to compare with: the speculative run's own seconds
+        xs, ys = series(spec_steps, ROLLOUT_S_KEY)
+        roll.plot(xs, ys, "r-o")
+        roll.set_ylabel("rollout seconds per step")
     for ax in (ver, roll):
         ax.set_xlabel("RL step")
         ax.xaxis.get_major_locator().set_params(integer=True)
