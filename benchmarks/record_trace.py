@@ -75,6 +75,9 @@ def replay_summary(trace: StepTrace, rollouts: int, seed: int = 0, min_steps: in
     """Seconds of `rollouts` GRPO-shaped rollouts (max B requests at once) per policy, over the
     cells recorded for at least min_steps steps (batch sizes between them read the nearest)."""
     trace = trace.well_sampled(min_steps)
+    if not trace.cells:
+        raise SystemExit(f"record_trace: no (B, K) cell has {min_steps} recorded decode steps to replay; "
+                         "raise --max-tokens (each run decodes that many steps)")
     max_b = max(trace.batch_sizes())
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(np.log(40), 0.9, max_b), 4, 256).astype(int)
