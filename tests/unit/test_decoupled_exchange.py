@@ -1,0 +1,156 @@
+"""Decoupled speculation end to end in one process: verifier link <-> exchange <-> drafter
+(the testbed's draft LM), and what happens on lag, a mismatch, an old draft version, a dead
+exchange."""
+
+import logging
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from verl_specrollout.decoupled.drafter import Drafter, DraftLM
+from verl_specrollout.decoupled.exchange import TailExchange
+from verl_specrollout.decoupled.link import ExchangeClient, VerifierLink
+
+PROMPT = [1, 40, 41, 42, 43]
+
+
+@pytest.fixture(scope="module")
+def draft_dir():
+    from verl_specrollout.testing.testbed import build_testbed
+
+    return build_testbed("tiny").draft_lm_dir
+
+
+def greedy(path, ids, n):
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = list(ids)
+    with torch.inference_mode():
+        for _ in range(n):
+            ids.append(int(m(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[-n:]
+
+
+def rig(draft_dir, version=0, depth=6, branches=1):
+    ex = TailExchange()
+    link = VerifierLink("replica-0", ExchangeClient(ex), version=version, start=False)
+    drafter = Drafter("replica-1", ExchangeClient(ex), DraftLM(draft_dir), version=version, depth=depth, branches=branches)
+    return ex, link, drafter
+
+
+def test_drafter_tails_are_the_draft_lms_greedy_continuation_of_the_committed_prefix(draft_dir):
+    ex, link, drafter = rig(draft_dir)
+    link.open("r", PROMPT)
+    link.commit("r", [30])
+    link.pump()                       # the exchange learns the request
+    assert drafter.run_once() == 2    # the main tail and one rejection branch
+    link.pump()                       # tails come back to the verifier
+    got = link.take("r", [30], max_tokens=6)
+    assert got.tokens == greedy(draft_dir, PROMPT + [30], 6)
+    assert ex.status()["drafters"]["replica-1"]["serving"] == "replica-0"
+
+
+def test_tail_serves_after_the_verifier_accepts_part_of_it_and_the_drafter_resyncs_on_a_mismatch(draft_dir):
+    ex, link, drafter = rig(draft_dir, depth=6, branches=0)
+    link.open("r", PROMPT)
+    link.pump()
+    drafter.run_once()
+    link.pump()
+    tail = link.take("r", [], 6).tokens
+    # The verifier accepted two drafts and the target's bonus token equalled the third: lag 3, still usable.
+    assert link.take("r", tail[:3], 6).tokens == tail[3:6]
+    # Now a token the drafter did not predict: the tail is stale, take misses (coupled fallback)...
+    committed = tail[:3] + [(tail[3] + 1) % 64]
+    assert link.take("r", committed, 6) is None
+    assert link.board.counters["dropped_stale"] == 1
+    # ...until the drafter has seen the commit and re-drafted from it (its cache cropped, not rebuilt).
+    link.commit("r", committed)
+    link.pump()
+    drafter.run_once()
+    link.pump()
+    assert link.take("r", committed, 4).tokens == greedy(draft_dir, PROMPT + committed, 4)
+
+
+def test_finished_requests_leave_the_drafter_and_late_tails_are_dropped(draft_dir):
+    ex, link, drafter = rig(draft_dir, branches=0)
+    link.open("r", PROMPT)
+    link.pump()
+    drafter.run_once()
+    link.close("r")
+    link.pump()                        # the tail arrives after the request finished
+    assert link.counters["tails_late_foreign"] == 1
+    drafter.run_once()
+    assert "r" not in drafter.mirror
+
+
+def test_a_drafter_on_an_old_draft_version_is_refused_and_reloads(draft_dir, caplog):
+    reloads = []
+    ex, link, drafter = rig(draft_dir, version=1, branches=0)
+    drafter.on_stale_version = lambda: reloads.append(2) or 2
+    link.open("r", PROMPT)
+    link.pump()
+    drafter.run_once()                 # attached on version 1
+    link.set_version(2)                # a weight sync: the verifier's draft is now version 2
+    link.commit("r", [30])
+    link.pump()
+    with caplog.at_level(logging.WARNING):
+        drafter.run_once()             # its version-1 tails are refused at the exchange
+    assert drafter.counters["refused_version"] >= 1 and reloads == [2] and drafter.version == 2
+    assert any("no longer uses" in r.message for r in caplog.records)
+    drafter.run_once()                 # re-attached on version 2
+    link.pump()
+    assert link.take("r", [30], 4) is not None
+    assert all(t.version == 2 for t in link.board.tails_of("r"))
+
+
+def test_no_verifier_with_work_means_no_drafting(draft_dir):
+    ex, link, drafter = rig(draft_dir)
+    assert drafter.run_once() == 0 and drafter.serving is None
+    link.pump()                        # a verifier with no live requests is not served either
+    assert drafter.run_once() == 0
+
+
+class _Dead:
+    def exchange(self, *a):
+        raise ConnectionError("actor died")
+
+
+def test_a_dead_exchange_is_logged_once_counted_and_the_link_recovers_with_a_full_resync(draft_dir, caplog):
+    link = VerifierLink("replica-0", ExchangeClient(_Dead()), start=False)
+    link.open("r", PROMPT)
+    link.commit("r", [3, 4])
+    with caplog.at_level(logging.WARNING):
+        assert link.pump() == 0 and link.pump() == 0
+    assert sum("unavailable" in r.message for r in caplog.records) == 1
+    assert link.counters["exchange_errors"] == 2 and not link.alive
+    assert link.take("r", [3, 4], 4) is None  # the engine drafts coupled
+    ex = TailExchange()
+    link.client = ExchangeClient(ex)
+    link.pump()
+    assert link.alive and ex.pull("replica-0", {})["requests"]["r"] == (tuple(PROMPT), 0, [3, 4])
+
+
+def test_events_are_bounded_while_the_exchange_is_down():
+    link = VerifierLink("v", ExchangeClient(_Dead()), start=False, max_events=4)
+    for i in range(6):
+        link.open(f"r{i}", PROMPT)
+    assert link.counters["events_overflow"] == 1 and len(link._events) <= 4
+
+
+def test_background_thread_delivers_without_the_step_calling_the_exchange(draft_dir):
+    ex = TailExchange()
+    link = VerifierLink("v", ExchangeClient(ex), interval_s=0.001)
+    drafter = Drafter("d", ExchangeClient(ex), DraftLM(draft_dir), version=0, depth=4, branches=0)
+    try:
+        link.open("r", PROMPT)
+        deadline = time.monotonic() + 30  # a bound on waiting, not a timing assertion
+        while time.monotonic() < deadline:
+            drafter.run_once()
+            if link.take("r", [], 4) is not None:
+                break
+            time.sleep(0.001)
+        assert link.take("r", [], 4).tokens == greedy(draft_dir, PROMPT, 4)
+        assert link.stats()["alive"] == 1
+    finally:
+        link.stop()
