@@ -192,6 +192,23 @@ def test_replans_are_postponed_when_they_cost_more_than_the_budget():
     assert p.replans_skipped >= 90
 
 
+def test_from_config_takes_the_typed_planner_settings():
+    from verl_specrollout.config import SpecRolloutConfig
+
+    cfg = SpecRolloutConfig.from_dict({"method": "eagle3", "draft_path": "/d", "max_k": 3, "planner": {
+        "mode": "static", "table": [[1, 8, 3], [9, 64, 1]], "replan_interval": 6, "hysteresis": 0.1,
+        "explore_every": 2, "acceptance_decay": 0.9, "prior_acceptance": 0.3, "max_batch": 64}})
+    p = Planner.from_config(cfg)
+    assert p.settings is cfg.planner and p.max_k == 3 and p.max_batch == 64
+    assert p.rows() == [[1, 8, 3], [9, 64, 1]] and (p.replan_interval, p.hysteresis, p.explore_every) == (6, 0.1, 2)
+    assert p.acceptance.decay == 0.9 and p.zero_k_passes == 0  # skip_draft_at_k0 (default on): a K=0 step drafts nothing
+    assert Planner.from_config(cfg, max_batch=16).rows() == [[1, 8, 3], [9, 16, 1]]  # the engine's max_num_seqs wins
+    with pytest.raises(TypeError, match="not both"):
+        Planner(max_k=3, settings=cfg.planner, hysteresis=0.2)
+    with pytest.raises(ValueError, match="replan_intervl"):  # the config's own check names the bad key
+        Planner(max_k=3, replan_intervl=4)
+
+
 def test_off_and_static_modes():
     off = Planner(max_k=4, max_batch=32, mode="off")
     assert off.lookup() == [0] * 33 and off.rows() == [[1, 32, 0]]
