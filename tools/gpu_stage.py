@@ -1,0 +1,305 @@
+"""What travels to a GPU machine without network to run vLLM 0.24.0 there, and how it travels.
+
+    python tools/gpu_stage.py prune-list                 # the files dropped from the vLLM wheel, and why
+    python tools/gpu_stage.py wheels                     # the small wheels staged: name==version (vLLM asks)
+    python tools/gpu_stage.py split ARCHIVE DIR          # parts of <= 60 MB and DIR/manifest.json
+    python tools/gpu_stage.py join MANIFEST DIR OUT      # checks every part's sha256 and the whole's
+
+tools/gpu_stage_vllm.sh uses it here (PyPI access) and tools/gpu_bringup.py on the GPU machine, where it
+runs before anything is installed: standard library only.
+
+The device tool moves at most 64 MiB per call (working tree and carried ignored paths together), so
+the archive goes in parts of at most PART_BYTES, one per call, and the GPU side checks each part and
+the reassembled archive against the manifest before it unpacks anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Iterable, List, Optional
+
+SCHEMA = "specrollout.gpu_stage/1"
+PART_BYTES = 60_000_000
+ARCHIVE = "vllm-0.24.0-site.tar.xz"
+
+VLLM_VERSION = "0.24.0"
+# PyPI's only x86_64 build of 0.24.0 (one abi3 wheel serves CPython 3.8+, so 3.12 on the GPU machine);
+# it links libcudart.so.13 and wants torch==2.11.0.
+VLLM_WHEEL = "vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+VLLM_WHEEL_SHA256 = "2d2831aeba311292250df0132dbc4d8e9f42c654536eaec48e6fe58acb1822cf"
+
+# Dropped from the wheel for a dense Llama (+ EAGLE-3 head) on sm90. Each import of these is guarded
+# in vLLM 0.24.0 (read in the wheel): a missing one logs a warning or marks a backend unavailable.
+# Sizes are the wheel's, uncompressed.
+PRUNE = (
+    ("vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so",
+     "182 MB: FlashAttention 2 (Ampere); on sm90 fa_utils.get_flash_attn_version picks FA3 (_vllm_fa3_C, kept)"),
+    ("vllm/_moe_C_stable_libtorch.abi3.so",
+     "43 MB: fused-MoE kernels; CudaPlatform.import_kernels catches its ImportError, a dense model never calls them"),
+    ("vllm/vllm-rs", "35 MB: the Rust front end binary (VLLM_USE_RUST_FRONTEND, off by default)"),
+    ("vllm/third_party/deep_gemm/",
+     "32 MB: FP8 GEMMs (per-Python .so files and CUTLASS headers); utils/deep_gemm.py imports it lazily, guarded"),
+    ("vllm/third_party/fmha_sm100/",
+     "28 MB: Blackwell sparse attention headers, used by MiniMax-M3 only"),
+    ("vllm/vllm_flash_attn/cute/",
+     "2 MB: FlashAttention 4 (CuTe DSL, Blackwell; needs nvidia-cutlass-dsl, not staged)"),
+)
+# Kept, named so a later prune does not drop them: the custom ops (rms_norm, rotary, cache writes, ...),
+# FA3 for Hopper, the sleep-mode allocator and triton kernels.
+KEEP = ("vllm/_C_stable_libtorch.abi3.so", "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so",
+        "vllm/cumem_allocator.abi3.so", "vllm/third_party/triton_kernels/")
+
+# What a torch-2.11 CUDA image (python 3.12) is assumed to hold: torch's own requirements and the usual
+# extras of such an image. Not staged; tools/gpu_bringup.py reports each one it finds missing.
+IMAGE_HAS = ("torch", "triton", "numpy", "typing_extensions", "filelock", "fsspec", "jinja2", "markupsafe", "sympy",
+             "mpmath", "networkx", "setuptools", "packaging", "pyyaml", "requests", "urllib3", "idna", "certifi",
+             "charset_normalizer", "pillow", "psutil", "tqdm")
+
+# Staged wheels: (distribution, pinned version, what vLLM 0.24.0's METADATA asks for, or "via X" for a
+# requirement of a requirement). The set is what `from vllm import LLM` and an engine start for a Llama
+# with an EAGLE-3 head import, found by importing them in a python 3.12 venv that holds IMAGE_HAS only
+# (tools/gpu_stage_vllm.sh --check repeats that). On the GPU a wheel is installed only where the image
+# lacks its distribution or holds a version outside the requirement.
+WHEELS = (
+    ("pydantic", "2.12.5", ">=2.12.0"),
+)
+
+
+def prune_reason(path: str) -> Optional[str]:
+    """Why `path` (a name inside the vLLM wheel) is left out, or None when it is kept."""
+    for prefix, why in PRUNE:
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return why
+    return None
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StageError(RuntimeError):
+    """A missing or corrupt part, a manifest that does not describe the parts, a bad part size."""
+
+
+def part_name(archive: str, index: int) -> str:
+    return f"{archive}.part{index:02d}"
+
+
+def split_file(path: str, out_dir: str, part_bytes: int = PART_BYTES) -> List[dict]:
+    """Cut `path` into `out_dir`/<name>.partNN of at most `part_bytes` each; [{name, bytes, sha256}]."""
+    if part_bytes <= 0:
+        raise StageError(f"part size must be positive, got {part_bytes}")
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.basename(path)
+    parts = []
+    with open(path, "rb") as src:
+        while True:
+            block = src.read(part_bytes)
+            if not block and parts:
+                break
+            name = part_name(base, len(parts) + 1)
+            with open(os.path.join(out_dir, name), "wb") as dst:
+                dst.write(block)
+            parts.append({"name": name, "bytes": len(block), "sha256": hashlib.sha256(block).hexdigest()})
+            if len(block) < part_bytes:
+                break
+    # A part left over from an earlier, longer archive would be picked up by nothing, but would travel
+    # with a `carry` of the whole folder: remove it.
+    keep = {p["name"] for p in parts}
+    for name in os.listdir(out_dir):
+        if name.startswith(base + ".part") and name not in keep:
+            os.remove(os.path.join(out_dir, name))
+    return parts
+
+
+def manifest(archive_path: str, parts: List[dict], **extra) -> dict:
+    return {"schema": SCHEMA, "archive": os.path.basename(archive_path), "bytes": os.path.getsize(archive_path),
+            "sha256": sha256_file(archive_path), "part_bytes_max": max(p["bytes"] for p in parts),
+            "parts": parts, **extra}
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Atomic: a reader never sees half a file (the bring-up rewrites its JSON after every point)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str) -> dict:
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise StageError(f"{path}: no manifest (run tools/gpu_stage_vllm.sh here and carry it along)") from None
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+        raise StageError(f"{path}: schema {m.get('schema') if isinstance(m, dict) else None!r}, expected {SCHEMA!r}")
+    for key in ("archive", "bytes", "sha256", "parts"):
+        if key not in m:
+            raise StageError(f"{path}: no {key!r}")
+    if not m["parts"] or any(set(p) < {"name", "bytes", "sha256"} for p in m["parts"]):
+        raise StageError(f"{path}: parts must be a non-empty list of {{name, bytes, sha256}}")
+    return m
+
+
+def check_parts(m: dict, parts_dir: str) -> List[str]:
+    """Every part present with its size and sha256; raises StageError naming each one that is not."""
+    problems = []
+    for p in m["parts"]:
+        path = os.path.join(parts_dir, p["name"])
+        if not os.path.isfile(path):
+            problems.append(f"{p['name']} missing")
+        elif os.path.getsize(path) != p["bytes"]:
+            problems.append(f"{p['name']} has {os.path.getsize(path)} bytes, manifest says {p['bytes']}")
+        elif sha256_file(path) != p["sha256"]:
+            problems.append(f"{p['name']} sha256 differs from the manifest (a partial or stale copy)")
+    if problems:
+        raise StageError(f"{parts_dir}: " + "; ".join(problems))
+    return [os.path.join(parts_dir, p["name"]) for p in m["parts"]]
+
+
+def reassemble(m: dict, parts_dir: str, out_path: str) -> str:
+    """Concatenate the checked parts into `out_path` and check the whole; idempotent (a whole archive with
+    the manifest's sha256 is reused)."""
+    if os.path.isfile(out_path) and os.path.getsize(out_path) == m["bytes"] and sha256_file(out_path) == m["sha256"]:
+        return out_path
+    paths = check_parts(m, parts_dir)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = f"{out_path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as dst:
+        for path in paths:
+            with open(path, "rb") as src:
+                while True:
+                    block = src.read(1 << 20)
+                    if not block:
+                        break
+                    dst.write(block)
+    got = sha256_file(tmp)
+    if got != m["sha256"]:
+        os.remove(tmp)
+        raise StageError(f"reassembled {m['archive']} has sha256 {got[:16]}..., manifest says {m['sha256'][:16]}...")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def wheel_lines(wheels: Iterable[tuple] = WHEELS) -> List[str]:
+    return [f"{name}=={version}" for name, version, _ in wheels]
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def wheel_entries(wheels_dir: str, wheels: Iterable[tuple] = WHEELS) -> List[dict]:
+    """The staged wheel file of every pinned distribution: [{name, version, requires, file, bytes, sha256}].
+    Raises StageError naming the ones without a file."""
+    files = sorted(f for f in os.listdir(wheels_dir) if f.endswith(".whl")) if os.path.isdir(wheels_dir) else []
+    out, missing = [], []
+    for name, version, requires in wheels:
+        match = [f for f in files if _norm(f.split("-")[0]) == _norm(name) and f.split("-")[1] == version]
+        if not match:
+            missing.append(f"{name}=={version}")
+            continue
+        path = os.path.join(wheels_dir, match[0])
+        out.append({"name": name, "version": version, "requires": requires, "file": match[0],
+                    "bytes": os.path.getsize(path), "sha256": sha256_file(path)})
+    if missing:
+        raise StageError(f"{wheels_dir}: no wheel for {', '.join(missing)}")
+    return out
+
+
+def extract_pruned(wheel: str, out_dir: str) -> dict:
+    """Unpack the vLLM wheel into `out_dir` (a site-packages tree) without the PRUNE entries."""
+    import zipfile
+
+    kept = 0
+    pruned: dict = {}
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            why = prune_reason(info.filename)
+            if why is not None:
+                prefix = next(p for p, w in PRUNE if w == why)
+                pruned[prefix] = pruned.get(prefix, 0) + info.file_size
+                continue
+            z.extract(info, out_dir)
+            if info.filename.endswith(".so") or info.filename.endswith("/vllm-rs"):
+                os.chmod(os.path.join(out_dir, info.filename), 0o755)
+            kept += info.file_size
+    missing = [k for k in KEEP if not os.path.exists(os.path.join(out_dir, k))]
+    if missing:
+        raise StageError(f"{wheel}: the wheel lacks {missing}, which a dense Llama on sm90 needs")
+    return {"kept_bytes": kept,
+            "pruned": [{"path": p, "bytes": pruned.get(p, 0), "why": w} for p, w in PRUNE]}
+
+
+DEVICE_CALL_BYTES = 64 * 2**20
+
+
+def call_plan(m: dict, testbed_bytes: int, tree_bytes: int, limit: int = DEVICE_CALL_BYTES) -> List[dict]:
+    """One device-tool call per part, in order; the last call also runs the bring-up. The testbed files go
+    with the last call where they fit beside its part (they are read only by the run), else with the
+    first call they fit in, else in a call of their own before the run. Raises StageError when a part
+    alone does not fit beside the working tree."""
+    room = limit - tree_bytes
+    calls = [{"carry": [p["name"]], "bytes": p["bytes"], "run": False} for p in m["parts"]]
+    if any(c["bytes"] > room for c in calls):
+        raise StageError(f"a part of {max(c['bytes'] for c in calls)} bytes does not fit beside the {tree_bytes}-byte "
+                         f"working tree in one call of {limit} bytes")
+    calls[-1]["run"] = True
+    for c in reversed(calls):
+        if c["bytes"] + testbed_bytes <= room:
+            c["carry"].append("testbed")
+            c["bytes"] += testbed_bytes
+            break
+    else:
+        calls.insert(len(calls) - 1, {"carry": ["testbed"], "bytes": testbed_bytes, "run": False})
+    return calls
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[0] if argv else ""
+    if cmd == "prune-list" and len(argv) == 1:
+        for prefix, why in PRUNE:
+            print(f"{prefix}\t{why}")
+        return 0
+    if cmd == "wheels" and len(argv) == 1:
+        print("\n".join(wheel_lines()))
+        return 0
+    if cmd == "split" and len(argv) == 3:
+        archive, out_dir = argv[1], argv[2]
+        parts = split_file(archive, out_dir)
+        extra = {}
+        info = os.path.join(out_dir, "stage_info.json")
+        if os.path.isfile(info):  # what gpu_stage_vllm.sh recorded about the contents
+            with open(info) as f:
+                extra = json.load(f)
+        write_json(os.path.join(out_dir, "manifest.json"), manifest(archive, parts, **extra))
+        for p in parts:
+            print(f"[stage] {p['name']}: {p['bytes'] / 1e6:.1f} MB sha256 {p['sha256'][:16]}")
+        return 0
+    if cmd == "join" and len(argv) == 4:
+        try:
+            out = reassemble(read_manifest(argv[1]), argv[2], argv[3])
+        except StageError as exc:
+            print(f"[stage] {exc}", file=sys.stderr)
+            return 2
+        print(f"[stage] {out}: sha256 ok")
+        return 0
+    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
