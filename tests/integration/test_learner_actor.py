@@ -143,7 +143,7 @@ def test_state_roundtrip_includes_optimizer(toy, tmp_path):
     a.train(2)
     a.save_state(str(tmp_path / "st"))
     b = SpecLearner(cfg, toy["target"], toy["aux"], batch_size=4, num_steps=1, state_dir=str(tmp_path / "st"))
-    assert b.resumed and b.trainer.step == 2
+    assert b.state.resumed and b.trainer.step == 2
     for (n, p), q in zip(a.trainer.draft.named_parameters(), b.trainer.draft.parameters()):
         assert torch.equal(p, q), n
     sa, sb = a.trainer.opt.state_dict()["state"], b.trainer.opt.state_dict()["state"]
