@@ -211,13 +211,7 @@ def _grpo(tb, args) -> dict:
         if res["returncode"] != 0 or not res["steps"]:
             print(f"[quickstart] GRPO {name} FAILED (exit {res['returncode']}); see {res['log']}", flush=True)
             return {"grpo_error": f"{name} run failed (exit {res['returncode']}), log {res['log']}"}
-        runs[name] = res["steps"]
-        for st in res["steps"]:
-            print(f"[quickstart]   {name} step {st['step']}: rollout {st.get('timing_s/gen', math.nan):.2f}s "
-                  f"step {st.get('timing_s/step', math.nan):.2f}s reward {st.get('reward_mean', math.nan):.3f} "
-                  f"acc.len {st.get('specrollout/mean_acceptance_length', math.nan):.2f} "
-                  f"K(mean) {st.get('specrollout/mean_k', math.nan):.2f} "
-                  f"draft v{st.get('specrollout/draft_version', math.nan)}", flush=True)
+        runs[name] = res["steps"]  # each step was echoed as it landed (_MetricsFollower)
 
     def steady(steps, key):
         # Step 1 carries Ray/vLLM start-up and the agent-loop actor creation; leave it out.
