@@ -64,7 +64,6 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -95,115 +94,6 @@ def first_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- install
-
-def _dist_version(name: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _satisfies(version: str, requires: str) -> bool:
-    """Whether an installed `version` meets vLLM's requirement; "via X" (a dependency of a dependency) and
-    an unreadable requirement only ask for presence."""
-    if not requires or requires.startswith("via"):
-        return True
-    try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        return Version(version) in SpecifierSet(requires)
-    except Exception:
-        return True
-
-
-def _install_wheels(files: List[str], site: str) -> None:
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
-                        "--disable-pip-version-check", "--target", site, *files], check=True,
-                       stdout=subprocess.DEVNULL)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        # An image without pip: a wheel is a zip of its site-packages tree (the .data scripts are not needed).
-        import zipfile
-
-        log(f"pip install --target failed ({exc}); unzipping the wheels instead")
-        for f in files:
-            with zipfile.ZipFile(f) as z:
-                z.extractall(site)
-
-
-def _write_plugin_dist_info(site: str) -> None:
-    """Our entry points (vllm.general_plugins, verl.plugins) for the tree on PYTHONPATH, as `pip install -e .`
-    would register them, without a build backend (no network for build isolation on the GPU machine)."""
-    import tomllib
-
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        project = tomllib.load(f)["project"]
-    d = os.path.join(site, f"verl_specrollout-{project['version']}.dist-info")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "METADATA"), "w") as f:
-        f.write(f"Metadata-Version: 2.1\nName: verl-specrollout\nVersion: {project['version']}\n")
-    with open(os.path.join(d, "entry_points.txt"), "w") as f:
-        for group, entries in project.get("entry-points", {}).items():
-            f.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n")
-    open(os.path.join(d, "top_level.txt"), "w").write("verl_specrollout\n")
-
-
-def install(args, record: dict) -> None:
-    """Reassemble, check, unpack, install the wheels the image lacks, register our plugin, import vLLM."""
-    t0 = time.monotonic()
-    parts = os.path.join(args.stage_dir, "parts")
-    m = gpu_stage.read_manifest(os.path.join(parts, "manifest.json"))
-    record["archive_sha256"] = m["sha256"]
-    site, stamp = args.site_dir, os.path.join(args.site_dir, ".specrollout_stage")
-    if os.path.isfile(stamp) and open(stamp).read().strip() == m["sha256"]:
-        log(f"{site} already holds archive {m['sha256'][:16]}")
-    else:
-        archive = gpu_stage.reassemble(m, parts, os.path.join(args.work_dir, m["archive"]))
-        log(f"{m['archive']}: {len(m['parts'])} parts, sha256 ok ({time.monotonic() - t0:.1f}s)")
-        unpack = os.path.join(args.work_dir, "unpack")
-        subprocess.run(["rm", "-rf", unpack, site], check=True)
-        os.makedirs(unpack)
-        subprocess.run(["tar", "-xJf", archive, "-C", unpack], check=True)
-        os.rename(os.path.join(unpack, "site"), site)
-        with open(os.path.join(unpack, "stage_info.json")) as f:
-            info = json.load(f)
-        todo, present = [], []
-        for w in info["wheels"]:
-            have = _dist_version(w["name"])
-            if have is not None and _satisfies(have, w["requires"]):
-                present.append(f"{w['name']}=={have}")
-            else:
-                todo.append(os.path.join(unpack, "wheels", w["file"]))
-        if todo:
-            _install_wheels(todo, site)
-        record["wheels_installed"] = [os.path.basename(f) for f in todo]
-        record["wheels_present"] = present
-        record["image_missing"] = [n for n in info.get("image_has", []) if _dist_version(n) is None]
-        _write_plugin_dist_info(site)
-        with open(stamp, "w") as f:
-            f.write(m["sha256"] + "\n")
-        log(f"unpacked into {site}: {len(todo)} wheels installed, {len(present)} already in the image "
-            f"({time.monotonic() - t0:.1f}s)")
-    activate_site(site)
-    record["plugin_entry_point"] = check_imports(record)
-    record["seconds"] = round(time.monotonic() - t0, 1)
-
-
-def activate_site(site: str) -> None:
-    import importlib
-
-    for path in (site, REPO):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-        sys.path_importer_cache.pop(path, None)  # PYTHONPATH named the site before it existed
-    importlib.invalidate_caches()
-    os.environ["PYTHONPATH"] = os.pathsep.join([site, REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # No flashinfer in the stage: vLLM's sampler falls back to its PyTorch top-k/top-p.
-    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-
 
 def check_imports(record: dict) -> bool:
     """`import vllm` and our vllm.general_plugins entry point, resolved as vLLM resolves it."""
@@ -415,9 +305,13 @@ class Engines:
             kw.update(enforce_eager=False, compilation_config={"cudagraph_mode": VERL_CUDAGRAPH_MODE},
                       gpu_memory_utilization=a.gpu_memory_utilization,
                       kv_cache_memory_bytes=int(a.kv_cache_gib * 2**30))
-        env = {}
-        if name == "plain":
-            return None, kw, env
+        from verl_specrollout import compat
+        from verl_specrollout.vllm_adapter.engine_kwargs import pin_model_runner
+
+        if name == "plain":  # the runner vLLM picks itself, as in a veRL job without our plugin
+            return None, kw, {compat.VLLM_ENV_USE_V2_MODEL_RUNNER: None}
+        env = {compat.VLLM_ENV_USE_V2_MODEL_RUNNER: None}
+        pin_model_runner(env)  # what our veRL server does before its engine starts (V1 below vLLM 0.32)
         if a.device == "cuda":
             kw["enable_sleep_mode"] = name == "spec"  # veRL's hybrid engine sleeps; one cumem pool per process
         if name == "spec_eager":
@@ -427,8 +321,6 @@ class Engines:
             return self.spec_config(graph_plan="keep_user_mode"), kw, env
         if name == "spec_v2":
             # vLLM 0.24's V2 runner keeps full graphs only without a K table: static K = max_k.
-            from verl_specrollout import compat
-
             env[compat.VLLM_ENV_USE_V2_MODEL_RUNNER] = "1"
             return self.spec_config(mode="static"), kw, env
         return self.spec_config(), kw, env
@@ -444,18 +336,15 @@ class Engines:
         entry["specrollout"] = None if cfg is None else {"method": cfg.method, "max_k": cfg.max_k,
                                                          "mode": cfg.planner.mode, "graph_plan": cfg.engine.graph_plan}
         saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        set_env(env)
+        entry["env"] = env
         mem0 = memory_now(self.run.args.device)
         reset_peak(self.run.args.device)
         t0 = time.monotonic()
         try:
             llm = make_llm(self.target, cfg, **kw)
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            set_env(saved)
         entry["start_s"] = round(time.monotonic() - t0, 2)
         entry["memory"] = {"at_start": memory_delta(mem0, memory_now(self.run.args.device))}
         self.live[name] = llm
@@ -494,6 +383,23 @@ class Engines:
     def close_all(self) -> None:
         for name in list(self.live):
             self.close(name)
+
+
+def set_env(env: Dict[str, Optional[str]]) -> None:
+    """Set (None: unset) variables for the next engine. vLLM caches its environment once an engine core
+    starts (vllm.envs.enable_envs_cache, 0.24+), so a second engine in this process would otherwise read the
+    first one's VLLM_USE_V2_MODEL_RUNNER; the cache is dropped first (where this vLLM has one)."""
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        import vllm.envs as venvs
+
+        getattr(venvs, "disable_envs_cache", lambda: None)()
+    except ImportError:
+        pass
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -846,9 +752,12 @@ class Run:
         self.save()
         if a.device == "cuda" and not a.skip_install:
             rec = self.result["install"] = {"status": "running"}
+            t0 = time.monotonic()
             try:
-                install(a, rec)
-                rec["status"] = "ok"
+                gpu_stage.install(a.stage_dir, a.site_dir, a.work_dir, REPO, rec)
+                gpu_stage.activate_site(a.site_dir, REPO)
+                rec["plugin_entry_point"] = check_imports(rec)
+                rec.update(status="ok", seconds=round(time.monotonic() - t0, 1))
             except Exception as exc:
                 rec.update(status="failed", error=first_line(exc), traceback=traceback.format_exc()[-4000:])
                 self.result["complete"] = False
@@ -859,7 +768,7 @@ class Run:
             self.result["install"] = {"status": "skipped", "reason": "--device cpu: the project venv's vLLM" if
                                       a.device == "cpu" else "--skip-install"}
             if a.device == "cuda":
-                activate_site(a.site_dir)
+                gpu_stage.activate_site(a.site_dir, REPO)
         self.describe_device()
         try:
             target, head = build_model(a, self.result["model"])

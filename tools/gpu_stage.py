@@ -5,8 +5,8 @@
     python tools/gpu_stage.py split ARCHIVE DIR          # parts of <= 60 MB and DIR/manifest.json
     python tools/gpu_stage.py join MANIFEST DIR OUT      # checks every part's sha256 and the whole's
 
-tools/gpu_stage_vllm.sh uses it here (PyPI access) and tools/gpu_bringup.py on the GPU machine, where it
-runs before anything is installed: standard library only.
+tools/gpu_stage_vllm.sh uses it here (PyPI access) to pack, tools/gpu_bringup.py on the GPU machine to
+unpack and install (``install``), before anything else is installed there: standard library only.
 
 The device tool moves at most 64 MiB per call (working tree and carried ignored paths together), so
 the archive goes in parts of at most PART_BYTES, one per call, and the GPU side checks each part and
@@ -265,6 +265,128 @@ def call_plan(m: dict, testbed_bytes: int, tree_bytes: int, limit: int = DEVICE_
     else:
         calls.insert(len(calls) - 1, {"carry": ["testbed"], "bytes": testbed_bytes, "run": False})
     return calls
+
+
+# ------------------------------------------------------------------------------ on the GPU machine
+
+def log(msg: str) -> None:
+    print(f"[stage] {msg}", flush=True)
+
+
+def dist_version(name: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def satisfies(version: str, requires: str) -> bool:
+    """Whether an installed `version` meets vLLM's requirement; "via X" (a dependency of a dependency) and
+    a requirement `packaging` cannot read only ask for presence."""
+    if not requires or requires.startswith("via"):
+        return True
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        return Version(version) in SpecifierSet(requires)
+    except Exception:
+        return True
+
+
+def install_wheels(files: List[str], site: str) -> None:
+    import subprocess
+
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
+                        "--disable-pip-version-check", "--target", site, *files], check=True,
+                       stdout=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        # An image without pip: a wheel is a zip of its site-packages tree (its .data scripts are not needed).
+        import zipfile
+
+        log(f"pip install --target failed ({exc}); unzipping the wheels instead")
+        for f in files:
+            with zipfile.ZipFile(f) as z:
+                z.extractall(site)
+
+
+def write_plugin_dist_info(site: str, repo: str) -> None:
+    """Our entry points (vllm.general_plugins, verl.plugins) for the source tree on PYTHONPATH, as
+    `pip install -e .` would register them but without a build backend (no network for build isolation)."""
+    import tomllib
+
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    d = os.path.join(site, f"verl_specrollout-{project['version']}.dist-info")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: verl-specrollout\nVersion: {project['version']}\n")
+    with open(os.path.join(d, "entry_points.txt"), "w") as f:
+        for group, entries in project.get("entry-points", {}).items():
+            f.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n")
+    with open(os.path.join(d, "top_level.txt"), "w") as f:
+        f.write("verl_specrollout\n")
+
+
+def install(stage_dir: str, site: str, work_dir: str, repo: str, record: dict) -> None:
+    """Reassemble and check the parts, unpack vLLM into `site`, install the staged wheels the image lacks
+    (or holds at a version vLLM does not accept) and register our plugin. Idempotent: a `site` stamped
+    with the manifest's archive is kept."""
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    parts = os.path.join(stage_dir, "parts")
+    m = read_manifest(os.path.join(parts, "manifest.json"))
+    record["archive_sha256"] = m["sha256"]
+    stamp = os.path.join(site, ".specrollout_stage")
+    if os.path.isfile(stamp) and open(stamp).read().strip() == m["sha256"]:
+        log(f"{site} already holds archive {m['sha256'][:16]}")
+        return
+    archive = reassemble(m, parts, os.path.join(work_dir, m["archive"]))
+    log(f"{m['archive']}: {len(m['parts'])} parts, sha256 ok ({time.monotonic() - t0:.1f}s)")
+    unpack = os.path.join(work_dir, "unpack")
+    subprocess.run(["rm", "-rf", unpack, site], check=True)
+    os.makedirs(unpack)
+    subprocess.run(["tar", "-xJf", archive, "-C", unpack], check=True)
+    os.rename(os.path.join(unpack, "site"), site)
+    with open(os.path.join(unpack, "stage_info.json")) as f:
+        info = json.load(f)
+    todo, present = [], []
+    for w in info["wheels"]:
+        have = dist_version(w["name"])
+        if have is not None and satisfies(have, w["requires"]):
+            present.append(f"{w['name']}=={have}")
+        else:
+            todo.append(os.path.join(unpack, "wheels", w["file"]))
+    if todo:
+        install_wheels(todo, site)
+    record["wheels_installed"] = [os.path.basename(f) for f in todo]
+    record["wheels_present"] = present
+    record["image_missing"] = [n for n in info.get("image_has", []) if dist_version(n) is None]
+    write_plugin_dist_info(site, repo)
+    with open(stamp, "w") as f:
+        f.write(m["sha256"] + "\n")
+    log(f"unpacked into {site}: {len(todo)} wheels installed, {len(present)} already in the image "
+        f"({time.monotonic() - t0:.1f}s)")
+
+
+def activate_site(site: str, repo: str) -> None:
+    """`site` and the source tree first on this process's path and on PYTHONPATH (for vLLM's subprocesses)."""
+    import importlib
+
+    for path in (site, repo):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        sys.path_importer_cache.pop(path, None)  # PYTHONPATH may have named the site before it existed
+    importlib.invalidate_caches()
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (site, repo)]
+    os.environ["PYTHONPATH"] = os.pathsep.join([site, repo] + rest)
+    # No flashinfer in the stage: vLLM's sampler uses its PyTorch top-k/top-p.
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
 def main(argv: Optional[list] = None) -> int:

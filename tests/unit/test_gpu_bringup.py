@@ -200,16 +200,16 @@ def test_pinned_wheels_are_well_formed(stage):
         assert requires == "" or requires.startswith(("via ", ">", "<", "=", "!", "~")), (name, requires)
 
 
-def test_satisfies(bringup):
-    assert bringup._satisfies("2.12.5", ">=2.12.0")
-    assert not bringup._satisfies("2.11.0", ">=2.12.0")
-    assert bringup._satisfies("0.1", "via openai")
+def test_satisfies(stage):
+    assert stage.satisfies("2.12.5", ">=2.12.0")
+    assert not stage.satisfies("2.11.0", ">=2.12.0")
+    assert stage.satisfies("0.1", "via openai")
 
 
-def test_plugin_dist_info_carries_our_entry_points(bringup, tmp_path):
+def test_plugin_dist_info_carries_our_entry_points(stage, tmp_path):
     from importlib import metadata
 
-    bringup._write_plugin_dist_info(str(tmp_path))
+    stage.write_plugin_dist_info(str(tmp_path), REPO)
     dists = list(metadata.distributions(path=[str(tmp_path)]))
     assert [d.metadata["Name"] for d in dists] == ["verl-specrollout"]
     eps = {(ep.group, ep.name): ep.value for ep in dists[0].entry_points}
