@@ -16,8 +16,8 @@ its online acceptance estimate like any other. ``benchmarks/grpo_rollout.py`` me
 both settings side by side.
 
 Installed at class level in every vLLM process (vllm_adapter/engine_patches.py, and explicitly by
-``make_llm`` for in-process engines); a proposer reads the switch from its own engine's
-``additional_config`` once, so engines without our config are untouched.
+``make_llm`` for in-process engines); a proposer reads the switch from its own engine's config once
+(vllm_adapter/engine_config.py), so engines without our config are untouched.
 """
 
 from __future__ import annotations
