@@ -325,3 +325,38 @@ def test_has_draft_model_is_the_base_methods_answer(method, has_model):
     assert method in METHODS
     cfg = SpecRolloutConfig.from_dict({"method": method})
     assert cfg.has_draft_model is has_model is runs_draft_model(cfg.base_method)
+
+
+# ----------------------------------------------------------------------------- pydantic underneath, our messages on top
+def test_validate_rechecks_in_place_and_keeps_the_sections():
+    cfg = SpecRolloutConfig.from_dict({"learner": {"lr": 1}})
+    learner = cfg.learner
+    learner.gpu_fraction = 1  # an int set in Python: stored as a float by validate(), as from_dict does
+    cfg.validate()
+    assert cfg.learner is learner and type(learner.gpu_fraction) is float
+    learner.placement = "moon"
+    with pytest.raises(SpecRolloutConfigError, match="specrollout.learner.placement='moon' is not supported"):
+        cfg.validate()
+
+
+def test_several_unknown_keys_are_all_named_and_come_first():
+    with pytest.raises(SpecRolloutConfigError,
+                       match=r"unknown key\(s\) under specrollout.planner: modee, zzz \(did you mean mode for modee\?\)"):
+        SpecRolloutConfig.from_dict({"max_k": 0, "planner": {"zzz": 1, "modee": "static"}})
+    with pytest.raises(SpecRolloutConfigError, match=r"unknown key\(s\) under specrollout: 1;"):
+        SpecRolloutConfig.from_dict({1: 2})
+
+
+def test_nested_omegaconf_inside_a_plain_dict():
+    from omegaconf import OmegaConf
+
+    cfg = SpecRolloutConfig.from_dict({"enable": False, "planner": OmegaConf.create({"mode": "static"})})
+    assert cfg.planner.mode == "static"
+
+
+def test_message_shows_the_value_as_given():
+    # An int for a float key is reported as the user wrote it, with the bounds.
+    with pytest.raises(SpecRolloutConfigError, match=r"specrollout.learner.lr must be a number > 0, got 0 \(int\)$"):
+        SpecRolloutConfig.from_dict({"learner": {"lr": 0}})
+    with pytest.raises(SpecRolloutConfigError, match=r"must be a number in \(0, 1\], got inf \(float\) \(not a finite"):
+        SpecRolloutConfig.from_dict({"learner": {"gpu_fraction": float("inf")}})
