@@ -79,7 +79,13 @@ logger = logging.getLogger(__name__)
 
 MODEL = "model"
 NONE = "none"  # counters() key for steps where nothing was drafted
-OPTIONS = (MODEL,) + SOURCES
+# A tail drafted ahead by a drafter on another replica (verl_specrollout/decoupled): a non-model
+# candidate like the index's suffixes, with per-token shares from the drafter (its probability of
+# each token) or `DECOUPLED_PRIOR`, calibrated by what verification confirms, like theirs.
+DECOUPLED = "decoupled"
+DECOUPLED_PRIOR = 0.7
+CANDIDATES = SOURCES + (DECOUPLED,)
+OPTIONS = (MODEL,) + CANDIDATES
 
 
 class _RequestState:
@@ -114,7 +120,7 @@ class SourceChooser:
         self._reqs: Dict[str, _RequestState] = {}
         self._g_model = [0.0, 0.0]  # accepted, tried (decayed)
         self._g_off = [0.0, 0.0]  # accepted, tried on offered steps (decayed)
-        self._g_cal = {s: [0.0, 0.0] for s in SOURCES}  # accepted, predicted (decayed)
+        self._g_cal = {s: [0.0, 0.0] for s in CANDIDATES}  # accepted, predicted (decayed)
         self._counts = {s: {"proposed": 0, "accepted": 0, "chosen": 0} for s in OPTIONS + (NONE,)}
         self._warned_bad_counts = False
 
@@ -159,7 +165,7 @@ class SourceChooser:
 
     def suffix_plan(self, req_id: str, k: int, suffix: SuffixDraft) -> Tuple[int, float]:
         """(n tokens worth drafting, their expected accepted tokens) for the suffix draft."""
-        if not suffix.tokens or suffix.source not in SOURCES:
+        if not suffix.tokens or suffix.source not in CANDIDATES:
             return 0, 0.0
         c = self.calibration(req_id, suffix.source)
         e, p, n = 0.0, 1.0, 0
@@ -171,13 +177,27 @@ class SourceChooser:
             n += 1
         return n, e
 
+    def best_candidate(self, req_id: str, k: int, candidates) -> SuffixDraft:
+        """Fastest-of-N among the drafts that cost no forward here (the index's suffix, a decoupled
+        tail): the one with the larger calibrated expected gain at K, an empty draft when none has
+        tokens. A tie keeps the earlier candidate (the index's). `choose` then weighs it against
+        the model."""
+        best, best_e = None, -1.0
+        for c in candidates:
+            if c is None or not c.tokens:
+                continue
+            _, e = self.suffix_plan(req_id, k, c)
+            if e > best_e:
+                best, best_e = c, e
+        return best if best is not None else SuffixDraft([], "", 0, [])
+
     # ------------------------------------------------------------- decisions
     def choose(self, req_id: str, k: int, suffix: SuffixDraft, model_alpha: Optional[float] = None,
                model: bool = True) -> Tuple[str, int]:
         """("model", k) or (suffix.source, n <= len(suffix.tokens)) or ("", 0) when nothing pays.
         model=False leaves the draft model out (a suffix-only drafter)."""
-        if suffix.source and suffix.source not in SOURCES:
-            raise ValueError(f"suffix draft source must be one of {SOURCES} or '', got {suffix.source!r}")
+        if suffix.source and suffix.source not in CANDIDATES:
+            raise ValueError(f"suffix draft source must be one of {CANDIDATES} or '', got {suffix.source!r}")
         st = self._reqs.get(req_id)
         if st is None:
             st = self._reqs[req_id] = _RequestState()

@@ -94,7 +94,8 @@ logger = logging.getLogger("vllm.specrollout_group")
 # Per runner: a GroupDrafter, or False for a runner without group drafting (decided once).
 STATE_ATTR = "_specrollout_group"
 MODEL = "model"  # the chooser's name for the draft model (group_draft/choice.py)
-REPORTED_SOURCES = (MODEL, "siblings", "history", "prompt")
+DECOUPLED = "decoupled"  # tails drafted ahead on another replica (verl_specrollout/decoupled)
+REPORTED_SOURCES = (MODEL, "siblings", "history", "prompt", DECOUPLED)
 _state = {"installed": False}
 _warned: set = set()
 
@@ -132,11 +133,15 @@ class GroupDrafter:
     """Group index + source chooser + what happened between two steps, for one model runner.
     No torch or vLLM here, so it runs in unit tests as it runs in the worker."""
 
-    def __init__(self, index, chooser, has_model: bool, skip_draft_at_k0: bool = False):
+    def __init__(self, index, chooser, has_model: bool, skip_draft_at_k0: bool = False, decoupled=None):
         self.index = index
         self.chooser = chooser
         self.has_model = has_model
         self.skip_draft_at_k0 = skip_draft_at_k0  # planner.skip_draft_at_k0 (k0_skip.py)
+        # decoupled.link.VerifierLink (or None): commits go out and remote tails come in through it;
+        # its take() never waits, so a step without a tail that fits drafts as before.
+        self.decoupled = decoupled
+        self._outputs: Dict[str, List[int]] = {}  # committed output tokens per live request (decoupled)
         self._fed: Dict[str, int] = {}  # tokens of each live request the index has
         self._pending: Dict[str, tuple] = {}  # req_id -> (source, n, step drafted at)
         self._counterfactual: Dict[str, tuple] = {}  # req_id -> (model's unused draft, step drafted at)
@@ -168,6 +173,8 @@ class GroupDrafter:
         for r in req_ids:
             if self._fed.pop(r, None) is not None:
                 self.index.finish(r, keep=True)
+            if self.decoupled is not None and self._outputs.pop(r, None) is not None:
+                self.decoupled.close(r)
             self._pending.pop(r, None)
             self._counterfactual.pop(r, None)
             self.chooser.forget(r)
@@ -188,6 +195,8 @@ class GroupDrafter:
         if new:
             self.index.extend(s.req_id, new)
         self._fed[s.req_id] = fed
+        if self.decoupled is not None:
+            self._publish(s, new)
         pending = self._pending.pop(s.req_id, None)
         if pending is not None and pending[2] == self._step - 1 and s.verified > 0 and s.sampled:
             source, n, _ = pending
@@ -202,11 +211,40 @@ class GroupDrafter:
             # s.sampled: the tokens emitted for the step that drafted (accepted + recovered / bonus)
             self.chooser.observe_counterfactual(s.req_id, cf[0], s.sampled)
 
+    def _publish(self, s: RequestStep, new: list) -> None:
+        """Commit the request's new output tokens to the decoupled drafters (opened at first sight)."""
+        out = self._outputs.get(s.req_id)
+        if out is None:
+            out = self._outputs[s.req_id] = []
+            self.decoupled.open(s.req_id, [int(t) for t in s.row[:s.prompt_len]])
+        if new:
+            out.extend(int(t) for t in new)
+            self.decoupled.commit(s.req_id, out)
+
+    def _decoupled_tail(self, req_id: str, k: int):
+        """The remote tail that fits the committed tokens now, as a candidate draft, or None.
+        Its per-token shares: the drafter's probability of each token when it sent them, else the
+        chooser's prior; the chooser calibrates either by what verification confirms."""
+        from verl_specrollout.group_draft.choice import DECOUPLED_PRIOR
+        from verl_specrollout.group_draft.index import SuffixDraft
+
+        out = self._outputs.get(req_id)
+        taken = self.decoupled.take(req_id, out, k) if out is not None else None
+        if taken is None or not taken.tokens:
+            return None
+        if taken.probs is not None:
+            probs = [float(max(row)) if hasattr(row, "__len__") else float(row) for row in taken.probs]
+        else:
+            probs = [DECOUPLED_PRIOR] * len(taken.tokens)
+        return SuffixDraft(list(taken.tokens), DECOUPLED, 0, probs)
+
     def choose(self, s: RequestStep, k: int) -> Choice:
         if k <= 0 or not s.sampled:  # no draft asked, or a prefill chunk (vLLM drops its drafts)
             return Choice("", 0)
         self.request_steps += 1
         suffix = self.index.propose(s.req_id, k)
+        if self.decoupled is not None:  # fastest-of-N: the better of the group's and the remote draft
+            suffix = self.chooser.best_candidate(s.req_id, k, [suffix, self._decoupled_tail(s.req_id, k)])
         source, n = self.chooser.choose(s.req_id, k, suffix, model=self.has_model)
         n = max(0, min(int(n), k))
         if source == MODEL and self.has_model:
@@ -284,8 +322,11 @@ class GroupDrafter:
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
         except Exception:
             index = {}
-        return {"sources": {s: dict(c) for s, c in self.counts.items()},
-                "request_steps": self.request_steps, "no_draft": self.no_draft, "index": index}
+        out = {"sources": {s: dict(c) for s, c in self.counts.items()},
+               "request_steps": self.request_steps, "no_draft": self.no_draft, "index": index}
+        if self.decoupled is not None:
+            out["decoupled"] = self.decoupled.stats()
+        return out
 
 
 # ----------------------------------------------------------------------------- runner side
