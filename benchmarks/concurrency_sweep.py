@@ -69,6 +69,11 @@ class Sweep:
         for p in ("adaptive", "adaptive-skip0"):
             for _ in range(warm):
                 self.run(p, b, params)
+        # One untimed run of every other policy at this B: the first batch of a new shape pays
+        # allocator and kernel warm-up, which would otherwise land on whichever policy goes first.
+        for p in self.policies:
+            if not p.startswith("adaptive"):
+                self.run(p, b, params)
         times, tokens = {p: [] for p in self.policies}, {}
         for _ in range(self.args.repeats):
             for p in self.policies:
