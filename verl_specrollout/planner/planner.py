@@ -111,6 +111,32 @@ from verl_specrollout.planner.ktable import KTable
 from verl_specrollout.rollout_stats import PlannerStats
 
 
+class ReplanBudget:
+    """Re-planning runs on the engine's critical path (inside the scheduler): when one re-plan took
+    longer than `overhead` of the engine time since the previous one ended, the next is postponed.
+    A re-plan over a full window at max_batch 1024 costs ~25-60 ms on two busy CPU cores (python -m
+    benchmarks.replan_cost; 0.25-0.47 s when the fit was pure Python): still several steps of a fast
+    engine with tiny batches, so the budget stays. None or 0: never postponed."""
+
+    def __init__(self, overhead: Optional[float], clock=time.perf_counter):
+        self.overhead = overhead
+        self.clock = clock  # seconds; tests and trace replays drive it with simulated step times
+        self.last_seconds = 0.0  # what the last re-plan took
+        self.skipped = 0
+        self._last_end: Optional[float] = None
+
+    def run(self, replan):
+        """replan() unless the budget postpones it (then None)."""
+        now = self.clock()
+        if self.overhead and self._last_end is not None and self.last_seconds > self.overhead * (now - self._last_end):
+            self.skipped += 1
+            return None
+        out = replan()
+        end = self.clock()
+        self.last_seconds, self._last_end = end - now, end
+        return out
+
+
 class Planner:
     """Bookkeeping around the estimators and the decision (see the module doc).
 
@@ -162,16 +188,7 @@ class Planner:
             max_k, AcceptanceEstimator(max_k, decay=cfg.acceptance_decay, prior=cfg.prior_acceptance),
             StepCostModel(window=cost_window), zero_k_passes,
             min_probe_steps=max(4, self.replan_interval // 2), cold_tokens=self.cold_tokens)
-        # --- re-plan timing. Re-planning runs on the engine's critical path (inside the scheduler):
-        # when one re-plan took longer than `overhead_budget` of the time since the previous one, the
-        # next is postponed. A re-plan over a full window at max_batch 1024 costs ~25-60 ms on
-        # two busy CPU cores (python -m benchmarks.replan_cost; 0.25-0.47 s when the fit was pure
-        # Python): still several steps of a fast engine with tiny batches, so the budget stays.
-        self.overhead_budget = overhead_budget
-        self.clock = clock  # seconds; tests drive it with simulated step times
-        self._last_replan_end: Optional[float] = None
-        self._last_replan_seconds = 0.0
-        self.replans_skipped = 0
+        self.replan_budget = ReplanBudget(overhead_budget, clock)
         # --- decision state
         self._plan: KTable = self._cold_table(0)  # the exploited plan
         self._last_plan: Optional[Plan] = None  # the last decide(): its grid and prices (probe tables)
@@ -316,15 +333,7 @@ class Planner:
             return None
         if self.steps % self.replan_interval:
             return None
-        now = self.clock()
-        if (self.overhead_budget and self._last_replan_end is not None
-                and self._last_replan_seconds > self.overhead_budget * (now - self._last_replan_end)):
-            self.replans_skipped += 1
-            return None
-        out = self.replan()
-        end = self.clock()
-        self._last_replan_seconds, self._last_replan_end = end - now, end
-        return out
+        return self.replan_budget.run(self.replan)
 
     # ----------------------------------------------------------------- plan
     def replan(self) -> Optional[KTable]:
@@ -391,8 +400,8 @@ class Planner:
             mode=self.mode,
             steps=self.steps,
             replans=self.replans,
-            replans_skipped=self.replans_skipped,
-            last_replan_seconds=self._last_replan_seconds,
+            replans_skipped=self.replan_budget.skipped,
+            last_replan_seconds=self.replan_budget.last_seconds,
             table_changes=self.table_changes,
             table=self.rows(),
             k_hist={b: dict(h) for b, h in sorted(self.k_hist.items())},

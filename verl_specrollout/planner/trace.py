@@ -161,7 +161,7 @@ class PlannerPolicy:
     def __init__(self, planner):
         self.planner = planner
         self.now = 0.0
-        planner.clock = lambda: self.now
+        planner.replan_budget.clock = lambda: self.now
 
     def choose(self, batch_size: int) -> int:
         return self.planner.k_for(batch_size)
