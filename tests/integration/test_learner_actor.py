@@ -238,3 +238,22 @@ def test_learner_crash_rollouts_keep_last_good_draft_then_resume(ray_local, tmp_
     assert rel.maybe_reload() == 2 and rel.failures == 0
     assert _toy_acceptance(llm) > 1.5
     ray.kill(b, no_restart=True)
+
+
+def test_a_retired_pt_state_fails_the_actor_with_the_file_named(ray_local, toy, tmp_path):
+    """Through Ray: a state dir holding only a pre-release ``learner_state.pt`` is not started over
+    beside; the caller's first call fails with the file named, and the file is left as it was."""
+    from verl_specrollout.learner.remote import get_or_create_learner
+    from verl_specrollout.learner.state import RETIRED_STATE_NAME
+
+    ray = ray_local
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / RETIRED_STATE_NAME).write_bytes(b"a pre-release torch.save blob")
+    cfg = {"enable": True, "placement": "cpu", "publish_dir": str(tmp_path / "pub"), "state_dir": str(state)}
+    a = get_or_create_learner(cfg, toy["target"], toy["aux"], name="retired_state", namespace="specrollout_test")
+    with pytest.raises(ray.exceptions.RayActorError) as info:
+        ray.get(a.stats.remote(evaluate=False), timeout=600)
+    assert str(state / RETIRED_STATE_NAME) in str(info.value) and "pre-release versions" in str(info.value)
+    assert (state / RETIRED_STATE_NAME).read_bytes() == b"a pre-release torch.save blob"
+    assert not (tmp_path / "pub" / "LATEST").exists()
