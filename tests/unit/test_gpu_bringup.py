@@ -303,3 +303,56 @@ def test_validate_result_finds_problems(bringup, tmp_path):
     assert any("engine spec" in p for p in problems)
     del r["engines"]
     assert bringup.validate_result(r) == ["missing key 'engines'"]
+
+
+# ------------------------------------------------------------------------------------------ install
+
+def _wheel(path, name, version):
+    """A minimal valid wheel of one module `name` (pip installs it offline)."""
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": f"VERSION = {version!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+
+
+def test_install_unpacks_installs_what_is_missing_and_is_idempotent(stage, tmp_path):
+    import tarfile
+
+    tree = tmp_path / "tree"
+    (tree / "site" / "fakevllm").mkdir(parents=True)
+    (tree / "site" / "fakevllm" / "__init__.py").write_text("")
+    (tree / "wheels").mkdir()
+    _wheel(tree / "wheels" / "specrollout_fake_dep-1.0-py3-none-any.whl", "specrollout_fake_dep", "1.0")
+    _wheel(tree / "wheels" / "pytest-0.1-py3-none-any.whl", "pytest", "0.1")  # present here at a newer version
+    info = {"wheels": [{"name": "specrollout_fake_dep", "version": "1.0", "requires": "",
+                        "file": "specrollout_fake_dep-1.0-py3-none-any.whl"},
+                       {"name": "pytest", "version": "0.1", "requires": "via x", "file": "pytest-0.1-py3-none-any.whl"}],
+            "image_has": ["pytest", "specrollout-no-such-dist"]}
+    (tree / "stage_info.json").write_text(json.dumps(info))
+    archive = tmp_path / stage.ARCHIVE
+    with tarfile.open(archive, "w:xz") as tar:
+        for name in ("site", "wheels", "stage_info.json"):
+            tar.add(tree / name, arcname=name)
+    stage_dir = tmp_path / "stage"
+    parts = stage.split_file(str(archive), str(stage_dir / "parts"), 700)
+    stage.write_json(str(stage_dir / "parts" / "manifest.json"), stage.manifest(str(archive), parts))
+    site, work = tmp_path / "site", tmp_path / "work"
+
+    rec = {}
+    stage.install(str(stage_dir), str(site), str(work), REPO, rec)
+    assert (site / "fakevllm" / "__init__.py").is_file()
+    assert (site / "specrollout_fake_dep.py").is_file() and not (site / "pytest.py").exists()
+    assert rec["wheels_installed"] == ["specrollout_fake_dep-1.0-py3-none-any.whl"]
+    assert [w.split("==")[0] for w in rec["wheels_present"]] == ["pytest"]
+    assert rec["image_missing"] == ["specrollout-no-such-dist"]
+    assert (site / "verl_specrollout-0.1.0.dist-info" / "entry_points.txt").is_file()
+    (site / "marker").write_text("kept")
+    rec2 = {}
+    stage.install(str(stage_dir), str(site), str(work), REPO, rec2)  # stamped: nothing redone
+    assert (site / "marker").is_file() and "wheels_installed" not in rec2
