@@ -451,6 +451,10 @@ def vllm_data_parallel_size(vllm_config) -> int:
     return int(getattr(getattr(vllm_config, "parallel_config", None), VLLM_PARALLEL_DP_SIZE_ATTR, 1) or 1)
 
 
+def vllm_tensor_parallel_size(vllm_config) -> int:
+    return int(getattr(getattr(vllm_config, "parallel_config", None), "tensor_parallel_size", 1) or 1)
+
+
 def vllm_on_cpu() -> bool:
     """vLLM's current platform is its CPU one (False when it cannot be told)."""
     try:

@@ -232,6 +232,30 @@ class GroupConfig:
 
 
 @dataclass(config=_CONFIG)
+class DecoupledConfig:
+    """Decoupled speculation: idle rollout replicas draft ahead for the busy ones (verl_specrollout/decoupled)."""
+
+    enable: StrictBool = key(
+        False, "Replicas with no work left run a draft LM ahead of the requests still running on other replicas "
+        "and send their drafts (tails) to them; each busy step uses a tail that fits what it committed, else drafts "
+        "as without (docs/how-it-works.md, \"Decoupled speculation\"). Needs a group method (`eagle3+group`, "
+        "`draft_model+group`, `group`): the tails are one more source of the group drafter.")
+    draft_lm_path: Optional[StrictStr] = key(
+        None, "The draft LM the idle replicas run (a small causal LM with the target's tokenizer, Hugging Face "
+        "format); default: `draft_path` when `method=draft_model+group`.", min_length=1)
+    exchange_name: Optional[StrictStr] = key(
+        None, "Names the job's exchange Ray actor (`specrollout_tails_<name>`, in `learner.actor_namespace`); "
+        "default: `learner.actor_name`, so jobs sharing a Ray cluster never share an exchange.", min_length=1)
+    depth: StrictInt = key(8, "Tokens a drafter drafts ahead of a request's committed tokens (more than `max_k`: "
+                           "the same tail also serves the next step when a whole draft is accepted).", ge=1, le=64)
+    branches: StrictInt = key(1, "Extra tails per request that guess a rejection: the first j draft tokens, "
+                              "then the draft's runner-up token (pre-drafted outcomes).", ge=0, le=8)
+    exchange_ms: StrictFloat = key(2.0, "How often an engine sends its commits and collects tails (a background "
+                                   "thread; the engine step never waits for it).", gt=0.0)
+    max_tail_mb: StrictInt = key(64, "Tail memory an engine keeps (tokens and draft probabilities).", ge=1)
+
+
+@dataclass(config=_CONFIG)
 class EngineConfig:
     """How the vLLM engine is started around dynamic K: CUDA graphs and memory (vllm_adapter/engine_kwargs.py)."""
 
@@ -293,8 +317,9 @@ class SpecRolloutConfig:
     learner: LearnerConfig = section(LearnerConfig, "Online draft learning.")
     group: GroupConfig = section(GroupConfig, "Best-of-N group drafting.")
     engine: EngineConfig = section(EngineConfig, "How the vLLM engine is started around dynamic K.")
+    decoupled: DecoupledConfig = section(DecoupledConfig, "Decoupled speculation on idle replicas.")
 
-    @field_validator("planner", "learner", "group", "engine", mode="before")
+    @field_validator("planner", "learner", "group", "engine", "decoupled", mode="before")
     @classmethod
     def _null_section_is_default(cls, value: Any) -> Any:
         return {} if value is None else value  # `planner:` with nothing under it in YAML
@@ -454,8 +479,23 @@ def _learner_needs_eagle3(cfg: SpecRolloutConfig) -> None:
             f"head), got method={cfg.method}")
 
 
+def _decoupled_needs_group(cfg: SpecRolloutConfig) -> None:
+    """With `enable=true` and `decoupled.enable=true`: a group method, and a draft LM (`decoupled.draft_lm_path`, or `draft_path` with `method=draft_model+group`)."""
+    d = cfg.decoupled
+    if not d.enable:
+        return
+    if not cfg.group_drafting:
+        raise SpecRolloutConfigError(
+            "specrollout.decoupled.enable=true needs method=eagle3+group, draft_model+group or group (decoupled tails "
+            f"are a source of the group drafter), got method={cfg.method}")
+    if d.draft_lm_path is None and cfg.method != "draft_model+group":
+        raise SpecRolloutConfigError(
+            "specrollout.decoupled.enable=true needs decoupled.draft_lm_path (the draft LM idle replicas run) "
+            f"unless method=draft_model+group, got method={cfg.method}")
+
+
 RELATION_RULES = (_lookup_window, _table_fits_max_k, _loss_weights, _draft_sampling_needs_a_model)
-ENABLED_RULES = (_draft_path_given, _learner_needs_eagle3)
+ENABLED_RULES = (_draft_path_given, _learner_needs_eagle3, _decoupled_needs_group)
 
 
 def validate_table(table: Any, max_k: Optional[int]) -> list:

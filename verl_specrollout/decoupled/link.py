@@ -48,10 +48,10 @@ class ExchangeClient:
 
 class VerifierLink:
     def __init__(self, verifier_id: str, client: Optional[ExchangeClient], version: int = 0,
-                 interval_s: float = 0.002, max_events: int = 65536, start: bool = True):
+                 interval_s: float = 0.002, max_events: int = 65536, start: bool = True, max_bytes: int = 64 << 20):
         self.verifier_id = verifier_id
         self.client = client
-        self.board = TailBoard(version=version)
+        self.board = TailBoard(version=version, max_bytes=max_bytes)
         self.interval_s, self.max_events = interval_s, max_events
         self._lock = threading.Lock()
         self._events: List[tuple] = [(VERSION, int(version))]  # the exchange's mirror starts at 0

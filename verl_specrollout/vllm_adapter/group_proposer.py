@@ -364,6 +364,9 @@ def _make_drafter(runner) -> Optional[GroupDrafter]:
         return None
     drafter = GroupDrafter.from_config(cfg)
     logger.info("specrollout: Best-of-N group drafting on (method=%s, group=%s)", method, cfg.group)
+    from verl_specrollout.decoupled.engine import link_for
+
+    drafter.decoupled = link_for(cfg, runner)  # None unless decoupled.enable (and the engine can take tails)
     return drafter
 
 
@@ -475,6 +478,17 @@ def install() -> bool:
     setattr(cls, compat.VLLM_RUNNER_PROPOSE_METHOD, propose_draft_token_ids)
     setattr(cls, compat.VLLM_RUNNER_EXECUTE_METHOD, execute_model)
     _state["installed"] = True
+    return True
+
+
+def decoupled_set_version(worker, version: int) -> bool:
+    """Inside a vLLM worker (collective_rpc), after a draft reload: tails drafted with another draft
+    version are dropped and refused from now on. False when the engine takes no decoupled tails."""
+    runner = getattr(worker, compat.VLLM_WORKER_MODEL_RUNNER, worker)
+    st = getattr(runner, "__dict__", {}).get(STATE_ATTR)
+    if not st or st.decoupled is None:
+        return False
+    st.decoupled.set_version(int(version))
     return True
 
 
