@@ -92,3 +92,21 @@ def test_rollout_metrics_send_the_steps_since_the_previous_call(tmp_path, monkey
     (tmp_path / "stats.json").write_text("{not json")
     assert asyncio.run(metrics.step(draft, _Engine({}), lead=False)).planner is None  # only node 0 reads
     assert asyncio.run(metrics.step(draft, _Engine({}), lead=True)).planner is None  # logged, skipped
+
+
+def test_group_counts_are_sent_as_deltas_and_the_index_as_a_level():
+    cfg = SpecRolloutConfig.from_dict({"enable": True, "method": "group"})
+    assert cfg.group_drafting
+    metrics = RolloutMetrics(cfg)
+    draft = DraftLifecycle(cfg, engine=lambda: None, lead=lambda: True, sleep_mode=lambda: False)
+    counts = {"sources": {"siblings": {"proposed": 4, "accepted": 2, "chosen": 1}}, "request_steps": 5,
+              "index": {"indexed_tokens": 100}}
+    first = asyncio.run(metrics.step(draft, _Engine(counts), lead=True))
+    later = dict(counts, sources={"siblings": {"proposed": 10, "accepted": 5, "chosen": 3}}, request_steps=9,
+                 index={"indexed_tokens": 40})
+    second = asyncio.run(metrics.step(draft, _Engine(later), lead=True))
+    assert first.group["sources"]["siblings"]["proposed"] == 4
+    assert second.group["sources"]["siblings"] == {"proposed": 6, "accepted": 3, "chosen": 2}
+    assert second.group["request_steps"] == 4 and second.group["index"] == {"indexed_tokens": 40}
+    m = M.step_metrics([second.to_dict()])
+    assert m[M.SOURCE_SHARE.format(source="siblings")] == pytest.approx(0.5)
