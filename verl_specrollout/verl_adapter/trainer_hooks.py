@@ -83,7 +83,7 @@ def _resolve_publish_dir(config) -> None:
         return
     given = spec_config(rollout).learner.publish_dir
     # Absolute, resolved here once: the actor workers, the rollout servers and the learner's name
-    # (derived from it, see learner.actor.learner_actor_name) must agree whatever their cwd.
+    # (derived from it, see learner.remote.learner_actor_name) must agree whatever their cwd.
     path = os.path.abspath(given or default_publish_dir(config.trainer.get("default_local_dir")))
     if path == given:
         return
@@ -106,7 +106,7 @@ def fetch_learner_metrics(learner_cfg, policy_step, timeout: float) -> dict:
     """The learner's ``metrics`` (lock-free on its side), found by this job's learner name."""
     import ray
 
-    from verl_specrollout.learner.actor import learner_actor_name
+    from verl_specrollout.learner.remote import learner_actor_name
 
     h = ray.get_actor(learner_actor_name(learner_cfg), namespace=learner_cfg.actor_namespace)
     return ray.get(h.metrics.remote(policy_step), timeout=timeout)
