@@ -1,0 +1,177 @@
+"""Decoupled speculation on the CPU: two rollout replicas, one core each, a GRPO-shaped rollout.
+
+    python -m benchmarks.decoupled [--testbed regime] [--prompts 8 --group 8 --max-tokens 128 --repeats 3]
+
+Needs the whole machine (both cores): run it when nothing else does. Each replica is a Ray actor
+pinned to its own core (``sched_setaffinity``, one torch thread, vLLM's OpenMP bound to it) holding
+one in-process vLLM-CPU engine per mode:
+
+* ``plain``: no speculation;
+* ``coupled``: ``eagle3+group``, our adaptive planner, the EAGLE-3 head on the critical path;
+* ``decoupled``: the same engine config plus ``decoupled.enable``: a replica whose share of the
+  rollout is done runs the draft LM (``IdleDrafter``) for the requests still running on the other
+  one, through the job's exchange actor (verl_specrollout/decoupled).
+
+A prompt's G samples go to one replica (our router does that for group methods), prompts split
+between the replicas at random, balanced in count: the replica that drew the longer responses
+finishes last, and the rollout time is the time both took (the last one's). Every mode runs once
+untimed first (engine start, the drafters' LM load); then modes are interleaved within each repeat
+(order rotated per repeat); medians over repeats, ratio lines at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+MODES = ("plain", "coupled", "decoupled")
+EXCHANGE = "bench_decoupled"
+NAMESPACE = "specrollout_bench"
+
+
+def _cfg(mode: str, pair, max_k: int, max_batch: int) -> dict:
+    if mode == "plain":
+        return {}
+    cfg = {"enable": True, "method": "eagle3+group", "draft_path": pair.draft_for("eagle3"), "max_k": max_k,
+           "planner": {"mode": "adaptive", "max_batch": max_batch},
+           "learner": {"actor_namespace": NAMESPACE}}
+    if mode == "decoupled":
+        cfg["decoupled"] = {"enable": True, "draft_lm_path": pair.drafts["draft_model"], "exchange_name": EXCHANGE}
+    return cfg
+
+
+class Replica:
+    """One rollout replica on one core: an engine per mode, and its idle drafter."""
+
+    def __init__(self, index: int, core: int, target: str, cfgs: dict, engine_kw: dict):
+        os.sched_setaffinity(0, {core})
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
+        import torch
+
+        torch.set_num_threads(1)
+        from verl_specrollout.config import SpecRolloutConfig
+        from verl_specrollout.decoupled.engine import IdleDrafter
+        from verl_specrollout.vllm_adapter.offline_engine import make_llm
+
+        self.index = index
+        self.engines = {}
+        for mode, raw in cfgs.items():
+            cfg = SpecRolloutConfig.from_dict(raw) if raw else None
+            self.engines[mode] = make_llm(target, cfg, **engine_kw)
+        dec = cfgs.get("decoupled")
+        self.idle = IdleDrafter(SpecRolloutConfig.from_dict(dec), f"replica-{index}") if dec else None
+
+    def generate(self, mode: str, prompts: list, n: int, max_tokens: int) -> dict:
+        from vllm import SamplingParams
+
+        from verl_specrollout.vllm_adapter.group_proposer import worker_stats
+
+        if self.idle is not None:
+            self.idle.on_work()
+        llm = self.engines[mode]
+        params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens)
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        stats = llm.collective_rpc(worker_stats)[0] if mode != "plain" else {}
+        if mode == "decoupled" and self.idle is not None:
+            self.idle.on_idle()  # this replica's share is done: draft for the other one
+        return {"seconds": seconds, "tokens": sum(len(c.token_ids) for o in outs for c in o.outputs),
+                "sources": stats.get("sources", {}), "link": stats.get("decoupled", {})}
+
+    def stop_drafting(self) -> dict:
+        if self.idle is None:
+            return {}
+        self.idle.on_work()
+        return self.idle.stats()
+
+
+def split_prompts(n_prompts: int, seed: int) -> list:
+    """Replica of each prompt: balanced in count, at random."""
+    rng = np.random.default_rng(seed)
+    where = np.arange(n_prompts) % 2
+    rng.shuffle(where)
+    return where.tolist()
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(ap, "decoupled", own_pair=False, max_k=4, max_tokens=128, repeats=3)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8, help="samples per prompt (GRPO's G)")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"--modes: unknown {bad}; choose from {MODES}")
+    import ray
+
+    for name, default in (("target", None), ("prompts_file", None), ("method", "eagle3+group")):
+        if not hasattr(args, name):  # testbed-only: the testbed's target, head and draft LM
+            setattr(args, name, default)
+    pair = common.model_pair(args)
+    prompts = common.load_prompts(pair, args.prompts)
+    where = split_prompts(len(prompts), args.seed)
+    max_batch = args.group * max(where.count(0), where.count(1))
+    cfgs = {m: _cfg(m, pair, args.max_k, max_batch) for m in modes}
+    engine_kw = dict(dtype=args.dtype, max_num_seqs=max_batch, **common.engine_settings(args))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    try:
+        cls = ray.remote(num_cpus=1)(Replica)
+        replicas = [cls.remote(i, i % os.cpu_count(), pair.target_dir, cfgs, engine_kw) for i in range(2)]
+        shares = [[p for p, w in zip(prompts, where) if w == r] for r in range(2)]
+        # Untimed warm-up: the actors' engines start, each mode runs once, the drafters load their LM.
+        for mode in modes:
+            ray.get([r.generate.remote(mode, shares[i], args.group, min(args.max_tokens, 16))
+                     for i, r in enumerate(replicas)])
+            ray.get([r.stop_drafting.remote() for r in replicas])
+        runs = []
+        total = args.repeats * len(modes)
+        t_start = time.perf_counter()
+        for rep in range(args.repeats):
+            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+            for mode in order:
+                t0 = time.perf_counter()
+                res = ray.get([r.generate.remote(mode, shares[i], args.group, args.max_tokens)
+                               for i, r in enumerate(replicas)])
+                wall = time.perf_counter() - t0
+                drafters = ray.get([r.stop_drafting.remote() for r in replicas])
+                runs.append({"repeat": rep, "mode": mode, "seconds": wall, "replicas": res, "drafters": drafters})
+                done = len(runs)
+                eta = (time.perf_counter() - t_start) / done * (total - done)
+                each = ", ".join("%.2f" % x["seconds"] for x in res)
+                print(f"[decoupled] {done}/{total} repeat {rep} {mode}: {wall:.2f}s (replicas {each}), ETA {eta:.0f}s",
+                      flush=True)
+    finally:
+        ray.shutdown()
+    med = {m: statistics.median(r["seconds"] for r in runs if r["mode"] == m) for m in modes}
+    summary = {f"{m}_seconds": round(v, 3) for m, v in med.items()}
+    for a, b in (("plain", "coupled"), ("plain", "decoupled"), ("coupled", "decoupled")):
+        if a in med and b in med:
+            summary[f"{b}_vs_{a}"] = round(med[a] / med[b], 3)
+            print(f"{b} / {a}: {summary[f'{b}_vs_{a}']:.3f}x (median rollout seconds {med[b]:.2f} vs {med[a]:.2f})")
+    dec = [x["sources"].get("decoupled", {}) for r in runs if r["mode"] == "decoupled" for x in r["replicas"]]
+    summary["decoupled_proposed"] = sum(d.get("proposed", 0) for d in dec)
+    summary["decoupled_accepted"] = sum(d.get("accepted", 0) for d in dec)
+    print(f"decoupled source: {summary['decoupled_proposed']} draft tokens verified, "
+          f"{summary['decoupled_accepted']} accepted")
+    payload = {"benchmark": "decoupled", "provenance": common.provenance(args, pair), "config": vars(args),
+               "split": where, "summary": summary, "results": runs}
+    common.write_json(common.out_path(args), payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
