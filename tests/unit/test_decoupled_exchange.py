@@ -154,3 +154,22 @@ def test_background_thread_delivers_without_the_step_calling_the_exchange(draft_
         assert link.stats()["alive"] == 1
     finally:
         link.stop()
+
+
+def test_a_drafter_moves_on_when_its_verifier_has_no_requests_left(draft_dir):
+    ex = TailExchange()
+    a = VerifierLink("a", ExchangeClient(ex), start=False)
+    b = VerifierLink("b", ExchangeClient(ex), start=False)
+    drafter = Drafter("d", ExchangeClient(ex), DraftLM(draft_dir), version=0, depth=3, branches=0)
+    a.open("r1", PROMPT)
+    a.open("r2", PROMPT)
+    b.open("s1", PROMPT)
+    a.pump(), b.pump()
+    drafter.run_once()
+    assert drafter.serving == "a"  # the most live requests per drafter
+    a.close("r1"), a.close("r2")
+    a.pump()
+    drafter.run_once()              # a is done: detach
+    drafter.run_once()              # and serve b
+    b.pump()
+    assert drafter.serving == "b" and b.take("s1", [], 3) is not None

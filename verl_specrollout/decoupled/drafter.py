@@ -147,6 +147,10 @@ class Drafter:
                 self.mirror.pop(rid, None)  # out of step: drop it, the next pull sends it whole
                 continue
             changed.append(rid)
+        if not self.mirror:  # the verifier has no live request left: serve another one next round
+            self.client.detach(self.name)
+            self.serving = None
+            return 0
         tails = []
         for rid in changed[:self.max_requests]:
             prompt, committed = self.mirror[rid]
