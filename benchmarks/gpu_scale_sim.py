@@ -1,6 +1,10 @@
 """A GRPO rollout at 7B / 32B / 70B on H100 / H200-class step costs, by simulation.
 
     python -m benchmarks.gpu_scale_sim --out results/gpu_scale_sim.json [--prompts 128 --group 8]
+    python -m benchmarks.gpu_scale_sim --replicas auto --out results/decoupled_sim.json
+
+With ``--replicas``: the rollout over R replicas under veRL's load balancer, plain / coupled /
+decoupled speculation (benchmarks/replica_sim.py) instead of the policy grid on one engine.
 
 Nothing here runs a model. Each engine step costs what a roofline says it costs, each request
 accepts draft tokens with published-looking per-position rates, and the policies under comparison
