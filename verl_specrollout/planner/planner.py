@@ -419,5 +419,5 @@ class Planner:
     def from_config(cls, cfg, max_batch: Optional[int] = None, zero_k_passes: Optional[int] = None) -> "Planner":
         """From a SpecRolloutConfig (verl_specrollout.config): its planner block as the settings."""
         if zero_k_passes is None:
-            zero_k_passes = 0 if cfg.base_method == "ngram" or cfg.planner.skip_draft_at_k0 else 1
+            zero_k_passes = 0 if not cfg.has_draft_model or cfg.planner.skip_draft_at_k0 else 1
         return cls(cfg.max_k, max_batch, zero_k_passes=zero_k_passes, settings=cfg.planner)

@@ -53,7 +53,7 @@ import time
 from typing import Any, List, Optional
 
 from verl_specrollout import compat
-from verl_specrollout.config import SpecRolloutConfig, validate_table
+from verl_specrollout.config import SpecRolloutConfig, runs_draft_model, validate_table
 from verl_specrollout.planner.acceptance import PerRequestAcceptance
 from verl_specrollout.planner.decision import allocate_verification_budget
 from verl_specrollout.planner.ktable import KTable
@@ -175,7 +175,7 @@ class SpecRolloutScheduler(Scheduler):
     def _sr_zero_k_passes(self, skip: bool) -> int:
         """Draft passes a K=0 step costs: none for model-free drafting (ngram) or with the skip
         of vllm_adapter/k0_skip.py, else one (vLLM keeps the draft's KV cache in sync)."""
-        return 0 if skip or self.vllm_config.speculative_config.method in compat.MODEL_FREE_DRAFT_METHODS else 1
+        return 0 if skip or not runs_draft_model(self.vllm_config.speculative_config.method) else 1
 
     def set_skip_draft_at_k0(self, flag: bool) -> None:
         """Tell the planner what a K=0 step costs after the drafter's skip was switched
