@@ -289,7 +289,6 @@ class Engines:
         self.run, self.target, self.head = run, target, head
         self.live: Dict[str, object] = {}
         self.clocks: Dict[str, StepClock] = {}
-        self.scheds: Dict[str, object] = {}
 
     def spec_config(self, **engine):
         from verl_specrollout.config import SpecRolloutConfig
@@ -836,6 +835,7 @@ class Run:
 
         d = self.result["device"]
         self.result["torch"] = torch.__version__
+        self.result["glibc"] = "-".join(platform.libc_ver())
         self.result["cuda"] = torch.version.cuda
         if self.args.device == "cuda":
             d["name"] = torch.cuda.get_device_name(0)

@@ -58,13 +58,69 @@ IMAGE_HAS = ("torch", "triton", "numpy", "typing_extensions", "filelock", "fsspe
              "mpmath", "networkx", "setuptools", "packaging", "pyyaml", "requests", "urllib3", "idna", "certifi",
              "charset_normalizer", "pillow", "psutil", "tqdm")
 
-# Staged wheels: (distribution, pinned version, what vLLM 0.24.0's METADATA asks for, or "via X" for a
-# requirement of a requirement). The set is what `from vllm import LLM` and an engine start for a Llama
-# with an EAGLE-3 head import, found by importing them in a python 3.12 venv that holds IMAGE_HAS only
-# (tools/gpu_stage_vllm.sh --check repeats that). On the GPU a wheel is installed only where the image
-# lacks its distribution or holds a version outside the requirement.
+# Staged wheels: (distribution, pinned version, what vLLM 0.24.0's METADATA asks for, or "via X": a
+# requirement of X). The set: every distribution an import of vLLM, its engine modules for a Llama with an
+# EAGLE-3 head and our plugin needed in a python holding IMAGE_HAS only (tools/gpu_stage_probe.py), closed
+# over their own requirements; the versions: pip's resolution of vllm==0.24.0 + scipy + torch==2.11.0 for
+# CPython 3.12 on manylinux x86_64 (2026-12-07). On the GPU a wheel is installed only where the image lacks
+# its distribution or holds a version outside the requirement.
 WHEELS = (
-    ("pydantic", "2.12.5", ">=2.12.0"),
+    ("aiohappyeyeballs", "2.7.1", "via aiohttp"),
+    ("aiohttp", "3.14.5", ">=3.13.3"),
+    ("aiosignal", "1.4.0", "via aiohttp"),
+    ("annotated-doc", "0.0.7", "via fastapi"),
+    ("annotated-types", "0.8.0", "via pydantic"),
+    ("anyio", "4.16.0", "via httpx"),
+    ("apache-tvm-ffi", "0.1.9", "==0.1.9"),
+    ("attrs", "26.1.0", "via aiohttp"),
+    ("cachetools", "8.0.3", ""),
+    ("cbor2", "6.3.0", ""),
+    ("click", "8.5.1", "via huggingface_hub"),
+    ("cloudpickle", "3.1.3", ""),
+    ("einops", "0.8.2", ""),
+    ("fastapi", "0.136.3", "<0.137.0,>=0.133.0"),
+    ("frozenlist", "1.8.0", "via aiohttp"),
+    ("h11", "0.16.0", "via httpcore"),
+    ("hf-xet", "1.8.0", "via huggingface_hub"),
+    ("httpcore", "1.0.9", "via httpx"),
+    ("httpcore2", "2.17.0", "via httpx2"),
+    ("httpx", "0.29.0", "via huggingface_hub"),
+    ("httpx2", "2.17.0", "via huggingface_hub"),
+    ("huggingface_hub", "2.5.0", "via transformers"),
+    ("jiter", "0.19.0", "via openai"),
+    ("kernels", "0.19.1", "via transformers"),
+    ("llguidance", "1.7.6", "<1.8.0,>=1.7.0"),
+    ("markdown-it-py", "4.3.0", "via rich"),
+    ("mdurl", "0.1.2", "via markdown-it-py"),
+    ("msgspec", "0.23.0", ""),
+    ("multidict", "7.2.1", "via aiohttp"),
+    ("openai", "3.63.0", ">=2.0.0"),
+    ("openai-harmony", "0.0.8", ">=0.0.3"),
+    ("partial-json-parser", "0.2.1.1.post7", ""),
+    ("prometheus_client", "0.26.0", ">=0.18.0"),
+    ("propcache", "0.5.4", "via aiohttp"),
+    ("py-cpuinfo", "9.0.0", ""),
+    ("pybase64", "1.5.1", ""),
+    ("pydantic", "2.14.4", ">=2.12.0"),
+    ("pydantic_core", "2.50.5", "via pydantic"),
+    ("Pygments", "2.21.0", "via rich"),
+    ("pyzmq", "27.3.0", ">=25.0.0"),
+    ("regex", "2026.12.2", ""),
+    ("rich", "15.0.0", "via typer"),
+    ("safetensors", "0.8.0", ">=0.6.2"),
+    ("scipy", "1.18.1", "via verl-specrollout"),
+    ("shellingham", "1.5.4", "via typer"),
+    ("sniffio", "1.3.1", "via openai"),
+    ("starlette", "1.10.0", ">=1.0.1"),
+    ("tokenizers", "0.23.3", ">=0.21.1"),
+    ("tomlkit", "0.15.3", "via kernels"),
+    ("transformers", "5.25.0", ">=5.5.3"),
+    ("truststore", "0.10.5", "via httpx2"),
+    ("typer", "0.29.3", "via transformers"),
+    ("typing-inspection", "0.4.5", "via pydantic"),
+    ("uvloop", "0.23.0", "via fastapi[standard]"),
+    ("xgrammar", "0.2.3", "<1.0.0,>=0.2.1"),
+    ("yarl", "1.25.1", "via aiohttp"),
 )
 
 
@@ -219,6 +275,21 @@ def wheel_entries(wheels_dir: str, wheels: Iterable[tuple] = WHEELS) -> List[dic
     return out
 
 
+def needs_glibc(wheels_dir: str, *more: str) -> str:
+    """The glibc the staged files need, e.g. "2.31": per file the lowest manylinux tag it carries (it
+    installs there), over the files the highest."""
+    import re
+
+    names = list(more) + (os.listdir(wheels_dir) if os.path.isdir(wheels_dir) else [])
+    need = (2, 17)
+    for n in names:
+        tags = [(int(a), int(b)) for a, b in re.findall(r"manylinux_(\d+)_(\d+)_", n)]
+        tags += [(2, 17)] if "manylinux2014" in n else []
+        if tags:
+            need = max(need, min(tags))
+    return f"{need[0]}.{need[1]}"
+
+
 def extract_pruned(wheel: str, out_dir: str) -> dict:
     """Unpack the vLLM wheel into `out_dir` (a site-packages tree) without the PRUNE entries."""
     import zipfile
@@ -335,7 +406,8 @@ def install(stage_dir: str, site: str, work_dir: str, repo: str, record: dict) -
     """Reassemble and check the parts, unpack vLLM into `site`, install the staged wheels the image lacks
     (or holds at a version vLLM does not accept) and register our plugin. Idempotent: a `site` stamped
     with the manifest's archive is kept."""
-    import subprocess
+    import shutil
+    import tarfile
     import time
 
     t0 = time.monotonic()
@@ -349,9 +421,11 @@ def install(stage_dir: str, site: str, work_dir: str, repo: str, record: dict) -
     archive = reassemble(m, parts, os.path.join(work_dir, m["archive"]))
     log(f"{m['archive']}: {len(m['parts'])} parts, sha256 ok ({time.monotonic() - t0:.1f}s)")
     unpack = os.path.join(work_dir, "unpack")
-    subprocess.run(["rm", "-rf", unpack, site], check=True)
+    for d in (unpack, site):
+        shutil.rmtree(d, ignore_errors=True)
     os.makedirs(unpack)
-    subprocess.run(["tar", "-xJf", archive, "-C", unpack], check=True)
+    with tarfile.open(archive, "r:xz") as tar:  # liblzma through the standard library: no xz binary needed
+        tar.extractall(unpack, filter="data")
     os.rename(os.path.join(unpack, "site"), site)
     with open(os.path.join(unpack, "stage_info.json")) as f:
         info = json.load(f)

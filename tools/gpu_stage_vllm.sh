@@ -58,7 +58,7 @@ SECONDS_OF[download_vllm]=$(( $(date +%s) - t0 ))
 # 2. The small wheels for python 3.12 (binary only, no dependency resolution: the list is complete).
 t0=$(date +%s)
 PLATFORMS=()
-for minor in 28 27 26 25 24 17 12 5; do PLATFORMS+=(--platform "manylinux_2_${minor}_x86_64"); done
+for minor in $(seq 35 -1 5); do PLATFORMS+=(--platform "manylinux_2_${minor}_x86_64"); done
 PLATFORMS+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
 mapfile -t WANT < <($STAGE_PY wheels)
 if $PY -c "import sys; sys.path.insert(0, 'tools'); import gpu_stage; gpu_stage.wheel_entries('$STAGE/wheels')" 2>/dev/null; then
@@ -101,12 +101,14 @@ info = gpu_stage.extract_pruned(wheel, f"{tree}/site")
 info = {"vllm": {"version": gpu_stage.VLLM_VERSION, "wheel": gpu_stage.VLLM_WHEEL,
                  "wheel_sha256": gpu_stage.VLLM_WHEEL_SHA256, **info},
         "wheels": gpu_stage.wheel_entries(f"{tree}/wheels"), "image_has": list(gpu_stage.IMAGE_HAS),
+        "needs_glibc": gpu_stage.needs_glibc(f"{tree}/wheels", gpu_stage.VLLM_WHEEL),
         "staged_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 gpu_stage.write_json(f"{tree}/stage_info.json", info)
 mb = lambda b: f"{b / 1e6:.1f} MB"
 print(f"[stage] vllm kept {mb(info['vllm']['kept_bytes'])}; pruned " +
       ", ".join(f"{p['path']} {mb(p['bytes'])}" for p in info["vllm"]["pruned"]))
-print(f"[stage] {len(info['wheels'])} wheels, {mb(sum(w['bytes'] for w in info['wheels']))}")
+print(f"[stage] {len(info['wheels'])} wheels, {mb(sum(w['bytes'] for w in info['wheels']))}; "
+      f"the GPU machine needs glibc >= {info['needs_glibc']}")
 EOF
   echo "$STAMP" > "$STAGE/tree/.stamp"
 fi

@@ -356,3 +356,11 @@ def test_install_unpacks_installs_what_is_missing_and_is_idempotent(stage, tmp_p
     rec2 = {}
     stage.install(str(stage_dir), str(site), str(work), REPO, rec2)  # stamped: nothing redone
     assert (site / "marker").is_file() and "wheels_installed" not in rec2
+
+
+def test_needs_glibc_takes_each_files_lowest_tag(stage, tmp_path):
+    for name in ("a-1-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+                 "b-1-cp39-abi3-manylinux_2_31_x86_64.whl", "c-1-py3-none-any.whl"):
+        (tmp_path / name).write_bytes(b"")
+    assert stage.needs_glibc(str(tmp_path), "vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl") == "2.31"
+    assert stage.needs_glibc(str(tmp_path / "none")) == "2.17"
