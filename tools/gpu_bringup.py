@@ -103,6 +103,7 @@ def check_imports(record: dict) -> bool:
     from importlib import metadata
 
     import vllm
+    from vllm import LLM, SamplingParams  # noqa: F401  (vLLM's lazy names: the whole front-end import chain)
 
     record["vllm"] = vllm.__version__
     eps = [ep for ep in metadata.entry_points(group="vllm.general_plugins") if ep.name == "specrollout"]

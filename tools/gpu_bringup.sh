@@ -4,13 +4,13 @@
 # the trained testbed under .gpu_stage/testbed), then measures start-up facts, step times, a GRPO-shaped
 # rollout, sleep/wake, greedy equality and memory: see tools/gpu_bringup.py for what and the JSON schema.
 #
-# With the project's device tool (docs/gpu.md has the whole sequence; parts arrive one per call and stay
-# on the warm machine between calls, since .gpu_stage/ is git-ignored):
+# With the project's device tool (docs/gpu.md has the whole sequence and why; .gpu_stage/ is git-ignored,
+# so parts carried by earlier calls stay on the warm machine): three calls carry parts 1-3 with
+# command="ls -l .gpu_stage/parts", then
 #
-#     run(command="ls -l .gpu_stage/parts", carry=[".gpu_stage/parts/vllm-0.24.0-site.tar.xz.part01",
-#         ".gpu_stage/parts/manifest.json"], timeout_s=60)
-#     run(command="bash tools/gpu_bringup.sh", carry=[".gpu_stage/parts/vllm-0.24.0-site.tar.xz.part02",
-#         ".gpu_stage/parts/manifest.json", ".gpu_stage/testbed"], timeout_s=600)
+#     run(command="bash tools/gpu_bringup.sh", timeout_s=600,
+#         carry=[".gpu_stage/parts/vllm-0.24.0-site.tar.xz.part04", ".gpu_stage/testbed",
+#                ".gpu_stage/parts/manifest.json"])
 #
 # Results: $OUT/gpu_bringup.json and $OUT/gpu_bringup.log when $OUT is set (the device tool sets it), else
 # results/. Extra arguments go to the Python script, e.g.

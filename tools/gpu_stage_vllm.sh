@@ -11,15 +11,18 @@
 #               Blackwell-only files: tools/gpu_stage.py PRUNE), wheels/, stage_info.json
 #   parts/      vllm-0.24.0-site.tar.xz.partNN (<= 60 MB each) and manifest.json (sha256 of each part and
 #               of the whole archive): what the device tool carries, one part per call
-#   testbed/    the trained testbed target and EAGLE-3 head (medium if built, else tiny); gpu_bringup.py
-#               expands them to the 7B shape on the GPU
+#   testbed/    the trained testbed target and EAGLE-3 head (medium if built, else tiny) in bfloat16;
+#               gpu_bringup.py expands them to the 7B shape on the GPU
 #   calls.json  which call carries what (tools/gpu_stage.py call_plan), also printed at the end
 #
 # Each step is skipped when its output is there and its inputs are unchanged (stamps in tree/ and parts/);
 # the tar is deterministic (sorted names, mtime 0, owner 0), so a rerun makes the same archive bytes.
 #
-# Measured here on 2026-12-07 (2 shared CPU cores, PyPI at ~50 MB/s): see the summary the script prints
-# last (sizes, seconds per step); docs/gpu.md keeps the numbers of the staged release.
+# Measured here on 2026-12-07 (2 shared CPU cores, PyPI at ~50 MB/s): vLLM wheel 279 MB in 3 s, the 56
+# small wheels 132.7 MB in 10 s (xgrammar 45 MB, scipy 35 MB, transformers 14 MB lead), 299.7 MB of vLLM
+# kept after pruning, xz -9 of it all 335 s -> 219.2 MiB in 4 parts (60, 60, 60, 49.9 MB), testbed (tiny,
+# bf16) 7.1 MiB; 351 s in all, 6 s for a rerun with nothing to redo. Device calls: 4 (parts 1-3, then part
+# 4 + testbed + the run; docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -132,10 +135,13 @@ else
 fi
 SECONDS_OF[pack]=$(( $(date +%s) - t0 ))
 
-# 5. The trained testbed files the GPU run expands (medium when built, else tiny): target + EAGLE-3 head.
+# 5. The trained testbed files the GPU run expands (medium when built, else tiny): target + EAGLE-3 head,
+#    weights in bfloat16 (what the GPU run serves anyway; half the bytes, so they ride with the last part).
 t0=$(date +%s)
 $PY - "$STAGE/testbed" <<'EOF'
-import os, shutil, sys
+import json, os, shutil, sys
+import torch
+from safetensors.torch import load_file, save_file
 from verl_specrollout.testing.testbed import build_testbed, is_built
 out = sys.argv[1]
 size = "medium" if is_built("medium") else "tiny"
@@ -145,9 +151,24 @@ for name in os.listdir(out) if os.path.isdir(out) else []:
         shutil.rmtree(os.path.join(out, name))
 for part, src in (("target", tb.target_dir), ("eagle3", tb.eagle3_dir)):
     dst = os.path.join(out, size, part)
-    if not os.path.isdir(dst):
-        shutil.copytree(src, dst)
-print(f"[stage] testbed {size} -> {out}/{size}")
+    if os.path.isfile(os.path.join(dst, "READY")):
+        continue
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    for f in os.listdir(src):
+        if f.endswith(".safetensors"):
+            sd = load_file(os.path.join(src, f))
+            save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()},
+                      os.path.join(dst, f), metadata={"format": "pt"})
+    cfg = os.path.join(dst, "config.json")
+    with open(cfg) as fh:
+        c = json.load(fh)
+    c.update({k: "bfloat16" for k in ("torch_dtype", "dtype") if k in c})
+    with open(cfg, "w") as fh:
+        json.dump(c, fh, indent=2)
+    with open(os.path.join(dst, "READY"), "w") as fh:
+        fh.write("bfloat16 copy of " + src + "\n")
+print(f"[stage] testbed {size} -> {out}/{size} (bfloat16)")
 EOF
 SECONDS_OF[testbed]=$(( $(date +%s) - t0 ))
 
