@@ -173,9 +173,15 @@ def expand_model(args, src_target: str, src_head: str) -> tuple:
     target, head = os.path.join(out, "target"), os.path.join(out, "eagle3")
     if os.path.isfile(os.path.join(out, "READY")):
         return target, head
+    from verl_specrollout.draft.eagle3 import read_weights
+    from verl_specrollout.draft.format import find_weight_files
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = ex._read_config(src_target)
-    sd2, cfg2, plan = ex.expand_target_state(ex._read_state(src_target), cfg, shape)
+    with open(os.path.join(src_target, "config.json")) as f:
+        cfg = json.load(f)
+    # expand_checkpoint would write the expansion in the source's float32 (27 GB at 7B): the state is
+    # expanded here and written in --dtype instead.
+    sd2, cfg2, plan = ex.expand_target_state(read_weights(src_target, find_weight_files(src_target)), cfg, shape)
     dtype = getattr(torch, args.dtype)
     for k in list(sd2):  # one tensor at a time: the float32 copy never exists twice
         sd2[k] = sd2[k].to(dtype).contiguous()
