@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from verl_specrollout.testing.testbed.measure import hf_greedy
+
 pytestmark = pytest.mark.integration
 
 PROMPT = [1, 40, 41, 42, 43]
@@ -24,18 +26,6 @@ def draft_dir():
     from verl_specrollout.testing.testbed import build_testbed
 
     return build_testbed("tiny").draft_lm_dir
-
-
-def _greedy(path, ids, n):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = list(ids)
-    with torch.inference_mode():
-        for _ in range(n):
-            ids.append(int(m(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[-n:]
 
 
 def test_decoupled_tails_cross_processes_through_the_named_exchange_and_a_dead_exchange_falls_back(
@@ -69,7 +59,7 @@ def test_decoupled_tails_cross_processes_through_the_named_exchange_and_a_dead_e
             ray.get(drafter.run_once.remote())
             time.sleep(0.01)
             got = link.take("r", [30], 5)
-        assert got is not None and got.tokens == _greedy(draft_dir, PROMPT + [30], 5)
+        assert got is not None and got.tokens == hf_greedy(draft_dir, PROMPT + [30], 5)
 
         ray.kill(handle)  # the exchange dies: the verifier's step is unaffected, the link goes down
         with caplog.at_level(logging.WARNING):

@@ -6,12 +6,11 @@ import logging
 import time
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from verl_specrollout.decoupled.drafter import Drafter, DraftLM
 from verl_specrollout.decoupled.exchange import TailExchange
 from verl_specrollout.decoupled.link import ExchangeClient, VerifierLink
+from verl_specrollout.testing.testbed.measure import hf_greedy
 
 PROMPT = [1, 40, 41, 42, 43]
 
@@ -21,15 +20,6 @@ def draft_dir():
     from verl_specrollout.testing.testbed import build_testbed
 
     return build_testbed("tiny").draft_lm_dir
-
-
-def greedy(path, ids, n):
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = list(ids)
-    with torch.inference_mode():
-        for _ in range(n):
-            ids.append(int(m(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[-n:]
 
 
 def rig(draft_dir, version=0, depth=6, branches=1):
@@ -47,7 +37,7 @@ def test_drafter_tails_are_the_draft_lms_greedy_continuation_of_the_committed_pr
     assert drafter.run_once() == 2    # the main tail and one rejection branch
     link.pump()                       # tails come back to the verifier
     got = link.take("r", [30], max_tokens=6)
-    assert got.tokens == greedy(draft_dir, PROMPT + [30], 6)
+    assert got.tokens == hf_greedy(draft_dir, PROMPT + [30], 6)
     assert ex.status()["drafters"]["replica-1"]["serving"] == "replica-0"
 
 
@@ -69,7 +59,7 @@ def test_tail_serves_after_the_verifier_accepts_part_of_it_and_the_drafter_resyn
     link.pump()
     drafter.run_once()
     link.pump()
-    assert link.take("r", committed, 4).tokens == greedy(draft_dir, PROMPT + committed, 4)
+    assert link.take("r", committed, 4).tokens == hf_greedy(draft_dir, PROMPT + committed, 4)
 
 
 def test_finished_requests_leave_the_drafter_and_late_tails_are_dropped(draft_dir):
@@ -150,7 +140,7 @@ def test_background_thread_delivers_without_the_step_calling_the_exchange(draft_
             if link.take("r", [], 4) is not None:
                 break
             time.sleep(0.001)
-        assert link.take("r", [], 4).tokens == greedy(draft_dir, PROMPT, 4)
+        assert link.take("r", [], 4).tokens == hf_greedy(draft_dir, PROMPT, 4)
         assert link.stats()["alive"] == 1
     finally:
         link.stop()

@@ -103,3 +103,17 @@ def measure_acceptance(testbed, method: str = "eagle3", k: int = 4, temperature:
         "accuracy": acc / max(1, len(prompts)),
         "texts": texts,
     }
+
+
+def hf_greedy(model_dir: str, ids, n: int) -> list:
+    """The next ``n`` greedy tokens of a Hugging Face causal LM after ``ids``, one full forward per
+    token (no KV cache): the plain reference a cached or remote drafter must reproduce."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = list(ids)
+    with torch.inference_mode():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[-n:]
