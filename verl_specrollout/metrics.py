@@ -149,11 +149,12 @@ def step_metrics(server_results: list, learner: Mapping | None = None) -> Dict[s
             continue
         out[LEARNER.format(name=k)] = float(v)
     out.update(group_metrics(servers))
+    out.update(decoupled_metrics(servers))
     return out
 
 
 # Best-of-N group drafting (vllm_adapter/group_proposer.py), per training step, summed over servers.
-GROUP_SOURCES = ("model", "siblings", "history", "prompt")
+GROUP_SOURCES = ("model", "siblings", "history", "prompt", "decoupled")
 SOURCE_PROPOSED = PREFIX + "source/{source}/proposed"  # draft tokens of that source verified
 SOURCE_ACCEPTED = PREFIX + "source/{source}/accepted"  # ... and accepted
 SOURCE_SHARE = PREFIX + "source/{source}/share"  # share of request-steps (K > 0) drafted by it; "none": nothing
@@ -202,6 +203,29 @@ def group_metrics(server_results: list) -> Dict[str, float]:
     out[SOURCE_SHARE.format(source="none")] = no_draft / steps if steps else 0.0
     for k, v in index.items():
         out[GROUP_INDEX.format(name=k)] = v
+    return out
+
+
+# Decoupled speculation's idle drafters (decoupled/engine.py IdleDrafter.stats), per training step over servers.
+DECOUPLED_UTILISATION = PREFIX + "decoupled/drafter_utilisation"  # mean over drafters: seconds drafting / running
+DECOUPLED_RUNNING = PREFIX + "decoupled/drafter_running"  # drafters running when the trainer asked
+DECOUPLED_COUNT = PREFIX + "decoupled/drafter_{name}"  # the drafters' counts this step, summed (tails, refused_*)
+
+
+def decoupled_metrics(server_results: list) -> Dict[str, float]:
+    """specrollout/decoupled/* from the servers' "decoupled" stats ({} when no server runs a drafter)."""
+    stats = [s for s in (RolloutStepStats.read(r).decoupled if r else None for r in server_results or []) if s]
+    if not stats:
+        return {}
+    out: Dict[str, float] = {DECOUPLED_UTILISATION: sum(float(s.get("drafter/utilisation", 0.0)) for s in stats)
+                             / len(stats),
+                             DECOUPLED_RUNNING: sum(float(s.get("drafter/running", 0.0)) for s in stats)}
+    for s in stats:
+        for k, v in s.items():
+            if k in ("drafter/utilisation", "drafter/running"):
+                continue
+            name = DECOUPLED_COUNT.format(name=k.split("/", 1)[-1])
+            out[name] = out.get(name, 0.0) + float(v)
     return out
 
 

@@ -9,7 +9,8 @@ Two records, each read by every consumer the way vLLM's ``SpecDecodingStats`` is
   core runs in a child process of the rollout server, and that file is its channel back.
 * ``RolloutStepStats``: what one rollout server did since the trainer's previous step (draft
   versions and reloads, vLLM's spec-decode counter deltas, per-request counts, the group
-  drafter's counts, and the planner's stats with the K histogram of the step). The server
+  drafter's counts, the planner's stats with the K histogram of the step, and the idle drafter's
+  utilisation and counts with decoupled speculation on). The server
   (verl_adapter/server.py) answers it through Ray as ``to_dict()``; the trainer reads it back
   with ``from_dict`` and metrics.py flattens it once into the ``specrollout/*`` names.
 
@@ -188,6 +189,9 @@ class RolloutStepStats:
     requests: Optional[RequestSpecStats] = None
     group: Dict[str, Any] = field(default_factory=dict)  # group drafter's count deltas (group_proposer.GroupDrafter.stats)
     planner: Optional[PlannerStats] = None  # the planner's latest stats; k_hist: the steps since the previous call
+    # The idle drafter (decoupled speculation): "drafter/utilisation" (seconds drafting / seconds running),
+    # "drafter/running" (0/1) and its count deltas "drafter/<count>" (decoupled.engine.IdleDrafter.stats).
+    decoupled: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -205,6 +209,7 @@ class RolloutStepStats:
         kw["requests"] = RequestSpecStats(**_fields(RequestSpecStats, kw["requests"])) if kw.get("requests") else None
         kw["planner"] = PlannerStats.from_dict(kw["planner"]) if kw.get("planner") else None
         kw["group"] = dict(kw.get("group") or {})
+        kw["decoupled"] = {str(k): float(v) for k, v in (kw.get("decoupled") or {}).items()}
         for name in ("draft_version", "draft_version_live", "draft_reloads", "draft_restores_after_sleep",
                      "draft_reload_failures"):
             if name in kw:

@@ -301,6 +301,7 @@ def logged_metric_globs() -> Tuple[str, ...]:
         group={"sources": {s: {"proposed": 4, "accepted": 2, "chosen": 1} for s in M.GROUP_SOURCES},
                "request_steps": 10, "no_draft": 1, "index": {"{name}": 100}},
         planner=stats.since({}),
+        decoupled={"drafter/utilisation": 0.5, "drafter/running": 1, "drafter/{name}": 3},
     ).to_dict()  # every field a rollout server fills, in the form it sends
     names = set(M.step_metrics([server], {"{name}": 1.0}))
     names |= set(M.DraftStallDetector().update(1, True))

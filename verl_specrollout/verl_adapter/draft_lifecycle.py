@@ -45,6 +45,8 @@ class DraftLifecycle:
         self.reloads = 0  # successful loads of a new version (reload or restore)
         self.restores = 0  # restores after a sleep that discarded the draft
         self.rollout_version: Optional[int] = None  # the version the last generate ran
+        # Awaited with the new version after each load that changed it (the server's decoupled hooks).
+        self.on_version: Optional[Callable[[int], Awaitable[None]]] = None
 
     @property
     def has_draft(self) -> bool:
@@ -94,6 +96,11 @@ class DraftLifecycle:
         if v != before:
             self.reloads += 1
             logger.info("verl-specrollout: draft v%s live (was v%s)", v, before)
+            if self.on_version is not None and v is not None:
+                try:
+                    await self.on_version(int(v))
+                except Exception:  # passing the version on must not undo the reload
+                    logger.exception("verl-specrollout: passing draft v%s on failed", v)
         return v
 
     # ------------------------------------------------------------------- sleep

@@ -5,7 +5,8 @@ Per step, as a rollout_stats.RolloutStepStats: the draft versions and reload cou
 vLLM's spec-decode counters, per-request (drafted, accepted, verify steps) of the requests finished
 since the previous call (for veRL's rollout/spec_* where the trainer does not read them), the
 group drafter's per-source counts (group methods; read from the workers by ``collective_rpc``),
-and the planner's stats as the scheduler last published them, with the K histogram of the step.
+the planner's stats as the scheduler last published them, with the K histogram of the step, and
+with decoupled speculation on, the idle drafter's utilisation and counts (verl_adapter/decoupled_hooks.py).
 """
 
 from __future__ import annotations
@@ -103,10 +104,12 @@ class RolloutMetrics:
         self._warned_group_stats = False
         self._warned_group_off = False
 
-    async def step(self, draft: DraftLifecycle, engine, lead: bool) -> RolloutStepStats:
+    async def step(self, draft: DraftLifecycle, engine, lead: bool, decoupled=None) -> RolloutStepStats:
         out = RolloutStepStats(draft_version=draft.version_used(), draft_version_live=draft.live_version(),
                                draft_reloads=draft.reloads, draft_restores_after_sleep=draft.restores,
                                draft_reload_failures=draft.failures or 0)
+        if decoupled is not None:  # the server's DecoupledHooks (node 0, decoupled on)
+            out.decoupled = decoupled.step_stats()
         if not lead:  # the engine's counters and planner live with node 0's server
             return out
         out.vllm = self._counters()

@@ -18,13 +18,17 @@ With speculation on, the server also:
   (verl_adapter/rollout_metrics.py): per-request (drafted, accepted, verify steps) of the requests
   finished since the last call (veRL's rollout/spec_* where the trainer does not read them), deltas
   of vLLM's spec-decode counters, of the planner's K histogram, of the group drafter's per-source
-  counts, and the draft version the rollout used.
+  counts, and the draft version the rollout used;
+* with `decoupled.enable` (node 0's server), runs an idle drafter (decoupled/engine.py's IdleDrafter)
+  while no request is in flight and the engine is awake (verl_adapter/decoupled_hooks.py), and after
+  each draft reload passes the new version to it and to the workers' verifier links.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from typing import Optional
 
@@ -33,6 +37,7 @@ import ray
 from verl_specrollout import compat
 from verl_specrollout.compat import check_versions
 from verl_specrollout.config import SpecRolloutConfig
+from verl_specrollout.verl_adapter.decoupled_hooks import DecoupledHooks
 from verl_specrollout.verl_adapter.draft_lifecycle import DraftLifecycle
 from verl_specrollout.verl_adapter.rollout_metrics import RolloutMetrics
 from verl_specrollout.verl_adapter.startup_checks import check_rollout
@@ -68,6 +73,27 @@ class SpecRolloutHttpServer(vLLMHttpServer):
                                     lead=lambda: self.node_rank == 0,
                                     sleep_mode=lambda: bool(self.config.enable_sleep_mode))
         self.rollout_metrics = RolloutMetrics(self.specrollout_config)
+        self.decoupled: Optional[DecoupledHooks] = None
+        cfg = self.specrollout_config
+        if cfg.enable and cfg.decoupled.enable and getattr(self, "node_rank", 0) == 0:
+            self.decoupled = DecoupledHooks(self._make_idle_drafter())
+            self.draft.on_version = self._draft_version_changed
+
+    def _make_idle_drafter(self):
+        from verl_specrollout.decoupled.engine import IdleDrafter
+
+        replica_id = f"replica{getattr(self, 'replica_rank', 0)}@{socket.gethostname()}:{os.getpid()}"
+        return IdleDrafter(self.specrollout_config, replica_id, device="cpu" if compat.vllm_on_cpu() else "cuda",
+                           version=self.draft.live_version())
+
+    async def _draft_version_changed(self, version: int) -> None:
+        """A reload made `version` live: the idle drafter drafts with it, and the workers' verifier links
+        drop and refuse tails of any other version (the exchange refuses a drafter on an old one)."""
+        await self.decoupled.set_version(version)
+        try:
+            await self.engine.collective_rpc(compat.WORKER_DECOUPLED_VERSION_METHOD, args=(int(version),))
+        except Exception as exc:
+            logger.warning("verl-specrollout: cannot pass draft v%s to the workers' decoupled links: %r", version, exc)
 
     # ------------------------------------------------------------------ engine start
     def _preprocess_engine_kwargs(self, engine_kwargs: dict) -> None:
@@ -110,11 +136,15 @@ class SpecRolloutHttpServer(vLLMHttpServer):
 
     # ------------------------------------------------------------------ veRL's lifecycle calls
     async def sleep(self, *args, **kwargs):
+        if self.decoupled is not None:
+            await self.decoupled.sleep()  # the idle drafter stops before the engine sleeps
         self.draft.watch_engine_sleep()
         return await super().sleep(*args, **kwargs)
 
     async def release_kv_cache(self, *args, **kwargs):
         # veRL releases memory for a weight sync by sleeping at its level and waking the weights.
+        if self.decoupled is not None:
+            await self.decoupled.sleep()
         self.draft.watch_engine_sleep()
         return await super().release_kv_cache(*args, **kwargs)
 
@@ -122,11 +152,15 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         out = await super().wake_up(tags, *args, **kwargs)
         if tags is None or "weights" in tags:
             await self.draft.restore_if_discarded()
+        if self.decoupled is not None and (tags is None or "kv_cache" in tags):
+            await self.decoupled.wake()  # fully awake: the drafter may run while nothing is in flight
         return out
 
     async def resume_kv_cache(self, *args, **kwargs):
         out = await super().resume_kv_cache(*args, **kwargs)
         await self.draft.restore_if_discarded()
+        if self.decoupled is not None:
+            await self.decoupled.wake()
         return out
 
     async def set_global_steps(self, global_steps: int):
@@ -135,6 +169,16 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         await self.draft.reload_after_sync()
 
     async def generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
+        if self.decoupled is None:
+            return await self._generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        # In flight from here: the idle drafter stops before this request (or a restore) uses the device.
+        await self.decoupled.request_begins()
+        try:
+            return await self._generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        finally:
+            await self.decoupled.request_ends()
+
+    async def _generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
         await self.draft.restore_if_discarded()  # never generate with a discarded draft
         self.draft.rollout_version = self.draft.live_version()
         self.rollout_metrics.requests.watch(self.engine)
@@ -146,7 +190,8 @@ class SpecRolloutHttpServer(vLLMHttpServer):
     async def specrollout_step_metrics(self) -> dict:
         """This server's numbers since the previous call (rollout_stats.RolloutStepStats.to_dict;
         summed by the trainer over servers)."""
-        step = await self.rollout_metrics.step(self.draft, self.engine, lead=self.node_rank == 0)
+        step = await self.rollout_metrics.step(self.draft, self.engine, lead=self.node_rank == 0,
+                                               decoupled=self.decoupled)
         return step.to_dict()
 
 

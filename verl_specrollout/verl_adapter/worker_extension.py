@@ -5,14 +5,15 @@ callable (unless VLLM_ALLOW_INSECURE_SERIALIZATION=1, i.e. pickle over the IPC s
 reload runs by *method name* instead: the server (verl_adapter/server.py) asks vLLM for this
 class as ``worker_extension_cls``; it is veRL's own colocate extension plus our methods: the draft
 reload (and restore after a sleep), keeping the draft tensors a level-2 sleep would lose
-(vllm_adapter/draft_sleep.py), and the group drafter's counters (vllm_adapter/group_proposer.py).
+(vllm_adapter/draft_sleep.py), the group drafter's counters (vllm_adapter/group_proposer.py), and
+the decoupled verifier link's draft version after a reload.
 """
 
 from __future__ import annotations
 
 from verl_specrollout import compat
 from verl_specrollout.vllm_adapter.draft_reload import keep_draft_in_worker, reload_draft_in_worker
-from verl_specrollout.vllm_adapter.group_proposer import worker_stats
+from verl_specrollout.vllm_adapter.group_proposer import decoupled_set_version, worker_stats
 
 _Base = compat.resolve(compat.VERL_VLLM_WORKER_EXTENSION)
 
@@ -26,3 +27,6 @@ class SpecRolloutWorkerExtension(_Base):
 
     def specrollout_group_stats(self) -> dict:
         return worker_stats(self)
+
+    def specrollout_decoupled_set_version(self, version: int) -> bool:
+        return decoupled_set_version(self, version)
