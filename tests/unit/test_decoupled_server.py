@@ -168,6 +168,30 @@ def test_decoupled_request_failure_still_counts_out():
     asyncio.run(run())
 
 
+def test_decoupled_request_cancelled_while_the_drafter_stops_counts_out():
+    server = _server()
+    drafter = server.decoupled.drafter
+    release = threading.Event()
+    drafter.on_work = lambda: (release.wait(5), drafter.calls.append("on_work"))  # a slow stop
+
+    async def never(*a, **kw):
+        raise AssertionError("reached the engine before the drafter stopped")
+
+    server._generate = never
+
+    async def run():
+        t = asyncio.create_task(server.generate([1], {}, "x"))
+        await asyncio.sleep(0.05)
+        t.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert server.decoupled.inflight == 0 and drafter.calls == ["on_work", "on_idle"]
+
+    asyncio.run(run())
+
+
 def test_decoupled_drafter_never_starts_while_asleep():
     server = _server()
     drafter = server.decoupled.drafter

@@ -172,8 +172,9 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         if self.decoupled is None:
             return await self._generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
         # In flight from here: the idle drafter stops before this request (or a restore) uses the device.
-        await self.decoupled.request_begins()
+        # Inside the try: a request cancelled while it waits for that stop still counts out.
         try:
+            await self.decoupled.request_begins()
             return await self._generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
         finally:
             await self.decoupled.request_ends()
