@@ -50,12 +50,18 @@ for m in json.loads(sys.argv[1]):
         importlib.import_module(m)
         if m == "vllm":
             from vllm import LLM, SamplingParams  # noqa: F401  (vllm's lazy top-level names)
-    except md.PackageNotFoundError as e:  # a version check by distribution name
-        name = re.search(r"'([A-Za-z0-9_.-]+?)(?:[<>=!~ ].*)?'", str(e))
-        out.update(missing="dist:" + (name.group(1) if name else str(e)), at=m)
-        break
     except ModuleNotFoundError as e:
-        out.update(missing=(e.name or "").split(".")[0], at=m)
+        # The missing piece may sit down the chain (transformers re-raises a lazy import's failure without
+        # a name); a PackageNotFoundError is a version check by distribution name.
+        err, missing = e, ""
+        while err is not None and not missing:
+            if isinstance(err, md.PackageNotFoundError):
+                name = re.search(r"'([A-Za-z0-9_.-]+?)(?:[<>=!~ ].*)?'", str(err))
+                missing = "dist:" + (name.group(1) if name else str(err))
+            elif isinstance(err, ModuleNotFoundError) and err.name:
+                missing = err.name.split(".")[0]
+            err = err.__cause__ or err.__context__
+        out.update(missing=missing or "?", at=m, error=str(e)[:300])
         break
     except Exception as e:  # not a missing package: reported, the rest still imported
         out["other"].append(f"{m}: {type(e).__name__}: {str(e)[:200]}")
@@ -127,7 +133,7 @@ def probe(site: str, wheels_dir: str, max_runs: int = 60) -> dict:
         else:
             dist = (by_module.get(missing) or [None])[0]
         if dist is None or dist in allowed:
-            raise RuntimeError(f"{out['at']} needs {missing!r}, which this venv cannot provide")
+            raise RuntimeError(f"{out['at']} needs {missing!r}, which this venv cannot provide: {out.get('error')}")
         print(f"[probe] {out['at']} needs {missing} -> {dist} {metadata.version(dist)}", flush=True)
         allowed.add(dist)
         added.append(dist)
