@@ -159,6 +159,10 @@ SOURCE_PROPOSED = PREFIX + "source/{source}/proposed"  # draft tokens of that so
 SOURCE_ACCEPTED = PREFIX + "source/{source}/accepted"  # ... and accepted
 SOURCE_SHARE = PREFIX + "source/{source}/share"  # share of request-steps (K > 0) drafted by it; "none": nothing
 GROUP_INDEX = PREFIX + "group/{name}"  # the group index's size at the end of the step (indexed_tokens, ...)
+# The engines' decoupled verifier links (decoupled/link.py VerifierLink.stats), summed over servers:
+# link/* (exchange_errors, ...) and board/* (miss_empty, dropped_stale, ...) counts of the step.
+DECOUPLED_VERIFIER = PREFIX + "decoupled/{name}"
+DECOUPLED_LINKS_ALIVE = PREFIX + "decoupled/links_alive"  # verifier links whose exchange answers
 
 
 def counts_delta(new: Mapping, old: Mapping) -> dict:
@@ -179,6 +183,7 @@ def group_metrics(server_results: list) -> Dict[str, float]:
                                             for s in GROUP_SOURCES}
     steps = no_draft = 0.0
     index: Dict[str, float] = {}
+    links: Dict[str, float] = {}
     seen = False
     for r in server_results or []:
         g = RolloutStepStats.read(r).group if r else None
@@ -193,6 +198,10 @@ def group_metrics(server_results: list) -> Dict[str, float]:
         no_draft += float(g.get("no_draft", 0))
         for k, v in (g.get("index") or {}).items():
             index[k] = index.get(k, 0.0) + float(v)
+        for k, v in (g.get("decoupled") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                name = DECOUPLED_LINKS_ALIVE if k == "alive" else DECOUPLED_VERIFIER.format(name=k)
+                links[name] = links.get(name, 0.0) + float(v)
     if not seen:
         return {}
     out: Dict[str, float] = {}
@@ -203,6 +212,7 @@ def group_metrics(server_results: list) -> Dict[str, float]:
     out[SOURCE_SHARE.format(source="none")] = no_draft / steps if steps else 0.0
     for k, v in index.items():
         out[GROUP_INDEX.format(name=k)] = v
+    out.update(links)
     return out
 
 

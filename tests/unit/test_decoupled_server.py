@@ -318,7 +318,37 @@ def test_decoupled_metrics_flatten_source_and_utilisation():
     assert not any(k.startswith("specrollout/decoupled/") for k in M.step_metrics([RolloutStepStats()]))
 
 
+def test_decoupled_verifier_link_counts_are_logged():
+    g = {"sources": {}, "request_steps": 4, "no_draft": 0,
+         "decoupled": {"link/exchange_errors": 1, "board/miss_empty": 3, "alive": 1}}
+    out = M.step_metrics([RolloutStepStats(group=g), RolloutStepStats(group=dict(g))])
+    assert out["specrollout/decoupled/link/exchange_errors"] == 2.0
+    assert out["specrollout/decoupled/board/miss_empty"] == 6.0
+    assert out["specrollout/decoupled/links_alive"] == 2.0
+
+
 def test_decoupled_stats_survive_the_wire():
     s = RolloutStepStats(decoupled={"drafter/utilisation": 0.5, "drafter/tails": 3})
     assert RolloutStepStats.from_dict(s.to_dict()).decoupled == {"drafter/utilisation": 0.5, "drafter/tails": 3.0}
     assert RolloutStepStats.from_dict(RolloutStepStats().to_dict()).decoupled == {}
+
+
+def test_decoupled_link_counts_are_per_step_deltas_and_alive_a_level():
+    from verl_specrollout.config import SpecRolloutConfig
+    from verl_specrollout.verl_adapter.rollout_metrics import RolloutMetrics
+
+    answers = [{"sources": {}, "decoupled": {"alive": 1, "board/miss_empty": 5}},
+               {"sources": {}, "decoupled": {"alive": 1, "board/miss_empty": 8}}]
+
+    class Engine:
+        async def collective_rpc(self, method, args=()):
+            return [answers.pop(0)]
+
+    rm = RolloutMetrics(SpecRolloutConfig.from_dict(SPEC))
+
+    async def run():
+        return await rm._group(Engine()), await rm._group(Engine())
+
+    first, second = asyncio.run(run())
+    assert first["decoupled"] == {"alive": 1, "board/miss_empty": 5}
+    assert second["decoupled"] == {"alive": 1, "board/miss_empty": 3}

@@ -299,7 +299,8 @@ def logged_metric_globs() -> Tuple[str, ...]:
         draft_version=3, draft_version_live=4, draft_reloads=1, draft_restores_after_sleep=1, draft_reload_failures=1,
         vllm=SpecCounters(num_drafts=10, num_draft_tokens=40, num_accepted_tokens=20, accepted_per_pos=[8, 6, 4, 2]),
         group={"sources": {s: {"proposed": 4, "accepted": 2, "chosen": 1} for s in M.GROUP_SOURCES},
-               "request_steps": 10, "no_draft": 1, "index": {"{name}": 100}},
+               "request_steps": 10, "no_draft": 1, "index": {"{name}": 100},
+               "decoupled": {"link/{name}": 1, "board/{name}": 2, "alive": 1}},
         planner=stats.since({}),
         decoupled={"drafter/utilisation": 0.5, "drafter/running": 1, "drafter/{name}": 3},
     ).to_dict()  # every field a rollout server fills, in the form it sends

@@ -164,4 +164,6 @@ class RolloutMetrics:
         prev, self._prev_group = self._prev_group, now
         delta = counts_delta(now, prev) if prev is not None else now
         delta["index"] = dict(now.get("index") or {})  # index sizes are levels, not counts
+        if isinstance(now.get("decoupled"), dict):  # the verifier link's counts; "alive" is a level
+            delta.setdefault("decoupled", {})["alive"] = now["decoupled"].get("alive", 0)
         return delta
