@@ -25,24 +25,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The project venv where there is one (this CPU machine); the GPU machine's own python3 otherwise.
-if [ -n "${PYTHON:-}" ]; then
-  PY=$PYTHON
-elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
-  PY=.venv/bin/python
-else
-  PY=python3
-fi
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  echo "[bringup] $PY cannot import torch" >&2
-  exit 3
-fi
-
-RESULTS=${OUT:-results}
-mkdir -p "$RESULTS"
-JSON="$RESULTS/gpu_bringup.json"
-LOG="$RESULTS/gpu_bringup.log"
-echo "[bringup] results -> $JSON (log $LOG)"
+. tools/gpu_common.sh
+gpu_pick_python bringup
+gpu_results gpu_bringup bringup
 "$PY" -c "import sys, torch; print('[bringup] python', sys.version.split()[0], 'torch', torch.__version__, 'cuda',
       torch.version.cuda, 'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" | tee "$LOG"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version \

@@ -23,25 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The project venv where there is one (this CPU machine); the GPU machine's own python3
-# otherwise (.venv is not part of the copied working tree).
-if [ -n "${PYTHON:-}" ]; then
-  PY=$PYTHON
-elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
-  PY=.venv/bin/python
-else
-  PY=python3
-fi
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  echo "[gpu-smoke] $PY cannot import torch" >&2
-  exit 3
-fi
-
-RESULTS=${OUT:-results}
-mkdir -p "$RESULTS"
-JSON="$RESULTS/gpu_verify_cost.json"
-LOG="$RESULTS/gpu_verify_cost.log"
-echo "[gpu-smoke] results -> $JSON (log $LOG)"
+. tools/gpu_common.sh
+gpu_pick_python gpu-smoke
+gpu_results gpu_verify_cost gpu-smoke
 "$PY" -c "import torch; print('[gpu-smoke] torch', torch.__version__, 'cuda', torch.version.cuda,
       'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" | tee "$LOG"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm \
