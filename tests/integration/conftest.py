@@ -55,6 +55,17 @@ def _spec(tmp_path_factory, name: str, trainer: str, **sizes) -> dict:
                  trainer=trainer, **sizes)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _collect_engines_between_modules():
+    """Engines a module dropped but left in reference cycles are collected when its tests end, not
+    later in the middle of the next module's engine start-up, where the collected engine's shutdown
+    would take vLLM's process-global tensor-parallel group away from the engine being built."""
+    import gc
+
+    yield
+    gc.collect()
+
+
 # veRL's default trainer (V1, sync mode): the plain / spec pair the lossless statistics compare.
 @pytest.fixture(scope="session")
 def grpo_plain_run(tmp_path_factory):

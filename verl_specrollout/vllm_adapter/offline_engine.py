@@ -8,6 +8,7 @@ server that runs in one process on CPU. Used by the quickstart, tests and benchm
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Optional
 
@@ -61,4 +62,8 @@ def make_llm(target_dir: str, spec: Optional[SpecRolloutConfig] = None, *, max_m
         from verl_specrollout.vllm_adapter import k0_skip
 
         k0_skip.install()  # also an entry point; explicit here so an in-process engine has it
+    # An in-process engine that was dropped but sits in a reference cycle tears vLLM's process-global
+    # parallel state down (destroy_model_parallel) whenever the collector reaches it; if that happens
+    # while this engine's model is being built, its layers find no tensor-parallel group. Collect first.
+    gc.collect()
     return LLM(**kwargs)
