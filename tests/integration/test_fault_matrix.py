@@ -272,7 +272,14 @@ def test_slow_learner_backlog_is_bounded_oldest_dropped_and_counted(ray_local, t
     # The trainer's metrics still answer at once (control group), with the skipped calls counted.
     t0 = time.perf_counter()
     m = get(a.metrics.remote(rounds), timeout=10)
-    assert time.perf_counter() - t0 < 3 and m["train_calls_skipped"] == rounds - 1 and m["version"] == 0
+    assert time.perf_counter() - t0 < 3 and m["version"] == 0
+    # The skipped-call reports are fire-and-forget on the same threaded group: the newest may still be
+    # in flight when metrics answers, but the count only grows and reaches every skipped call.
+    deadline = time.monotonic() + 10
+    while m["train_calls_skipped"] < rounds - 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        m = get(a.metrics.remote(rounds), timeout=10)
+    assert m["train_calls_skipped"] == rounds - 1
 
     get(busy)
     ship.flush(timeout=WAIT_S)

@@ -272,7 +272,12 @@ class SpecLearner:
 
     def report_calls(self, stats: dict) -> None:
         """The actor worker's train-call counters (skipped / failed calls), shown by ``metrics``."""
-        self._caller_stats = {k: float(v) for k, v in dict(stats).items()}
+        # Reports are fire-and-forget calls served by a threaded group, so an older one can land
+        # after a newer one: the counters only grow, and a late report must not lower them.
+        merged = dict(self._caller_stats)
+        for k, v in dict(stats).items():
+            merged[k] = max(float(v), merged.get(k, float("-inf")))
+        self._caller_stats = merged
 
     def add_capture_counts(self, policy_step: int, rank: int, counts: dict) -> None:
         """One actor rank's capture counts for one policy step (capture/budget.py: kept / dropped
