@@ -217,7 +217,9 @@ def group_metrics(server_results: list) -> Dict[str, float]:
 
 
 # Decoupled speculation's idle drafters (decoupled/engine.py IdleDrafter.stats), per training step over servers.
-DECOUPLED_UTILISATION = PREFIX + "decoupled/drafter_utilisation"  # mean over drafters: seconds drafting / running
+# Seconds drafting / seconds idle, over all drafters this step (busy_s and idle_s are summed first, so
+# a drafter idle for a moment does not weigh like one idle all step); its counts and seconds below.
+DECOUPLED_UTILISATION = PREFIX + "decoupled/drafter_utilisation"
 DECOUPLED_RUNNING = PREFIX + "decoupled/drafter_running"  # drafters running when the trainer asked
 DECOUPLED_COUNT = PREFIX + "decoupled/drafter_{name}"  # the drafters' counts this step, summed (tails, refused_*)
 
@@ -227,8 +229,13 @@ def decoupled_metrics(server_results: list) -> Dict[str, float]:
     stats = [s for s in (RolloutStepStats.read(r).decoupled if r else None for r in server_results or []) if s]
     if not stats:
         return {}
-    out: Dict[str, float] = {DECOUPLED_UTILISATION: sum(float(s.get("drafter/utilisation", 0.0)) for s in stats)
-                             / len(stats),
+    busy = sum(float(s.get("drafter/busy_s", 0.0)) for s in stats)
+    idle = sum(float(s.get("drafter/idle_s", 0.0)) for s in stats)
+    if idle > 0:
+        utilisation = busy / idle
+    else:  # stats without seconds: the drafters' own ratios
+        utilisation = sum(float(s.get("drafter/utilisation", 0.0)) for s in stats) / len(stats)
+    out: Dict[str, float] = {DECOUPLED_UTILISATION: utilisation,
                              DECOUPLED_RUNNING: sum(float(s.get("drafter/running", 0.0)) for s in stats)}
     for s in stats:
         for k, v in s.items():

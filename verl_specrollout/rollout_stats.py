@@ -189,8 +189,9 @@ class RolloutStepStats:
     requests: Optional[RequestSpecStats] = None
     group: Dict[str, Any] = field(default_factory=dict)  # group drafter's count deltas (group_proposer.GroupDrafter.stats)
     planner: Optional[PlannerStats] = None  # the planner's latest stats; k_hist: the steps since the previous call
-    # The idle drafter (decoupled speculation): "drafter/utilisation" (seconds drafting / seconds running),
-    # "drafter/running" (0/1) and its count deltas "drafter/<count>" (decoupled.engine.IdleDrafter.stats).
+    # The idle drafter (decoupled speculation), since the previous record: "drafter/busy_s" (seconds
+    # drafting), "drafter/idle_s" (seconds the replica was idle), "drafter/utilisation" (their ratio),
+    # "drafter/running" (0/1, now) and count deltas "drafter/<count>" (decoupled.engine.IdleDrafter.stats).
     decoupled: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -40,7 +40,11 @@ def test_decoupled_idle_replica_drafts_until_work_arrives_and_follows_the_versio
         assert _wait(lambda: link.take("r", [], 4) is not None)
         assert idle.stats()["drafter/running"] == 1 and idle.stats()["drafter/utilisation"] > 0
         idle.on_work()
-        assert idle.stats()["drafter/running"] == 0
+        first = idle.stats()
+        assert first["drafter/running"] == 0
+        assert 0 < first["drafter/busy_s"] <= first["drafter/idle_s"]
+        time.sleep(0.05)
+        assert idle.stats()["drafter/idle_s"] == first["drafter/idle_s"]  # a working replica is not idle
         assert ex.status()["drafters"] == {}  # detached: the exchange serves nobody with it
 
         link.set_version(3)          # the busy replica reloaded its draft
@@ -49,6 +53,9 @@ def test_decoupled_idle_replica_drafts_until_work_arrives_and_follows_the_versio
         link.commit("r", [30])
         assert _wait(lambda: link.take("r", [30], 4) is not None)
         assert all(t.version == 3 for t in link.board.tails_of("r"))
+        idle.on_work()
+        # The reload replaced the drafter; its seconds drafting before the reload are not lost.
+        assert idle.stats()["drafter/busy_s"] > first["drafter/busy_s"]
     finally:
         idle.on_work()
         link.stop()

@@ -39,7 +39,8 @@ class FakeDrafter:
         self.version = v
 
     def stats(self):
-        return {"drafter/utilisation": 0.25, "drafter/running": int(self.running),
+        # Cumulative seconds as IdleDrafter.stats gives them; its own ratio is over its whole life.
+        return {"drafter/utilisation": 0.9, "drafter/running": int(self.running),
                 **{f"drafter/{k}": v for k, v in self.counts.items()}}
 
 
@@ -272,15 +273,18 @@ def test_decoupled_step_stats_reach_the_rollout_step_record():
     drafter = server.decoupled.drafter
 
     async def run():
-        drafter.counts["tails"] = 10
+        drafter.counts.update(tails=10, busy_s=1.0, idle_s=4.0)
         first = RolloutStepStats.from_dict(await server.specrollout_step_metrics())
-        drafter.counts["tails"] = 14
+        drafter.counts.update(tails=14, busy_s=1.5, idle_s=8.0)
         second = RolloutStepStats.from_dict(await server.specrollout_step_metrics())
         return first, second
 
     first, second = asyncio.run(run())
     assert first.decoupled["drafter/utilisation"] == 0.25 and first.decoupled["drafter/tails"] == 10
     assert second.decoupled["drafter/tails"] == 4  # a delta per step
+    # Utilisation over the step, not the drafter's life (0.9) nor since the start (1.5 / 8).
+    assert second.decoupled["drafter/utilisation"] == pytest.approx(0.5 / 4.0)
+    assert second.decoupled["drafter/idle_s"] == 4.0
 
 
 def test_decoupled_hooks_drafter_failure_never_reaches_a_request():
@@ -304,16 +308,23 @@ def test_decoupled_metrics_flatten_source_and_utilisation():
                                             "model": {"proposed": 4, "accepted": 1, "chosen": 2}},
                                 "request_steps": 8, "no_draft": 0},
                          decoupled={"drafter/utilisation": 0.5, "drafter/running": 1, "drafter/tails": 6,
-                                    "drafter/refused_version": 1})
-    b = RolloutStepStats(decoupled={"drafter/utilisation": 0.1, "drafter/running": 0, "drafter/tails": 2})
+                                    "drafter/refused_version": 1, "drafter/busy_s": 1.0, "drafter/idle_s": 2.0})
+    b = RolloutStepStats(decoupled={"drafter/utilisation": 0.1, "drafter/running": 0, "drafter/tails": 2,
+                                    "drafter/busy_s": 0.2, "drafter/idle_s": 2.0})
     out = M.step_metrics([a.to_dict(), b])
     assert out["specrollout/source/decoupled/proposed"] == 8.0
     assert out["specrollout/source/decoupled/accepted"] == 5.0
     assert out["specrollout/source/decoupled/share"] == 0.25
+    # Seconds summed over drafters first: (1.0 + 0.2) / (2.0 + 2.0).
     assert out["specrollout/decoupled/drafter_utilisation"] == pytest.approx(0.3)
+    assert out["specrollout/decoupled/drafter_idle_s"] == 4.0
     assert out["specrollout/decoupled/drafter_running"] == 1.0
     assert out["specrollout/decoupled/drafter_tails"] == 8.0
     assert out["specrollout/decoupled/drafter_refused_version"] == 1.0
+    # A drafter idle for a moment weighs by its seconds, not as one of two equal ratios.
+    c = RolloutStepStats(decoupled={"drafter/busy_s": 0.0, "drafter/idle_s": 0.1})
+    d = RolloutStepStats(decoupled={"drafter/busy_s": 9.0, "drafter/idle_s": 10.0})
+    assert M.step_metrics([c, d])["specrollout/decoupled/drafter_utilisation"] == pytest.approx(9.0 / 10.1)
     # Off: no decoupled names at all (besides the group source, present whenever group counts are).
     assert not any(k.startswith("specrollout/decoupled/") for k in M.step_metrics([RolloutStepStats()]))
 

@@ -9,7 +9,9 @@
   engine has no work. The server calls ``on_idle`` when its last request finished, ``on_work``
   when a request arrives (the drafter thread stops before the engine needs the device), and
   ``set_version`` after each draft reload (a drafter on an old version is refused by the
-  exchange). ``stats`` gives the drafter's utilisation: seconds drafting / seconds running.
+  exchange). ``stats`` gives cumulative seconds: ``busy_s`` drafting, ``idle_s`` the replica
+  offered (between on_idle and on_work); their ratio over an interval is the drafter's utilisation
+  in it (verl_adapter/decoupled_hooks.py takes the per-step deltas).
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class IdleDrafter:
         self._drafter = None
         self._thread: Optional[threading.Thread] = None
         self._idle = threading.Event()
-        self._started = time.perf_counter()
+        self._idle_since: Optional[float] = None  # when the running idle period began
+        self._idle_s = 0.0  # closed idle periods
+        self._busy_s = 0.0  # drafting seconds of drafters replaced after a reload
 
     def _draft_lm_path(self) -> str:
         return self.cfg.decoupled.draft_lm_path or self.cfg.draft_path
@@ -93,6 +97,7 @@ class IdleDrafter:
             logger.warning("specrollout: no decoupled drafter on %s (%s: %s)", self.replica_id, type(e).__name__, e)
             self._idle.clear()
             return
+        self._idle_since = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name=f"specrollout-drafter-{self.replica_id}", daemon=True)
         self._thread.start()
 
@@ -109,6 +114,9 @@ class IdleDrafter:
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
             self._thread = None
+        if self._idle_since is not None:
+            self._idle_s += time.perf_counter() - self._idle_since
+            self._idle_since = None
 
     def set_version(self, version: int) -> None:
         """After this replica reloaded its draft: a drafter on the old version would be refused."""
@@ -116,14 +124,16 @@ class IdleDrafter:
         if self._drafter is not None and self._drafter.version != self.version:
             running = self._idle.is_set()
             self.on_work()
+            self._busy_s += self._drafter.busy_s
             self._drafter = None
             if running:
                 self.on_idle()
 
     def stats(self) -> dict:
-        elapsed = time.perf_counter() - self._started
-        busy = self._drafter.busy_s if self._drafter is not None else 0.0
-        out = {"drafter/utilisation": busy / elapsed if elapsed > 0 else 0.0,
+        idle = self._idle_s + (time.perf_counter() - self._idle_since if self._idle_since is not None else 0.0)
+        busy = self._busy_s + (self._drafter.busy_s if self._drafter is not None else 0.0)
+        out = {"drafter/busy_s": busy, "drafter/idle_s": idle,
+               "drafter/utilisation": busy / idle if idle > 0 else 0.0,
                "drafter/running": int(self._thread is not None and self._thread.is_alive())}
         if self._drafter is not None:
             out.update({f"drafter/{k}": v for k, v in self._drafter.counters.items()})

@@ -75,8 +75,9 @@ class DecoupledHooks:
         await self._call("set_version", int(version))
 
     def step_stats(self) -> dict:
-        """IdleDrafter.stats with its counts as deltas since the previous call (utilisation and running
-        as they are; a drafter remade after a reload restarts its counts)."""
+        """IdleDrafter.stats as deltas since the previous call: counts and seconds (a drafter remade
+        after a reload restarts its counts), utilisation = drafting seconds / idle seconds in the
+        interval, running as it is now."""
         try:
             now = dict(self.drafter.stats())
         except Exception as e:
@@ -84,12 +85,14 @@ class DecoupledHooks:
             return {}
         out = {}
         for k, v in now.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "drafter/utilisation":
                 continue
-            if k in ("drafter/utilisation", "drafter/running"):
+            if k == "drafter/running":
                 out[k] = float(v)
                 continue
             prev = self._prev_counts.get(k, 0)
             out[k] = float(v - prev if v >= prev else v)
             self._prev_counts[k] = v
+        idle = out.get("drafter/idle_s", 0.0)
+        out["drafter/utilisation"] = out.get("drafter/busy_s", 0.0) / idle if idle > 0 else 0.0
         return out
