@@ -10,6 +10,7 @@ import pytest
 from verl_specrollout.decoupled.drafter import Drafter, DraftLM
 from verl_specrollout.decoupled.exchange import TailExchange
 from verl_specrollout.decoupled.link import ExchangeClient, VerifierLink
+from verl_specrollout.decoupled.tails import fingerprint, fit
 from verl_specrollout.testing.testbed.measure import hf_greedy
 
 PROMPT = [1, 40, 41, 42, 43]
@@ -163,3 +164,38 @@ def test_a_drafter_moves_on_when_its_verifier_has_no_requests_left(draft_dir):
     drafter.run_once()              # and serve b
     b.pump()
     assert drafter.serving == "b" and b.take("s1", [], 3) is not None
+
+
+def test_spare_rounds_pre_draft_later_rejections_and_their_tails_are_the_draft_lms(draft_dir):
+    ex = TailExchange()
+    link = VerifierLink("replica-0", ExchangeClient(ex), start=False)
+    lm = DraftLM(draft_dir)
+    drafter = Drafter("replica-1", ExchangeClient(ex), lm, version=0, depth=6, branches=1, max_branches=3)
+    link.open("r", PROMPT)
+    link.commit("r", [30])
+    link.pump()
+    assert drafter.run_once() == 2          # new prefix: the greedy tail and the guess at position 1
+    assert drafter.run_once() == 1          # nothing new: one more guess (position 2)
+    assert drafter.run_once() == 1          # position 3
+    assert drafter.run_once() == 0          # max_branches reached: idle
+    assert drafter.counters["spare_tails"] == 2
+    link.pump()
+    context = PROMPT + [30]
+    greedy = hf_greedy(draft_dir, context, 6)
+    tails = {t.assumed: t for t in link.board.tails_of("r")}
+    assert sorted(tails) == [0, 1, 2, 3]
+    for j in (1, 2):
+        # The verify accepted j draft tokens and resampled the next one as the draft's runner-up.
+        t = tails[j + 1]
+        guess = list(t.continuation[:j + 1])
+        assert guess[:j] == greedy[:j] and guess[j] != greedy[j]
+        assert list(t.continuation[j + 1:]) == hf_greedy(draft_dir, context + guess, 2)
+        assert fit(t, [30] + guess, lambda n: fingerprint(([30] + guess)[:n])) == (j + 1, None)
+    # That outcome (a spare round's guess) committed: the verifier's next step finds its tail waiting.
+    guess = list(tails[3].continuation[:3])
+    got = link.take("r", [30] + guess, max_tokens=4)
+    assert got is not None and got.tokens == list(tails[3].continuation[3:])
+    # A new commit makes the old prefix's guesses moot: the next round drafts the new prefix first.
+    link.pump()
+    assert drafter.run_once() == 2
+    assert drafter._plans["r"].base_len == 4 and drafter._plans["r"].next_branch == 1

@@ -250,6 +250,9 @@ class DecoupledConfig:
                            "the same tail also serves the next step when a whole draft is accepted).", ge=1, le=64)
     branches: StrictInt = key(1, "Extra tails per request that guess a rejection: the first j draft tokens, "
                               "then the draft's runner-up token (pre-drafted outcomes).", ge=0, le=8)
+    max_branches: StrictInt = key(4, "Rejection guesses per prefix in all: rounds with nothing new to draft (the "
+                                  "verifier has not stepped since) add guesses for later positions j up to this "
+                                  "many (at least `branches`, at most `depth`).", ge=0, le=64)
     exchange_ms: StrictFloat = key(2.0, "How often an engine sends its commits and collects tails (a background "
                                    "thread; the engine step never waits for it).", gt=0.0)
     max_tail_mb: StrictInt = key(64, "Tail memory an engine keeps (tokens and draft probabilities).", ge=1)

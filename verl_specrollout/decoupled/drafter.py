@@ -8,6 +8,9 @@ feeds the new tokens -- and drafts ``depth`` tokens greedily. Drafting deeper th
 K is itself a pre-draft: if the verifier accepts all K and its bonus token is the drafter's next
 one, the same tail serves the following step. ``branches`` more tails per request guess a
 rejection: at position j + 1 the draft's second most likely token, then a few tokens after it.
+Rounds with nothing new to draft (the verifier has not stepped since) add guesses for later
+positions, up to ``max_branches`` per prefix: the drafter's spare capacity goes to the outcomes
+the next verify may have, so a rejection there still finds a tail waiting.
 
 ``Drafter`` is the loop: attach to the exchange (it names the busy verifier with the most live
 requests per drafter), pull the changes, draft, push. It stops when ``should_run()`` says its own
@@ -52,8 +55,9 @@ class DraftLM:
         out = self.model(input_ids=x, past_key_values=past, use_cache=True)
         return ids + list(tokens), out.past_key_values, out.logits[0, -1].float()
 
-    def _sync(self, request_id: str, context: List[int]):
-        """The cache holding exactly `context`, and the logits for the position after it."""
+    def _sync(self, request_id: str, context: List[int], logits_needed: bool = True):
+        """The cache holding exactly `context`, and the logits for the position after it (None when
+        not needed and the cache already holds the whole context: the caller feeds more tokens)."""
         held, past, logits = self._cache.pop(request_id, ([], None, None))
         common = 0
         for a, b in zip(held, context):
@@ -62,6 +66,9 @@ class DraftLM:
             common += 1
         if common == len(context) and common == len(held) and logits is not None:
             return held, past, logits
+        if not logits_needed and common == len(context) and past is not None and common > 0:
+            past.crop(common)
+            return held[:common], past, None
         # Refeed at least the last context token: it yields the next position's logits.
         keep = min(common, len(context) - 1)
         if past is not None and keep > 0:
@@ -71,15 +78,13 @@ class DraftLM:
             held, past = [], None
         return self._feed(held, past, context[keep:])
 
-    def draft(self, request_id: str, context: List[int], depth: int, branches: int = 0, branch_depth: int = 2,
-              with_probs: bool = False) -> List[Tuple[int, List[int], Optional[list]]]:
-        """[(assumed, tokens, probs)]: the greedy tail of `depth` tokens after `context` (assumed 0),
-        and `branches` tails that assume the draft's first j tokens then its runner-up at j + 1."""
+    def greedy(self, request_id: str, context: List[int], depth: int, with_probs: bool = False):
+        """(tokens, runner_up, probs): the greedy tail of `depth` tokens after `context`, the draft's
+        second choice at each of its positions, and the probability rows if asked."""
         torch = self.torch
         with torch.inference_mode():
             held, past, logits = self._sync(request_id, list(context))
-            base = len(held)
-            tokens, probs, runner_up = [], [], []
+            tokens, runner_up, probs = [], [], []
             for _ in range(depth):
                 p = torch.softmax(logits, dim=-1)
                 top2 = torch.topk(p, 2).indices.tolist()
@@ -88,29 +93,61 @@ class DraftLM:
                 if with_probs:
                     probs.append(p.cpu().numpy())
                 held, past, logits = self._feed(held, past, [top2[0]])
-            out = [(0, tokens, probs if with_probs else None)]
-            for j in range(min(branches, depth)):
-                # Back to the context alone, then the first j drafts and the runner-up in one pass.
-                past.crop(base)
-                guess = tokens[:j] + [runner_up[j]]
-                held, past, b_logits = self._feed(held[:base], past, guess)
-                for _ in range(branch_depth):
-                    nxt = int(torch.argmax(b_logits))
-                    guess.append(nxt)
-                    held, past, b_logits = self._feed(held, past, [nxt])
-                out.append((j + 1, guess, None))
-            self._cache[request_id] = (held, past, logits if not branches else None)
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-            return out
+            self._store(request_id, held, past, logits)
+            return tokens, runner_up, (probs if with_probs else None)
+
+    def branch(self, request_id: str, context: List[int], guess: List[int], branch_depth: int) -> List[int]:
+        """`guess` (a guessed verify outcome after `context`) and `branch_depth` greedy tokens after it."""
+        torch = self.torch
+        with torch.inference_mode():
+            held, past, _ = self._sync(request_id, list(context), logits_needed=False)
+            guess = list(guess)
+            held, past, logits = self._feed(held, past, guess)
+            for _ in range(branch_depth):
+                nxt = int(torch.argmax(logits))
+                guess.append(nxt)
+                held, past, logits = self._feed(held, past, [nxt])
+            self._store(request_id, held, past, logits)
+            return guess
+
+    def _store(self, request_id: str, held, past, logits) -> None:
+        self._cache[request_id] = (held, past, logits)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+
+    def draft(self, request_id: str, context: List[int], depth: int, branches: int = 0, branch_depth: int = 2,
+              with_probs: bool = False) -> List[Tuple[int, List[int], Optional[list]]]:
+        """[(assumed, tokens, probs)]: the greedy tail of `depth` tokens after `context` (assumed 0),
+        and `branches` tails that assume the draft's first j tokens then its runner-up at j + 1."""
+        tokens, runner_up, probs = self.greedy(request_id, context, depth, with_probs)
+        out = [(0, tokens, probs)]
+        for j in range(min(branches, depth)):
+            out.append((j + 1, self.branch(request_id, context, tokens[:j] + [runner_up[j]], branch_depth), None))
+        return out
+
+
+class _Plan:
+    """A request's greedy tail from its latest mirrored prefix, and how many rejection guesses
+    (branches j = 0, 1, ...) were drafted for it so far."""
+
+    __slots__ = ("base_len", "digest", "tokens", "runner_up", "next_branch")
+
+    def __init__(self, base_len, digest, tokens, runner_up, next_branch):
+        self.base_len, self.digest, self.tokens = base_len, digest, tokens
+        self.runner_up, self.next_branch = runner_up, next_branch
 
 
 class Drafter:
     def __init__(self, name: str, client, lm: DraftLM, version: int, depth: int = 8, branches: int = 1,
                  should_run: Callable[[], bool] = lambda: True,
-                 on_stale_version: Optional[Callable[[], Optional[int]]] = None, max_requests: int = 64):
+                 on_stale_version: Optional[Callable[[], Optional[int]]] = None, max_requests: int = 64,
+                 max_branches: Optional[int] = None, branch_depth: int = 2):
         self.name, self.client, self.lm, self.version = name, client, lm, int(version)
         self.depth, self.branches, self.max_requests = depth, branches, max_requests
+        # Rejection guesses per prefix in all: `branches` every round, the rest in spare rounds.
+        self.max_branches = min(depth, max(branches, branches if max_branches is None else max_branches))
+        self.branch_depth = branch_depth
+        self._plans: Dict[str, _Plan] = {}
         self.should_run, self.on_stale_version = should_run, on_stale_version
         self.serving: Optional[str] = None
         self.mirror: Dict[str, Tuple[Tuple[int, ...], List[int]]] = {}
@@ -120,6 +157,7 @@ class Drafter:
     def _attach(self) -> Optional[str]:
         self.serving = self.client.attach(self.name, self.version)
         self.mirror.clear()
+        self._plans.clear()
         return self.serving
 
     def run_once(self) -> int:
@@ -136,6 +174,7 @@ class Drafter:
             return self._stale_version()
         for rid in changes["closed"]:
             self.mirror.pop(rid, None)
+            self._plans.pop(rid, None)
             self.lm.forget(rid)
         changed = []
         for rid, (prompt, start, tokens) in changes["requests"].items():
@@ -153,10 +192,10 @@ class Drafter:
             return 0
         tails = []
         for rid in changed[:self.max_requests]:
-            prompt, committed = self.mirror[rid]
-            digest = fingerprint(committed)
-            for assumed, toks, probs in self.lm.draft(rid, list(prompt) + committed, self.depth, self.branches):
-                tails.append(Tail(rid, len(committed), digest, self.version, tuple(toks), assumed, probs))
+            tails += self._draft_new(rid)
+        if not tails:  # nothing new since the last round: pre-draft more outcomes of the next verify
+            tails = self._draft_spare()
+            self.counters["spare_tails"] += len(tails)
         refused = self.client.push(self.serving, tails) if tails else {}
         self.counters["tails"] += len(tails)
         for why, n in refused.items():
@@ -165,6 +204,35 @@ class Drafter:
         if refused.get("version"):
             return self._stale_version()
         return len(tails)
+
+    def _draft_new(self, rid: str) -> List[Tail]:
+        """The greedy tail from the request's new prefix and its first `branches` rejection guesses."""
+        prompt, committed = self.mirror[rid]
+        context, digest = list(prompt) + committed, fingerprint(committed)
+        tokens, runner_up, _ = self.lm.greedy(rid, context, self.depth)
+        plan = self._plans[rid] = _Plan(len(committed), digest, tokens, runner_up, 0)
+        out = [Tail(rid, plan.base_len, digest, self.version, tuple(tokens), 0, None)]
+        while plan.next_branch < self.branches:
+            out.append(self._branch(rid, context, plan))
+        return out
+
+    def _draft_spare(self) -> List[Tail]:
+        """One more rejection guess for each request that has fewest, up to `max_branches` per prefix:
+        a verify that rejects at position j + 1 then finds a tail for its outcome waiting."""
+        todo = sorted((p.next_branch, rid) for rid, p in self._plans.items()
+                      if p.next_branch < self.max_branches and rid in self.mirror
+                      and len(self.mirror[rid][1]) == p.base_len)
+        out = []
+        for _, rid in todo[:self.max_requests]:
+            prompt, committed = self.mirror[rid]
+            out.append(self._branch(rid, list(prompt) + committed, self._plans[rid]))
+        return out
+
+    def _branch(self, rid: str, context: List[int], plan: _Plan) -> Tail:
+        j = plan.next_branch
+        plan.next_branch += 1
+        guess = self.lm.branch(rid, context, plan.tokens[:j] + [plan.runner_up[j]], self.branch_depth)
+        return Tail(rid, plan.base_len, plan.digest, self.version, tuple(guess), j + 1, None)
 
     def _stale_version(self) -> int:
         """Detach; reload through on_stale_version (its new version) or stop (-1)."""

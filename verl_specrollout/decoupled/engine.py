@@ -83,7 +83,8 @@ class IdleDrafter:
             self._lm = DraftLM(self._draft_lm_path(), device=self.device)
         d = self.cfg.decoupled
         self._drafter = Drafter(self.replica_id, self._client, self._lm, self.version, depth=d.depth,
-                                branches=d.branches, should_run=self._idle.is_set, on_stale_version=lambda: None)
+                                branches=d.branches, max_branches=d.max_branches, should_run=self._idle.is_set,
+                                on_stale_version=lambda: None)
 
     def on_idle(self) -> None:
         """The engine has no work: draft for the busy replicas until on_work."""
