@@ -199,3 +199,28 @@ def test_spare_rounds_pre_draft_later_rejections_and_their_tails_are_the_draft_l
     link.pump()
     assert drafter.run_once() == 2
     assert drafter._plans["r"].base_len == 4 and drafter._plans["r"].next_branch == 1
+
+
+def test_an_idle_link_backs_off_and_a_queued_event_wakes_it_at_once():
+    ex = TailExchange()
+    calls = []
+
+    class Counting:
+        def exchange(self, verifier, events):
+            calls.append(len(events))
+            return ex.exchange(verifier, events)
+
+    # Backs off to 10 s at most: without the wake-up a commit would wait seconds to go out.
+    link = VerifierLink("v", ExchangeClient(Counting()), interval_s=0.001, max_interval_s=10.0)
+    try:
+        time.sleep(0.4)
+        idle = len(calls)
+        assert 1 <= idle < 30, idle  # ~400 calls at a steady 1 ms; doubling from 1 ms: ~9
+        link.open("r", PROMPT)
+        deadline = time.monotonic() + 2.0  # far below the backed-off interval
+        while time.monotonic() < deadline and not any(calls[idle:]):
+            time.sleep(0.005)
+        assert any(calls[idle:]), "the open event waited for the backed-off interval"
+        assert ex.status()["verifiers"]["v"]["requests"] == 1
+    finally:
+        link.stop()

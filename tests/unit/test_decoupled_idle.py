@@ -56,6 +56,17 @@ def test_decoupled_idle_replica_drafts_until_work_arrives_and_follows_the_versio
         idle.on_work()
         # The reload replaced the drafter; its seconds drafting before the reload are not lost.
         assert idle.stats()["drafter/busy_s"] > first["drafter/busy_s"]
+
+        # The engine sleeps: the drafter's KV caches go and its weights sit in host memory...
+        assert idle._lm._cache
+        idle.release()
+        assert not idle._lm._cache and idle._lm.offloaded
+        assert all(p.device.type == "cpu" for p in idle._lm.model.parameters())
+        # ...until the replica is idle again: back on its device, drafting from scratch.
+        link.commit("r", [30, 31])
+        idle.on_idle()
+        assert not idle._lm.offloaded
+        assert _wait(lambda: link.take("r", [30, 31], 4) is not None)
     finally:
         idle.on_work()
         link.stop()

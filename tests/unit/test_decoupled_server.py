@@ -34,6 +34,10 @@ class FakeDrafter:
         self.calls.append("on_work")
         self.running = False
 
+    def release(self):
+        self.calls.append("release")
+        self.running = False
+
     def set_version(self, v):
         self.calls.append(("set_version", v))
         self.version = v
@@ -202,7 +206,8 @@ def test_decoupled_drafter_never_starts_while_asleep():
         _fake_generate(server, gate)
         await server.decoupled.wake()
         await server.sleep()
-        assert not drafter.running and drafter.calls[-1] == "on_work"
+        # Stopped, and its accelerator memory released before the engine sleeps.
+        assert not drafter.running and drafter.calls[-1] == "release"
         assert ("sleep", 2) in server.engine.calls
         # A request finishing while asleep (a drain) does not start it.
         t = asyncio.create_task(server.generate([1], {}, "a"))

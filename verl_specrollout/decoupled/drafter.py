@@ -43,11 +43,26 @@ class DraftLM:
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.max_cached = max_cached
+        self.offloaded = False
         # request id -> (token ids the cache holds, the cache, logits after the last of them)
         self._cache: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
 
     def forget(self, request_id: str) -> None:
         self._cache.pop(request_id, None)
+
+    def offload(self) -> None:
+        """Before the replica sleeps (veRL hands its accelerator memory to training): drop every
+        request's KV cache and move the weights to host memory; ``restore`` brings them back."""
+        self._cache.clear()
+        self.model.to("cpu")  # a no-op on a CPU replica
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        self.offloaded = True
+
+    def restore(self) -> None:
+        if self.offloaded:
+            self.model.to(self.device)
+            self.offloaded = False
 
     def _feed(self, ids: List[int], past, tokens: Sequence[int]):
         torch = self.torch
@@ -246,15 +261,22 @@ class Drafter:
         self.version = int(new)
         return 0
 
-    def run(self, idle_sleep_s: float = 0.005, stop: Optional[Callable[[], bool]] = None) -> None:
-        """Draft while this replica is idle; detach when it gets work (or `stop` says so)."""
+    def run(self, idle_sleep_s: float = 0.005, stop: Optional[Callable[[], bool]] = None,
+            max_idle_sleep_s: float = 0.02) -> None:
+        """Draft while this replica is idle; detach when it gets work (or `stop` says so). Rounds with
+        nothing to draft back off (doubling up to max_idle_sleep_s) so an idle drafter does not keep
+        the exchange busy; any tail drafted resets the pace."""
+        nap = idle_sleep_s
         try:
             while self.should_run() and not (stop and stop()):
                 n = self.run_once()
                 if n < 0:
                     return
                 if n == 0:
-                    time.sleep(idle_sleep_s)
+                    time.sleep(nap)
+                    nap = min(2 * nap, max_idle_sleep_s)
+                else:
+                    nap = idle_sleep_s
         finally:
             self.client.detach(self.name)
             self.serving = None

@@ -7,7 +7,9 @@
   once: the engine drafts as without).
 * ``IdleDrafter`` (in the rollout server's process): the drafter this replica runs while its
   engine has no work. The server calls ``on_idle`` when its last request finished, ``on_work``
-  when a request arrives (the drafter thread stops before the engine needs the device), and
+  when a request arrives (the drafter thread stops before the engine needs the device),
+  ``release`` when the engine sleeps (the draft LM's KV caches go, its weights move to host memory
+  until the next ``on_idle``: a sleeping replica's accelerator memory is training's), and
   ``set_version`` after each draft reload (a drafter on an old version is refused by the
   exchange). ``stats`` gives cumulative seconds: ``busy_s`` drafting, ``idle_s`` the replica
   offered (between on_idle and on_work); their ratio over an interval is the drafter's utilisation
@@ -81,6 +83,7 @@ class IdleDrafter:
             self._client = ExchangeClient(ray_exchange(exchange_job(self.cfg), self.cfg.learner.actor_namespace))
         if self._lm is None:
             self._lm = DraftLM(self._draft_lm_path(), device=self.device)
+        self._lm.restore()
         d = self.cfg.decoupled
         self._drafter = Drafter(self.replica_id, self._client, self._lm, self.version, depth=d.depth,
                                 branches=d.branches, max_branches=d.max_branches, should_run=self._idle.is_set,
@@ -94,6 +97,8 @@ class IdleDrafter:
         try:
             if self._drafter is None or self._drafter.version != self.version:
                 self._make()
+            else:
+                self._lm.restore()
         except Exception as e:
             logger.warning("specrollout: no decoupled drafter on %s (%s: %s)", self.replica_id, type(e).__name__, e)
             self._idle.clear()
@@ -118,6 +123,12 @@ class IdleDrafter:
         if self._idle_since is not None:
             self._idle_s += time.perf_counter() - self._idle_since
             self._idle_since = None
+
+    def release(self) -> None:
+        """The engine sleeps: stop drafting and give the accelerator memory back."""
+        self.on_work()
+        if self._lm is not None:
+            self._lm.offload()
 
     def set_version(self, version: int) -> None:
         """After this replica reloaded its draft: a drafter on the old version would be refused."""

@@ -2,9 +2,12 @@
 
 The engine step (``take``, ``commit``, ``open``, ``close``) only touches this process's memory: a
 lock held for microseconds, never a network call. A daemon thread does the exchange
-(``TailExchange.exchange``, in process or through a Ray actor handle) every ``interval_s``: it sends
-the events the steps queued and posts the tails that came back into the local board, where the
-same fit rule as everywhere drops what the verifier has meanwhile moved past.
+(``TailExchange.exchange``, in process or through a Ray actor handle): it sends the events the
+steps queued and posts the tails that came back into the local board, where the same fit rule as
+everywhere drops what the verifier has meanwhile moved past. It exchanges every ``interval_s``
+while anything moves; while nothing does (no commits to send and no tails back: an idle engine, or
+no drafter serving this one) it backs off, doubling up to ``max_interval_s``, so a job's engines
+do not keep the exchange actor busy for nothing; a queued event wakes it at once.
 
 Failure handling: an exchange that raises or times out is logged once (until it works again) and
 counted; the link is then *down*, tails stop arriving, ``take`` misses and the engine drafts
@@ -48,11 +51,14 @@ class ExchangeClient:
 
 class VerifierLink:
     def __init__(self, verifier_id: str, client: Optional[ExchangeClient], version: int = 0,
-                 interval_s: float = 0.002, max_events: int = 65536, start: bool = True, max_bytes: int = 64 << 20):
+                 interval_s: float = 0.002, max_events: int = 65536, start: bool = True, max_bytes: int = 64 << 20,
+                 max_interval_s: Optional[float] = None):
         self.verifier_id = verifier_id
         self.client = client
         self.board = TailBoard(version=version, max_bytes=max_bytes)
         self.interval_s, self.max_events = interval_s, max_events
+        self.max_interval_s = max(interval_s, 32 * interval_s if max_interval_s is None else max_interval_s)
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._events: List[tuple] = [(VERSION, int(version))]  # the exchange's mirror starts at 0
         self._resync = False
@@ -104,6 +110,7 @@ class VerifierLink:
             return self.board.take(request_id, committed, max_tokens)
 
     def _queue(self, ev: tuple) -> None:
+        self._wake.set()
         if len(self._events) >= self.max_events:
             self._events.clear()
             self._resync = True
@@ -147,11 +154,23 @@ class VerifierLink:
         return len(tails)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.pump()
+        wait = self.interval_s
+        while not self._stop.is_set():
+            if self._wake.wait(wait):
+                self._wake.clear()
+                # Events come in bursts (one per request at each step): gather the burst.
+                if self._stop.wait(self.interval_s):
+                    return
+            elif self._stop.is_set():
+                return
+            with self._lock:
+                quiet = not self._events and not self._resync
+            got = self.pump()
+            wait = self.interval_s if (got or not quiet) else min(2 * wait, self.max_interval_s)
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

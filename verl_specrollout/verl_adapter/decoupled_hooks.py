@@ -4,7 +4,8 @@ verl_adapter/server.py's SpecRolloutHttpServer, the drafter is decoupled/engine.
 * A request arriving while none was in flight stops the drafter (``on_work``) before the request
   reaches the engine: every request that arrives meanwhile waits for that stop too.
 * The last in-flight request finishing starts it (``on_idle``), unless the engine sleeps.
-* Sleep (veRL's ``sleep``, ``release_kv_cache``) stops it and keeps it stopped; a full wake-up
+* Sleep (veRL's ``sleep``, ``release_kv_cache``) stops it, keeps it stopped and has it release its
+  accelerator memory (``release``: KV caches dropped, draft LM weights to host); a full wake-up
   (``wake_up`` with the KV cache back, ``resume_kv_cache``) starts it again when nothing is in flight.
 * A draft reload passes the new version on (``set_version``).
 
@@ -63,7 +64,7 @@ class DecoupledHooks:
     # ------------------------------------------------------------------ sleep
     async def sleep(self) -> None:
         self.asleep = True
-        await self._call("on_work")
+        await self._call("release")
 
     async def wake(self) -> None:
         self.asleep = False
