@@ -366,6 +366,7 @@ NOT_CHECKED = {
     "WORKER_GROUP_STATS_METHOD": "our own method name",
     "WORKER_KEEP_DRAFT_METHOD": "our own method name",
     "WORKER_DECOUPLED_VERSION_METHOD": "our own method name",
+    "WORKER_DECOUPLED_IDLE_METHOD": "our own method name",
     "VLLM_SLEEP_LEVEL_DISCARDS_WEIGHTS": "a sleep level number; the 'sleep level 2' fact reads Worker.sleep's branch on it",
     "MODEL_FREE_DRAFT_METHODS": "speculative method names (user config values)",
     "VLLM_DRAFT_SHARED_MODULES": "parameter-name substrings of the draft model's checkpoint",

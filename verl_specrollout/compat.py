@@ -88,6 +88,7 @@ WORKER_RELOAD_METHOD = "specrollout_reload_draft"  # by name: vLLM's mp executor
 WORKER_KEEP_DRAFT_METHOD = "specrollout_keep_draft"  # keeps what a level-2 sleep would lose of the draft
 WORKER_GROUP_STATS_METHOD = "specrollout_group_stats"
 WORKER_DECOUPLED_VERSION_METHOD = "specrollout_decoupled_set_version"  # the verifier link's draft version
+WORKER_DECOUPLED_IDLE_METHOD = "specrollout_decoupled_engine_idle"  # the link closes its requests
 # vLLM Prometheus counters read in the rollout server process (AsyncLLM's default logger).
 VLLM_METRICS_SNAPSHOT = "vllm.v1.metrics.reader:get_metrics_snapshot"
 VLLM_METRIC_NUM_DRAFTS = "vllm:spec_decode_num_drafts"

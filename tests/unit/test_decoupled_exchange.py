@@ -224,3 +224,83 @@ def test_an_idle_link_backs_off_and_a_queued_event_wakes_it_at_once():
         assert ex.status()["verifiers"]["v"]["requests"] == 1
     finally:
         link.stop()
+
+
+def _outcomes_by_hand(draft_dir, context, draft):
+    """The expected outcome guesses, from one full forward without any cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([context + draft])).logits[0]
+    out = []
+    for a in range(len(draft) + 1):
+        row = logits[len(context) - 1 + a].clone()
+        if a < len(draft):
+            row[draft[a]] = float("-inf")
+        out.append(draft[:a] + [int(torch.argmax(row))])
+    return out
+
+
+def test_outcome_tails_of_the_draft_being_verified_serve_the_next_step(draft_dir):
+    ex = TailExchange()
+    link = VerifierLink("replica-0", ExchangeClient(ex), start=False)
+    drafter = Drafter("replica-1", ExchangeClient(ex), DraftLM(draft_dir), version=0, depth=6, branches=1)
+    link.open("r", PROMPT)
+    link.commit("r", [30])
+    context = PROMPT + [30]
+    draft = [int(t) for t in hf_greedy(draft_dir, context, 3)]
+    draft[1] = (draft[1] + 5) % 64  # the verifier's own model drafted something else from position 2 on
+    link.verifying("r", 1, draft)
+    link.verifying("r", 0, [9, 9])  # from a prefix the verifier has moved past: not sent
+    link.pump()
+    assert drafter.run_once() == len(draft) + 1  # one tail per outcome, no greedy tail beside them
+    assert drafter.counters["outcome_tails"] == 4
+    assert drafter.run_once() == 0  # the same draft again: nothing to redo
+    link.pump()
+    guesses = _outcomes_by_hand(draft_dir, context, draft)
+    tails = {t.continuation[:t.assumed]: t for t in link.board.tails_of("r")}
+    assert sorted(tails) == sorted(tuple(g) for g in guesses)
+    # The step accepted draft[0], rejected draft[1] and emitted what the drafter guessed there: the
+    # verifier's next step finds the continuation from that outcome, as the draft LM would draft it.
+    outcome = guesses[1]
+    assert outcome[1] != draft[1]
+    got = link.take("r", [30] + outcome, max_tokens=3)
+    assert got is not None and got.tokens == hf_greedy(draft_dir, context + outcome, 3)
+    # An outcome the drafter did not guess: no tail fits, the step drafts coupled.
+    other = [draft[0], (outcome[1] + 1) % 64]
+    assert other != outcome and other[1] != draft[1]
+    ex2 = TailExchange()
+    link2 = VerifierLink("v2", ExchangeClient(ex2), start=False)
+    d2 = Drafter("d2", ExchangeClient(ex2), DraftLM(draft_dir), version=0, depth=6, branches=0)
+    link2.open("r", PROMPT)
+    link2.commit("r", [30])
+    link2.verifying("r", 1, draft)
+    link2.pump()
+    d2.run_once()
+    link2.pump()
+    assert link2.take("r", [30] + other, max_tokens=3) is None
+
+
+def test_a_verifier_that_stopped_committing_loses_its_drafters_to_a_busy_one(draft_dir):
+    # An engine that went idle keeps its last requests on its board (it learns they ended only at a
+    # next step); a drafter must not sit on it while another engine still decodes.
+    ex = TailExchange(quiet_after_s=0.2)
+    idle, busy = (VerifierLink(n, ExchangeClient(ex), start=False) for n in ("idle", "busy"))
+    idle.open("a", PROMPT)
+    idle.commit("a", [30])
+    idle.pump()
+    drafter = Drafter("d", ExchangeClient(ex), DraftLM(draft_dir), version=0, depth=4, branches=0,
+                      reattach_after_s=0.2)
+    assert drafter.run_once() == 1 and drafter.serving == "idle"
+    busy.open("b", PROMPT)
+    busy.commit("b", [31])
+    busy.pump()
+    time.sleep(0.3)
+    busy.commit("b", [31, 32])  # busy steps on; idle does not
+    busy.pump()
+    assert ex.attach("probe", 0) == "busy"
+    ex.detach("probe")
+    assert drafter.run_once() == 0 and drafter.counters["reattach"] == 1 and drafter.serving is None
+    assert drafter.run_once() == 1 and drafter.serving == "busy"

@@ -108,3 +108,21 @@ def test_finished_requests_are_closed_on_the_link():
     run(r, link, remote)
     r.step()  # the finished set reaches the runner
     assert len(link.board) == 0 and not drafter._outputs
+
+
+def test_each_step_sends_the_draft_it_verifies_from_the_committed_prefix():
+    r, link, remote, drafter = rig("eagle3+group", right=True)
+    sent = []
+    verifying = link.verifying
+    link.verifying = lambda rid, n, draft: (sent.append((rid, n, list(draft))), verifying(rid, n, draft))
+    run(r, link, remote, alive=False)
+    assert sent, "no verify draft was sent"
+    # Every draft sent was the one verified: drafted from the request's committed output at that step,
+    # so its accepted part is what the request emitted next.
+    for rid, n, draft in sent:
+        seq = r.reqs[rid]
+        out = seq[r.prompt_len[rid]:]
+        assert n <= len(out) and draft  # n == len(out): the last step, at max_tokens (vLLM drops that draft)
+        if n < len(out):
+            assert draft[0] == out[n] or draft[0] != target_next(seq[:r.prompt_len[rid] + n])
+    assert sum(len(d) for _, _, d in sent) >= r.drafted  # every verified draft token was announced

@@ -368,3 +368,46 @@ def test_decoupled_link_counts_are_per_step_deltas_and_alive_a_level():
     first, second = asyncio.run(run())
     assert first["decoupled"] == {"alive": 1, "board/miss_empty": 5}
     assert second["decoupled"] == {"alive": 1, "board/miss_empty": 3}
+
+
+def test_decoupled_engine_idle_closes_the_links_requests_before_the_drafter_starts():
+    server = _server()
+    drafter = server.decoupled.drafter
+
+    async def run():
+        gate = {"a": asyncio.Event()}
+        _fake_generate(server, gate)
+        t = asyncio.create_task(server.generate([1], {}, "a"))
+        await asyncio.sleep(0.02)
+        assert ("rpc", compat.WORKER_DECOUPLED_IDLE_METHOD, ()) not in server.engine.calls
+        gate["a"].set()
+        await t
+
+    asyncio.run(run())
+    rpc = ("rpc", compat.WORKER_DECOUPLED_IDLE_METHOD, ())
+    assert rpc in server.engine.calls and drafter.calls[-1] == "on_idle"
+
+
+def test_decoupled_worker_extension_engine_idle_closes_every_request_on_the_link():
+    from verl_specrollout.decoupled.exchange import TailExchange
+    from verl_specrollout.decoupled.link import ExchangeClient, VerifierLink
+    from verl_specrollout.verl_adapter import worker_extension as W
+    from verl_specrollout.vllm_adapter import group_proposer as gp
+
+    class Runner:
+        pass
+
+    ex = TailExchange()
+    link = VerifierLink("v", ExchangeClient(ex), start=False)
+    drafter = gp.GroupDrafter.__new__(gp.GroupDrafter)
+    drafter.decoupled, drafter._outputs = link, {"a": [1], "b": [2, 3]}
+    for r in ("a", "b"):
+        link.open(r, [5, 6])
+    runner = Runner()
+    runner.__dict__[gp.STATE_ATTR] = drafter
+    ext = W.SpecRolloutWorkerExtension.__new__(W.SpecRolloutWorkerExtension)
+    ext.__dict__[compat.VLLM_WORKER_MODEL_RUNNER] = runner
+    assert getattr(ext, compat.WORKER_DECOUPLED_IDLE_METHOD)() == 2
+    assert len(link.board) == 0
+    link.pump()
+    assert ex.status()["verifiers"]["v"]["requests"] == 0  # the exchange no longer offers them to drafters

@@ -73,7 +73,7 @@ class Taken:
 
 
 class TailBoard:
-    def __init__(self, version: int = 0, max_tails: int = 8, max_bytes: int = 64 << 20, max_requests: int = 65536):
+    def __init__(self, version: int = 0, max_tails: int = 16, max_bytes: int = 64 << 20, max_requests: int = 65536):
         if max_tails < 1 or max_bytes < 1 or max_requests < 1:
             raise ValueError(f"TailBoard bounds must be >= 1 (max_tails={max_tails}, max_bytes={max_bytes}, "
                              f"max_requests={max_requests})")

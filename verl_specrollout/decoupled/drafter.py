@@ -12,6 +12,14 @@ Rounds with nothing new to draft (the verifier has not stepped since) add guesse
 positions, up to ``max_branches`` per prefix: the drafter's spare capacity goes to the outcomes
 the next verify may have, so a rejection there still finds a tail waiting.
 
+First in each round come the drafts being verified now (the verifier sends each with its commit):
+the step's outcome is an accepted prefix of that draft plus one token the target emits, so the
+drafter drafts one tail per accepted length a -- ``draft[:a]``, its best guess of the emitted token
+(never ``draft[a]`` after a rejection: the residual excludes it), then greedy tokens -- while the
+step runs, and the verifier's next step finds the tail for its outcome waiting. Without this a tail
+can only serve when the committed tokens happen to equal the drafter's own greedy path, one step
+behind (SSD-style pre-drafting; SpecActor's and Saguaro's "drafts for likely verify outcomes").
+
 ``Drafter`` is the loop: attach to the exchange (it names the busy verifier with the most live
 requests per drafter), pull the changes, draft, push. It stops when ``should_run()`` says its own
 replica has work again, and when the exchange refuses its draft version (``on_stale_version`` is
@@ -125,6 +133,28 @@ class DraftLM:
             self._store(request_id, held, past, logits)
             return guess
 
+    def outcome_guesses(self, request_id: str, context: List[int], draft: Sequence[int]) -> List[List[int]]:
+        """The likely outcomes of verifying `draft` after `context`: for each accepted length a,
+        the first a draft tokens and then this LM's best guess of the token the target emits there
+        -- at a rejection (a < len(draft)) never draft[a], which the rejection sampler's residual
+        excludes for a one-hot draft; after all accepted, the bonus token. One forward over the
+        draft gives every position's logits."""
+        torch = self.torch
+        draft = [int(t) for t in draft]
+        with torch.inference_mode():
+            held, past, logits0 = self._sync(request_id, list(context))
+            x = torch.tensor([draft], device=self.device)
+            out = self.model(input_ids=x, past_key_values=past, use_cache=True)
+            rows = [logits0] + [out.logits[0, i].float() for i in range(len(draft))]
+            self._store(request_id, held + draft, out.past_key_values, rows[-1])
+            guesses = []
+            for a, row in enumerate(rows):
+                if a < len(draft):
+                    row = row.clone()
+                    row[draft[a]] = float("-inf")
+                guesses.append(draft[:a] + [int(torch.argmax(row))])
+            return guesses
+
     def _store(self, request_id: str, held, past, logits) -> None:
         self._cache[request_id] = (held, past, logits)
         while len(self._cache) > self.max_cached:
@@ -139,6 +169,15 @@ class DraftLM:
         for j in range(min(branches, depth)):
             out.append((j + 1, self.branch(request_id, context, tokens[:j] + [runner_up[j]], branch_depth), None))
         return out
+
+
+class _Outcomes:
+    """The verify draft a request's outcome tails were drafted for."""
+
+    __slots__ = ("base_len", "draft")
+
+    def __init__(self, base_len, draft):
+        self.base_len, self.draft = base_len, draft
 
 
 class _Plan:
@@ -156,13 +195,17 @@ class Drafter:
     def __init__(self, name: str, client, lm: DraftLM, version: int, depth: int = 8, branches: int = 1,
                  should_run: Callable[[], bool] = lambda: True,
                  on_stale_version: Optional[Callable[[], Optional[int]]] = None, max_requests: int = 64,
-                 max_branches: Optional[int] = None, branch_depth: int = 2):
+                 max_branches: Optional[int] = None, branch_depth: int = 2, reattach_after_s: float = 10.0):
         self.name, self.client, self.lm, self.version = name, client, lm, int(version)
         self.depth, self.branches, self.max_requests = depth, branches, max_requests
         # Rejection guesses per prefix in all: `branches` every round, the rest in spare rounds.
         self.max_branches = min(depth, max(branches, branches if max_branches is None else max_branches))
         self.branch_depth = branch_depth
         self._plans: Dict[str, _Plan] = {}
+        self._outcomes: Dict[str, _Outcomes] = {}
+        # A verifier whose requests stopped moving (it went idle, or stalled) is left for a busier one.
+        self.reattach_after_s = reattach_after_s
+        self._last_change = time.monotonic()
         self.should_run, self.on_stale_version = should_run, on_stale_version
         self.serving: Optional[str] = None
         self.mirror: Dict[str, Tuple[Tuple[int, ...], List[int]]] = {}
@@ -171,8 +214,10 @@ class Drafter:
 
     def _attach(self) -> Optional[str]:
         self.serving = self.client.attach(self.name, self.version)
+        self._last_change = time.monotonic()
         self.mirror.clear()
         self._plans.clear()
+        self._outcomes.clear()
         return self.serving
 
     def run_once(self) -> int:
@@ -190,6 +235,7 @@ class Drafter:
         for rid in changes["closed"]:
             self.mirror.pop(rid, None)
             self._plans.pop(rid, None)
+            self._outcomes.pop(rid, None)
             self.lm.forget(rid)
         changed = []
         for rid, (prompt, start, tokens) in changes["requests"].items():
@@ -201,24 +247,65 @@ class Drafter:
                 self.mirror.pop(rid, None)  # out of step: drop it, the next pull sends it whole
                 continue
             changed.append(rid)
-        if not self.mirror:  # the verifier has no live request left: serve another one next round
+        now = time.monotonic()
+        if changed or changes.get("drafts"):
+            self._last_change = now
+        if not self.mirror or now - self._last_change > self.reattach_after_s:
+            # The verifier has no live request left, or none of them moved: serve another one.
+            self.counters["reattach"] += bool(self.mirror)
             self.client.detach(self.name)
             self.serving = None
             return 0
+        pushed, refused = 0, collections.Counter()
+        # First the outcomes of the drafts being verified now: the verifier's next step needs them.
+        for rid, draft in self._verifying(changes.get("drafts") or {})[:self.max_requests]:
+            tails = self._draft_outcomes(rid, draft)
+            refused.update(self.client.push(self.serving, tails))
+            pushed += len(tails)
+            if refused.get("version"):
+                break
         tails = []
         for rid in changed[:self.max_requests]:
+            if rid in self._outcomes and self._outcomes[rid].base_len == len(self.mirror[rid][1]):
+                continue  # its outcome tails cover what a greedy tail from this prefix would
             tails += self._draft_new(rid)
-        if not tails:  # nothing new since the last round: pre-draft more outcomes of the next verify
+        if not tails and not pushed:  # nothing new since the last round: pre-draft more outcomes of the next verify
             tails = self._draft_spare()
             self.counters["spare_tails"] += len(tails)
-        refused = self.client.push(self.serving, tails) if tails else {}
-        self.counters["tails"] += len(tails)
+        if tails and not refused.get("version"):
+            refused.update(self.client.push(self.serving, tails))
+        pushed += len(tails)
+        self.counters["tails"] += pushed
         for why, n in refused.items():
             self.counters[f"refused_{why}"] += n
         self.busy_s += time.perf_counter() - t0
         if refused.get("version"):
             return self._stale_version()
-        return len(tails)
+        return pushed
+
+    def _verifying(self, drafts: dict) -> List[tuple]:
+        """(rid, draft) of the verify drafts from current prefixes that have no outcome tails yet."""
+        todo = []
+        for rid, (base, draft) in drafts.items():
+            if rid not in self.mirror or len(self.mirror[rid][1]) != base:
+                continue
+            done = self._outcomes.get(rid)
+            if done is None or done.base_len != base or done.draft != tuple(draft):
+                todo.append((rid, tuple(draft)))
+        return todo
+
+    def _draft_outcomes(self, rid: str, draft: tuple) -> List[Tail]:
+        """One tail per likely outcome of the step verifying the request's draft: the outcome
+        (assumed) and as many greedy tokens after it as the draft was long."""
+        prompt, committed = self.mirror[rid]
+        self._outcomes[rid] = _Outcomes(len(committed), draft)
+        context, digest = list(prompt) + committed, fingerprint(committed)
+        out = []
+        for guess in self.lm.outcome_guesses(rid, context, draft):
+            toks = self.lm.branch(rid, context, guess, len(draft))
+            out.append(Tail(rid, len(committed), digest, self.version, tuple(toks), len(guess), None))
+        self.counters["outcome_tails"] += len(out)
+        return out
 
     def _draft_new(self, rid: str) -> List[Tail]:
         """The greedy tail from the request's new prefix and its first `branches` rejection guesses."""

@@ -8,6 +8,10 @@ committed tokens, draft version) and the tails drafters sent that the verifier h
 * a verifier calls ``exchange(verifier, events)`` from a background thread of its engine process
   (``link.VerifierLink``): its opens / commits / closes / version since the last call go in, the
   tails waiting for it come back. Its engine step never waits on this call.
+* a verifier also sends, per request, the draft it is verifying in the step now running
+  (``("draft", rid, committed_len, tokens)``): the step's outcome is some accepted prefix of it
+  plus one token, so a drafter that gets it during the step can pre-draft from those outcomes
+  (``Drafter``), and the verifier finds a tail for the outcome it lands on at its next step.
 * a drafter calls ``attach`` (its draft version; it gets the verifier it should serve, the one with
   the most live requests per attached drafter), ``pull`` (the mirror's changes since what it knows)
   and ``push`` (its tails: checked against the mirror here, so stale and old-version tails never
@@ -22,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from verl_specrollout.decoupled.board import TailBoard
@@ -30,8 +35,8 @@ from verl_specrollout.decoupled.tails import Tail
 logger = logging.getLogger(__name__)
 
 # Event kinds a verifier sends: ("open", rid, prompt), ("commit", rid, start, tokens),
-# ("close", rid), ("version", v).
-OPEN, COMMIT, CLOSE, VERSION = "open", "commit", "close", "version"
+# ("close", rid), ("version", v), ("draft", rid, committed_len, tokens): the draft being verified.
+OPEN, COMMIT, CLOSE, VERSION, DRAFT = "open", "commit", "close", "version", "draft"
 
 
 class _Verifier:
@@ -39,10 +44,17 @@ class _Verifier:
         self.board = TailBoard(max_tails=max_tails, max_bytes=max_bytes)
         self.outbox: "collections.deque[Tail]" = collections.deque()
         self.drafters: set = set()
+        self.drafts: Dict[str, Tuple[int, Tuple[int, ...]]] = {}  # rid -> (committed length, draft verifying)
+        self.last_commit = time.monotonic()
 
 
 class TailExchange:
-    def __init__(self, max_tails: int = 8, max_bytes: int = 64 << 20, max_outbox: int = 4096):
+    def __init__(self, max_tails: int = 16, max_bytes: int = 64 << 20, max_outbox: int = 4096,
+                 quiet_after_s: float = 30.0):
+        # A verifier that committed nothing for quiet_after_s is not offered to drafters: a safety
+        # net for an engine that went idle without its server closing its requests (the server
+        # does, verl_adapter/decoupled_hooks.py) or that stalled.
+        self.quiet_after_s = quiet_after_s
         self._verifiers: Dict[str, _Verifier] = {}
         self._drafters: Dict[str, Tuple[int, Optional[str]]] = {}  # drafter -> (version, verifier)
         self._max_tails, self._max_bytes, self._max_outbox = max_tails, max_bytes, max_outbox
@@ -57,6 +69,8 @@ class TailExchange:
                 v = self._verifiers[verifier] = _Verifier(self._max_tails, self._max_bytes)
             for ev in events:
                 self._apply(v, ev)
+            if any(ev[0] == COMMIT for ev in events):
+                v.last_commit = time.monotonic()
             out = list(v.outbox)
             v.outbox.clear()
             self.counters["tails_delivered"] += len(out)
@@ -81,6 +95,12 @@ class TailExchange:
             v.board.commit(rid, mirror[1] + list(tokens[have - start:]))
         elif kind == CLOSE:
             v.board.close(ev[1])
+            v.drafts.pop(ev[1], None)
+        elif kind == DRAFT:
+            _, rid, base, tokens = ev
+            mirror = v.board.mirror(rid)
+            if mirror is not None and base == len(mirror[1]) and tokens:
+                v.drafts[rid] = (int(base), tuple(int(t) for t in tokens))
         elif kind == VERSION:
             v.board.set_version(ev[1])
             v.outbox = collections.deque(t for t in v.outbox if t.version == ev[1])
@@ -94,12 +114,13 @@ class TailExchange:
     # ------------------------------------------------------------------ drafters
     def attach(self, drafter: str, version: int) -> Optional[str]:
         """Register (or re-register) a drafter; returns the verifier it should serve, or None when
-        no verifier has live requests on the drafter's version."""
+        no verifier on the drafter's version has live requests and committed recently."""
         with self._lock:
             self._detach(drafter)
             best, best_load = None, 0.0
+            now = time.monotonic()
             for name, v in self._verifiers.items():
-                if v.board.version != version or len(v.board) == 0:
+                if v.board.version != version or len(v.board) == 0 or now - v.last_commit > self.quiet_after_s:
                     continue
                 load = len(v.board) / (1 + len(v.drafters))
                 if load > best_load:
@@ -121,8 +142,9 @@ class TailExchange:
 
     def pull(self, verifier: str, known: Dict[str, int]) -> dict:
         """What changed since ``known`` (request id -> committed length the drafter holds):
-        ``{"version", "requests": {rid: (prompt or None, start, tokens)}, "closed": [rid]}``;
-        the prompt is sent only for requests the drafter does not know."""
+        ``{"version", "requests": {rid: (prompt or None, start, tokens)}, "closed": [rid],
+        "drafts": {rid: (committed length, tokens)}}``; the prompt is sent only for requests the
+        drafter does not know; ``drafts`` holds the drafts being verified from the current commits."""
         with self._lock:
             v = self._verifiers.get(verifier)
             if v is None:
@@ -136,7 +158,12 @@ class TailExchange:
                 elif have < len(committed):
                     out[rid] = (None, have, committed[have:])
             closed = [rid for rid in known if v.board.mirror(rid) is None]
-            return {"version": v.board.version, "requests": out, "closed": closed}
+            drafts = {}
+            for rid, (base, tokens) in v.drafts.items():
+                mirror = v.board.mirror(rid)
+                if mirror is not None and base == len(mirror[1]):
+                    drafts[rid] = (base, tokens)
+            return {"version": v.board.version, "requests": out, "closed": closed, "drafts": drafts}
 
     def push(self, verifier: str, tails: Sequence[Tail]) -> Dict[str, int]:
         """Queue a drafter's tails for the verifier; per refusal reason, how many were refused."""

@@ -24,7 +24,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from verl_specrollout.decoupled.board import TailBoard, Taken
-from verl_specrollout.decoupled.exchange import CLOSE, COMMIT, OPEN, VERSION
+from verl_specrollout.decoupled.exchange import CLOSE, COMMIT, DRAFT, OPEN, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,16 @@ class VerifierLink:
             if self.board.mirror(request_id) is not None:
                 self.board.close(request_id)
                 self._queue((CLOSE, request_id))
+
+    def verifying(self, request_id: str, committed_len: int, draft: Sequence[int]) -> None:
+        """The draft this step verifies for the request, from its first committed_len output tokens:
+        drafters pre-draft from its outcomes while the step runs."""
+        if not draft:
+            return
+        with self._lock:
+            mirror = self.board.mirror(request_id)
+            if mirror is not None and len(mirror[1]) == committed_len:
+                self._queue((DRAFT, request_id, int(committed_len), [int(t) for t in draft]))
 
     def set_version(self, version: int) -> None:
         with self._lock:

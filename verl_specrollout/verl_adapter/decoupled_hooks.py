@@ -3,7 +3,9 @@ verl_adapter/server.py's SpecRolloutHttpServer, the drafter is decoupled/engine.
 
 * A request arriving while none was in flight stops the drafter (``on_work``) before the request
   reaches the engine: every request that arrives meanwhile waits for that stop too.
-* The last in-flight request finishing starts it (``on_idle``), unless the engine sleeps.
+* The last in-flight request finishing starts it (``on_idle``), unless the engine sleeps; first
+  ``engine_idle`` (the server's: the engine's verifier link closes its requests, which the engine
+  itself would learn of only at a next step) so no drafter keeps drafting for them.
 * Sleep (veRL's ``sleep``, ``release_kv_cache``) stops it, keeps it stopped and has it release its
   accelerator memory (``release``: KV caches dropped, draft LM weights to host); a full wake-up
   (``wake_up`` with the KV cache back, ``resume_kv_cache``) starts it again when nothing is in flight.
@@ -24,8 +26,9 @@ logger = logging.getLogger("verl_specrollout.verl_adapter.server")
 
 
 class DecoupledHooks:
-    def __init__(self, drafter):
+    def __init__(self, drafter, engine_idle=None):
         self.drafter = drafter  # decoupled.engine.IdleDrafter (or anything with its four methods)
+        self.engine_idle = engine_idle  # async () -> None, or None
         self.inflight = 0
         self.asleep = False
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -53,6 +56,11 @@ class DecoupledHooks:
     async def request_ends(self) -> None:
         self.inflight -= 1
         if self.inflight == 0:
+            if self.engine_idle is not None:
+                try:
+                    await self.engine_idle()
+                except Exception as e:  # never fails a request
+                    logger.warning("verl-specrollout: decoupled engine_idle failed (%s: %s)", type(e).__name__, e)
             await self._start_if_idle()
 
     async def _start_if_idle(self) -> None:

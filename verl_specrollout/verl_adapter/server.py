@@ -76,7 +76,7 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         self.decoupled: Optional[DecoupledHooks] = None
         cfg = self.specrollout_config
         if cfg.enable and cfg.decoupled.enable and getattr(self, "node_rank", 0) == 0:
-            self.decoupled = DecoupledHooks(self._make_idle_drafter())
+            self.decoupled = DecoupledHooks(self._make_idle_drafter(), engine_idle=self._decoupled_engine_idle)
             self.draft.on_version = self._draft_version_changed
 
     def _make_idle_drafter(self):
@@ -85,6 +85,10 @@ class SpecRolloutHttpServer(vLLMHttpServer):
         replica_id = f"replica{getattr(self, 'replica_rank', 0)}@{socket.gethostname()}:{os.getpid()}"
         return IdleDrafter(self.specrollout_config, replica_id, device="cpu" if compat.vllm_on_cpu() else "cuda",
                            version=self.draft.live_version())
+
+    async def _decoupled_engine_idle(self) -> None:
+        """No request in flight: the workers' verifier links close the requests they still hold."""
+        await self.engine.collective_rpc(compat.WORKER_DECOUPLED_IDLE_METHOD)
 
     async def _draft_version_changed(self, version: int) -> None:
         """A reload made `version` live: the idle drafter drafts with it, and the workers' verifier links

@@ -6,14 +6,15 @@ reload runs by *method name* instead: the server (verl_adapter/server.py) asks v
 class as ``worker_extension_cls``; it is veRL's own colocate extension plus our methods: the draft
 reload (and restore after a sleep), keeping the draft tensors a level-2 sleep would lose
 (vllm_adapter/draft_sleep.py), the group drafter's counters (vllm_adapter/group_proposer.py), and
-the decoupled verifier link's draft version after a reload.
+the decoupled verifier link's draft version after a reload, and its requests closed when the
+server has none in flight.
 """
 
 from __future__ import annotations
 
 from verl_specrollout import compat
 from verl_specrollout.vllm_adapter.draft_reload import keep_draft_in_worker, reload_draft_in_worker
-from verl_specrollout.vllm_adapter.group_proposer import decoupled_set_version, worker_stats
+from verl_specrollout.vllm_adapter.group_proposer import decoupled_engine_idle, decoupled_set_version, worker_stats
 
 _Base = compat.resolve(compat.VERL_VLLM_WORKER_EXTENSION)
 
@@ -30,3 +31,6 @@ class SpecRolloutWorkerExtension(_Base):
 
     def specrollout_decoupled_set_version(self, version: int) -> bool:
         return decoupled_set_version(self, version)
+
+    def specrollout_decoupled_engine_idle(self) -> int:
+        return decoupled_engine_idle(self)

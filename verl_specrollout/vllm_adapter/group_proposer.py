@@ -168,6 +168,17 @@ class GroupDrafter:
         self._step += 1
         self.finish(finished_req_ids)
 
+    def engine_idle(self) -> int:
+        """The server says no request is left: close them all on the decoupled link now. The engine
+        would learn they finished only at a next step, which an idle engine never runs, and until
+        then drafters would keep drafting for them. Their group history waits for that step (a
+        request still running here after all stays in the index; it only takes no tails)."""
+        if self.decoupled is None:
+            return 0
+        for r in self._outputs:
+            self.decoupled.close(r)
+        return len(self._outputs)
+
     def finish(self, req_ids: Iterable[str]) -> None:
         """Finished (or aborted) requests: their responses become the group's history."""
         for r in req_ids:
@@ -312,6 +323,12 @@ class GroupDrafter:
                 out.append(list(model_rows[i][:c.n]) if model_rows is not None and i < len(model_rows) else [])
             else:
                 out.append(list(c.tokens))
+        if self.decoupled is not None:
+            # What this step verifies: drafters pre-draft from its outcomes while the step runs.
+            for c, row in zip(choices, out):
+                committed = self._outputs.get(c.req_id) if c.req_id else None
+                if row and committed is not None:
+                    self.decoupled.verifying(c.req_id, len(committed), row)
         return out
 
     # ------------------------------------------------------------------ metrics
@@ -479,6 +496,16 @@ def install() -> bool:
     setattr(cls, compat.VLLM_RUNNER_EXECUTE_METHOD, execute_model)
     _state["installed"] = True
     return True
+
+
+def decoupled_engine_idle(worker) -> int:
+    """Inside a vLLM worker (collective_rpc), when the server has no request in flight: the
+    decoupled link closes every request it holds (GroupDrafter.engine_idle); how many."""
+    runner = getattr(worker, compat.VLLM_WORKER_MODEL_RUNNER, worker)
+    st = getattr(runner, "__dict__", {}).get(STATE_ATTR)
+    if not st or st.decoupled is None:
+        return 0
+    return st.engine_idle()
 
 
 def decoupled_set_version(worker, version: int) -> bool:
