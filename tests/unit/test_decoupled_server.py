@@ -120,6 +120,13 @@ def _fake_generate(server, gate: dict):
     server._generate = generate
 
 
+def _gated(server, *ids: str) -> dict:
+    """Requests `ids` held in the engine until their gate is set."""
+    gate = {i: asyncio.Event() for i in ids}
+    _fake_generate(server, gate)
+    return gate
+
+
 def test_decoupled_server_builds_an_idle_drafter_only_when_on():
     server = _server()
     from verl_specrollout.decoupled.engine import IdleDrafter
@@ -202,8 +209,7 @@ def test_decoupled_drafter_never_starts_while_asleep():
     drafter = server.decoupled.drafter
 
     async def run():
-        gate = {"a": asyncio.Event()}
-        _fake_generate(server, gate)
+        gate = _gated(server, "a")
         await server.decoupled.wake()
         await server.sleep()
         # Stopped, and its accelerator memory released before the engine sleeps.
@@ -234,8 +240,7 @@ def test_decoupled_wake_with_requests_in_flight_does_not_start():
     drafter = server.decoupled.drafter
 
     async def run():
-        gate = {"a": asyncio.Event()}
-        _fake_generate(server, gate)
+        gate = _gated(server, "a")
         await server.sleep()
         t = asyncio.create_task(server.generate([1], {}, "a"))
         await asyncio.sleep(0.02)
@@ -375,8 +380,7 @@ def test_decoupled_engine_idle_closes_the_links_requests_before_the_drafter_star
     drafter = server.decoupled.drafter
 
     async def run():
-        gate = {"a": asyncio.Event()}
-        _fake_generate(server, gate)
+        gate = _gated(server, "a")
         t = asyncio.create_task(server.generate([1], {}, "a"))
         await asyncio.sleep(0.02)
         assert ("rpc", compat.WORKER_DECOUPLED_IDLE_METHOD, ()) not in server.engine.calls
