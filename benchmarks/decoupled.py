@@ -50,7 +50,7 @@ EXCHANGE = "bench_decoupled"
 NAMESPACE = "specrollout_bench"
 
 
-def _cfg(mode: str, pair, max_k: int, max_batch: int) -> dict:
+def _cfg(mode: str, pair, max_k: int, max_batch: int, exchange_ms: float = 2.0) -> dict:
     if mode == "plain":
         return {}
     method = "draft_model+group" if mode == "coupled_lm" else "eagle3+group"
@@ -58,7 +58,8 @@ def _cfg(mode: str, pair, max_k: int, max_batch: int) -> dict:
            "planner": {"mode": "adaptive", "max_batch": max_batch},
            "learner": {"actor_namespace": NAMESPACE}}
     if mode in ("decoupled", "link_only"):
-        cfg["decoupled"] = {"enable": True, "draft_lm_path": pair.drafts["draft_model"], "exchange_name": EXCHANGE}
+        cfg["decoupled"] = {"enable": True, "draft_lm_path": pair.drafts["draft_model"], "exchange_name": EXCHANGE,
+                            "exchange_ms": exchange_ms}
     return cfg
 
 
@@ -169,6 +170,7 @@ def parse_args(argv=None):
     ap.add_argument("--group", type=int, default=8, help="samples per prompt (GRPO's G)")
     ap.add_argument("--tail-prompts", type=int, default=2, help="prompts of the tail phase (0: no tail phase)")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--exchange-ms", type=float, default=2.0, help="decoupled.exchange_ms of the decoupled engines")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -188,7 +190,7 @@ def main(argv=None) -> dict:
     prompts = common.load_prompts(pair, args.prompts)
     where = split_prompts(len(prompts), args.seed)
     max_batch = args.group * max(where.count(0), where.count(1))
-    cfgs = {m: _cfg(m, pair, args.max_k, max_batch) for m in modes}
+    cfgs = {m: _cfg(m, pair, args.max_k, max_batch, args.exchange_ms) for m in modes}
     engine_kw = dict(dtype=args.dtype, max_num_seqs=max_batch, **common.engine_settings(args))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
     try:

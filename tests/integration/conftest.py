@@ -26,9 +26,12 @@ SEED_OVERRIDES = ["data.seed=1", "actor_rollout_ref.actor.fsdp_config.seed=42", 
                   "actor_rollout_ref.rollout.calculate_log_probs=True"]
 
 
-def spec_overrides(eagle3_dir: str, learner_name: str) -> list[str]:
-    p = "+actor_rollout_ref.rollout.custom.specrollout."
-    return [f"{p}enable=true", f"{p}method=eagle3", f"{p}draft_path={eagle3_dir}", f"{p}learner.enable=true",
+SPEC_KEY = "+actor_rollout_ref.rollout.custom.specrollout."
+
+
+def spec_overrides(eagle3_dir: str, learner_name: str, method: str = "eagle3") -> list[str]:
+    p = SPEC_KEY
+    return [f"{p}enable=true", f"{p}method={method}", f"{p}draft_path={eagle3_dir}", f"{p}learner.enable=true",
             f"{p}learner.actor_name={learner_name}"]
 
 
@@ -46,13 +49,19 @@ def _grpo(out_dir, extra: list[str], trainer: str = "sync", **sizes) -> dict:
     return res
 
 
-def _spec(tmp_path_factory, name: str, trainer: str, **sizes) -> dict:
+def _spec(tmp_path_factory, name: str, trainer: str, decoupled: bool = False, **sizes) -> dict:
     from verl_specrollout.testing.testbed import build_testbed
 
     out = tmp_path_factory.mktemp(name)
     tb = build_testbed("tiny")
-    return _grpo(out, spec_overrides(str(tb.eagle3_dir), f"specrollout_learner_test_{out.name}_{os.getpid()}"),
-                 trainer=trainer, **sizes)
+    learner = f"specrollout_learner_test_{out.name}_{os.getpid()}"
+    if not decoupled:
+        return _grpo(out, spec_overrides(str(tb.eagle3_dir), learner), trainer=trainer, **sizes)
+    # The group router with decoupled speculation on: the EAGLE-3 head coupled, the draft LM on idle
+    # replicas, the job's exchange named after the learner.
+    extra = spec_overrides(str(tb.eagle3_dir), learner, method="eagle3+group")
+    extra += [f"{SPEC_KEY}decoupled.enable=true", f"{SPEC_KEY}decoupled.draft_lm_path={tb.draft_lm_dir}"]
+    return _grpo(out, extra, trainer=trainer, **sizes)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,6 +95,18 @@ def grpo_spec_run_colocate_async(tmp_path_factory):
 @pytest.fixture(scope="session")
 def grpo_spec_run_legacy(tmp_path_factory):
     return _spec(tmp_path_factory, "grpo_spec_legacy", "legacy", batch=4)
+
+
+# Decoupled speculation through veRL's servers (test_verl_decoupled_grpo.py), on the default V1 trainer
+# and the legacy one, at half the batch.
+@pytest.fixture(scope="session")
+def grpo_decoupled_run(tmp_path_factory):
+    return _spec(tmp_path_factory, "grpo_decoupled", "sync", decoupled=True, batch=4)
+
+
+@pytest.fixture(scope="session")
+def grpo_decoupled_run_legacy(tmp_path_factory):
+    return _spec(tmp_path_factory, "grpo_decoupled_legacy", "legacy", decoupled=True, batch=4)
 
 
 def assert_grpo_ran(res: dict, min_steps: int) -> list:
