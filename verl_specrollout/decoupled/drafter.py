@@ -27,7 +27,8 @@ called: reload the draft, then attach again with the new version).
 
 Greedy tails are one-hot drafts: vLLM's rejection sampler keeps the target's distribution exactly
 for any draft token fixed before the step (see docs/how-it-works.md, "Decoupled speculation").
-``with_probs=True`` sends the draft's probability rows along for a verifier that uses them.
+``DraftLM.greedy(with_probs=True)`` also returns the probability rows, which a ``Tail`` can carry; the
+Drafter sends one-hot tails, since the verifier does not hand rows to vLLM's rejection sampler.
 """
 
 from __future__ import annotations
@@ -159,16 +160,6 @@ class DraftLM:
         self._cache[request_id] = (held, past, logits)
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
-
-    def draft(self, request_id: str, context: List[int], depth: int, branches: int = 0, branch_depth: int = 2,
-              with_probs: bool = False) -> List[Tuple[int, List[int], Optional[list]]]:
-        """[(assumed, tokens, probs)]: the greedy tail of `depth` tokens after `context` (assumed 0),
-        and `branches` tails that assume the draft's first j tokens then its runner-up at j + 1."""
-        tokens, runner_up, probs = self.greedy(request_id, context, depth, with_probs)
-        out = [(0, tokens, probs)]
-        for j in range(min(branches, depth)):
-            out.append((j + 1, self.branch(request_id, context, tokens[:j] + [runner_up[j]], branch_depth), None))
-        return out
 
 
 class _Outcomes:
