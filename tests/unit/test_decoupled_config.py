@@ -33,7 +33,7 @@ def engine_rules(c):
             rule(c)
 
 
-@pytest.mark.parametrize("bad", [{"depth": 0}, {"branches": 9}, {"exchange_ms": 0.0}, {"max_tail_mb": 0},
+@pytest.mark.parametrize("bad", [{"depth": 0}, {"branches": 9}, {"max_branches": -1}, {"exchange_ms": 0.0}, {"max_tail_mb": 0},
                                  {"enable": "true"}, {"drafter": 1}])
 def test_bad_decoupled_values_are_refused_with_the_full_key(bad):
     with pytest.raises(SpecRolloutConfigError, match="specrollout.decoupled"):
