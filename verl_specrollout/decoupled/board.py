@@ -109,9 +109,20 @@ class TailBoard:
         if len(committed) < n0:
             raise ValueError(f"commit for {request_id!r} shrinks the committed output from {n0} to "
                              f"{len(committed)} tokens; committed tokens never change")
-        if len(committed) == n0:
-            return
-        r.extend(committed[n0:])
+        if len(committed) > n0:
+            self._advance(request_id, r, committed[n0:])
+
+    def extend(self, request_id: str, tokens: Sequence[int]) -> None:
+        """Publish only the new committed tokens (``commit`` without the whole list)."""
+        r = self._reqs.get(request_id)
+        if r is None:
+            raise KeyError(f"commit for {request_id!r}, which was never opened on this board")
+        if len(tokens):
+            self._advance(request_id, r, tokens)
+
+    def _advance(self, request_id: str, r: _Request, tokens: Sequence[int]) -> None:
+        n0 = len(r.committed)
+        r.extend(tokens)
         self._reqs.move_to_end(request_id)
         n = len(r.committed)
         for key, tail in list(r.tails.items()):
@@ -162,6 +173,11 @@ class TailBoard:
         return Taken(list(tail.continuation[at:stop]), probs, tail.version, tail.base_len, len(r.committed) - tail.base_len)
 
     # ------------------------------------------------------------------ drafter side
+    def committed_len(self, request_id: str) -> Optional[int]:
+        """How many output tokens are published, or None once the request is gone (no copy)."""
+        r = self._reqs.get(request_id)
+        return None if r is None else len(r.committed)
+
     def mirror(self, request_id: str) -> Optional[Tuple[Tuple[int, ...], List[int]]]:
         """(prompt, committed tokens) as published, or None once the request is gone."""
         r = self._reqs.get(request_id)

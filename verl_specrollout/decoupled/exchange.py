@@ -82,24 +82,22 @@ class TailExchange:
             v.board.open(ev[1], ev[2])
         elif kind == COMMIT:
             _, rid, start, tokens = ev
-            mirror = v.board.mirror(rid)
-            if mirror is None:
+            have = v.board.committed_len(rid)
+            if have is None:
                 return  # opened before this exchange started or evicted: drafters skip it
-            have = len(mirror[1])
             if start > have:
                 # A lost event (cannot happen over one ordered channel; guard anyway): the mirror
                 # would be wrong, so the request leaves the exchange and its drafters' tails go.
                 self.counters["gaps"] += 1
                 v.board.close(rid)
                 return
-            v.board.commit(rid, mirror[1] + list(tokens[have - start:]))
+            v.board.extend(rid, tokens[have - start:])
         elif kind == CLOSE:
             v.board.close(ev[1])
             v.drafts.pop(ev[1], None)
         elif kind == DRAFT:
             _, rid, base, tokens = ev
-            mirror = v.board.mirror(rid)
-            if mirror is not None and base == len(mirror[1]) and tokens:
+            if tokens and v.board.committed_len(rid) == base:
                 v.drafts[rid] = (int(base), tuple(int(t) for t in tokens))
         elif kind == VERSION:
             v.board.set_version(ev[1])
@@ -157,11 +155,10 @@ class TailExchange:
                     out[rid] = (prompt, 0, committed)
                 elif have < len(committed):
                     out[rid] = (None, have, committed[have:])
-            closed = [rid for rid in known if v.board.mirror(rid) is None]
+            closed = [rid for rid in known if v.board.committed_len(rid) is None]
             drafts = {}
             for rid, (base, tokens) in v.drafts.items():
-                mirror = v.board.mirror(rid)
-                if mirror is not None and base == len(mirror[1]):
+                if v.board.committed_len(rid) == base:
                     drafts[rid] = (base, tokens)
             return {"version": v.board.version, "requests": out, "closed": closed, "drafts": drafts}
 

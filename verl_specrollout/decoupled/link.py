@@ -74,7 +74,7 @@ class VerifierLink:
     # ------------------------------------------------------------------ engine step side
     def open(self, request_id: str, prompt: Sequence[int]) -> None:
         with self._lock:
-            if self.board.mirror(request_id) is None:
+            if self.board.committed_len(request_id) is None:
                 self.board.open(request_id, prompt)
                 self._queue((OPEN, request_id, tuple(int(t) for t in prompt)))
 
@@ -83,17 +83,16 @@ class VerifierLink:
             self._commit(request_id, committed)
 
     def _commit(self, request_id: str, committed: Sequence[int]) -> None:
-        mirror = self.board.mirror(request_id)
-        if mirror is None:
+        have = self.board.committed_len(request_id)
+        if have is None:
             return
-        have = len(mirror[1])
         if len(committed) > have:
-            self.board.commit(request_id, committed)
+            self.board.extend(request_id, committed[have:])
             self._queue((COMMIT, request_id, have, [int(t) for t in committed[have:]]))
 
     def close(self, request_id: str) -> None:
         with self._lock:
-            if self.board.mirror(request_id) is not None:
+            if self.board.committed_len(request_id) is not None:
                 self.board.close(request_id)
                 self._queue((CLOSE, request_id))
 
@@ -103,8 +102,7 @@ class VerifierLink:
         if not draft:
             return
         with self._lock:
-            mirror = self.board.mirror(request_id)
-            if mirror is not None and len(mirror[1]) == committed_len:
+            if self.board.committed_len(request_id) == committed_len:
                 self._queue((DRAFT, request_id, int(committed_len), [int(t) for t in draft]))
 
     def set_version(self, version: int) -> None:
