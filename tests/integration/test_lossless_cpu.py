@@ -461,12 +461,16 @@ def test_group_drafting_is_lossless_at_t1(group_run):
     assert s2 <= r["m2"].threshold
 
 
-def test_planted_bias_in_group_drafted_samples_is_caught(group_run):
+def assert_planted_bias_caught(r: dict, seed: int = 11) -> None:
+    """The token-2 statistic rejects a run's own samples once PLANTED_TV_ON_SAMPLES of bias is planted."""
     from verl_specrollout.testing.e2e.lossless import plant_shift
 
-    r = group_run
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     planted = [plant_shift(t[:, 1], p, PLANTED_TV_ON_SAMPLES, rng) for t, p in zip(r["samples"], r["m2"].ps)]
     s2, tv2 = r["m2"].stat(planted)
     print(f"planted {PLANTED_TV_ON_SAMPLES} TV: token2 TV={tv2} (sum thr {r['m2'].threshold:.4f})")
     assert s2 > r["m2"].threshold
+
+
+def test_planted_bias_in_group_drafted_samples_is_caught(group_run):
+    assert_planted_bias_caught(group_run)
